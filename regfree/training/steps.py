@@ -1,0 +1,67 @@
+"""What a loss term sees of one training step, and how model outputs are read.
+
+A model trained by :func:`regfree.training.fit` returns either a logits tensor, a tuple
+``(logits, embeddings)``, or a mapping with ``"logits"`` (and optionally ``"embeddings"``).
+Loss terms receive a :class:`TrainStep` and return a scalar tensor that the trainer adds to the
+model's own cross-entropy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Optional, Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass
+class TrainStep:
+    """One batch as a loss term sees it.
+
+    Attributes:
+        inputs: the batch inputs, already on the training device.
+        targets: int64 class ids, shape ``(B,)``.
+        indices: int64 positions of the samples in the training dataset, shape ``(B,)``;
+            used to look up cached old-model outputs.
+        logits: the new model's logits, shape ``(B, C)``.
+        embeddings: the new model's embeddings ``(B, D)`` when the model returns them.
+    """
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    indices: torch.Tensor
+    logits: torch.Tensor
+    embeddings: Optional[torch.Tensor] = None
+
+
+@runtime_checkable
+class LossTerm(Protocol):
+    """A term added to the cross-entropy. Usually an ``nn.Module`` (the trainer moves it to the
+    training device); ``name`` labels it in the training history."""
+
+    name: str
+
+    def __call__(self, step: TrainStep) -> torch.Tensor: ...
+
+
+def split_outputs(raw: Any) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Read ``(logits, embeddings)`` from whatever a model returned.
+
+    Example:
+        >>> logits, emb = split_outputs(torch.zeros(2, 3))
+        >>> emb is None
+        True
+    """
+    if isinstance(raw, torch.Tensor):
+        return raw, None
+    if isinstance(raw, Mapping):
+        if "logits" not in raw:
+            raise ValueError("model output mapping must have a 'logits' entry")
+        return raw["logits"], raw.get("embeddings")
+    if isinstance(raw, (tuple, list)) and len(raw) == 2:
+        return raw[0], raw[1]
+    raise ValueError(
+        "model output must be a logits tensor, a (logits, embeddings) tuple, or a mapping "
+        f"with 'logits'; got {type(raw).__name__}"
+    )
