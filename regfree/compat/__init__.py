@@ -1,1 +1,33 @@
-"""Placeholder; filled in by its issue."""
+"""Backward-compatible embedding training (BCT): v2 queries search a gallery that v1 embedded.
+
+- :class:`BackwardCompatibleLoss`: influence loss through the frozen old head (a loss term for
+  :func:`regfree.training.fit`); :class:`EmbeddingRegressionLoss`: the L2 baseline.
+- :func:`extend_head`: the frozen old head extended to classes v1 never saw.
+- :class:`CosineClassifier`: a normalised head (galleries search by cosine).
+- :class:`ProjectedModel`: v2 with a learned projection into v1's embedding space.
+- :func:`compatibility_report`: the cross-version matrix, criterion, update gain, AC and AM.
+
+Example:
+    >>> from torch import nn
+    >>> bct = BackwardCompatibleLoss(nn.Linear(16, 10), weight=1.0)
+    >>> bct.name
+    'bct'
+"""
+
+from regfree.compat.heads import CosineClassifier, extend_head, freeze
+from regfree.compat.losses import BackwardCompatibleLoss, EmbeddingRegressionLoss
+from regfree.compat.projection import ProjectedModel, embed, embedder
+from regfree.compat.report import CompatibilityReport, compatibility_report
+
+__all__ = [
+    "BackwardCompatibleLoss",
+    "CompatibilityReport",
+    "CosineClassifier",
+    "EmbeddingRegressionLoss",
+    "ProjectedModel",
+    "compatibility_report",
+    "embed",
+    "embedder",
+    "extend_head",
+    "freeze",
+]

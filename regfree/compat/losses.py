@@ -1,0 +1,170 @@
+"""Loss terms for backward-compatible training, added to the new model's own cross-entropy by
+:func:`regfree.training.fit`.
+
+- :class:`BackwardCompatibleLoss` (BCT, Shen et al. CVPR 2020): the new embeddings must be
+  classified correctly by the frozen old head.
+- :class:`EmbeddingRegressionLoss`: the L2 baseline, pulling each new embedding onto the old
+  model's embedding of the same sample (cached by dataset index).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from regfree.compat.heads import freeze
+from regfree.training.steps import TrainStep
+
+_UNSEEN_POLICIES = ("error", "ignore")
+
+
+def _check_weight(weight: float) -> float:
+    if not (isinstance(weight, (int, float)) and np.isfinite(weight) and weight >= 0):
+        raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
+    return float(weight)
+
+
+def _step_embeddings(step: TrainStep, term: str) -> torch.Tensor:
+    if step.embeddings is None:
+        raise ValueError(f"{term} needs the model's embeddings: build the model with "
+                         "return_embeddings=True (or return (logits, embeddings))")
+    return step.embeddings
+
+
+class BackwardCompatibleLoss(nn.Module):
+    """BCT influence loss ``weight * CE(old_head(new_embeddings), targets)``, old head frozen.
+
+    The loss keeps a frozen copy of ``old_head`` (``requires_grad=False``, eval mode): gradients
+    flow through it into the new embeddings but it is never updated and stores no ``.grad``.
+    For classes the old head never saw, either extend it first with
+    :func:`~regfree.compat.extend_head` or pass ``unseen="ignore"`` to leave those samples out
+    of this term. When v2's embedding size differs from v1's, train a
+    :class:`~regfree.compat.ProjectedModel` (its forward returns the projected embeddings).
+
+    After each call, ``last_old_head_accuracy`` holds the share of the batch (of the samples the
+    term used) that the old head classifies correctly from the new embeddings, and
+    ``last_used`` how many samples the term used.
+
+    Args:
+        old_head: the old model's head (``nn.Linear``, :class:`CosineClassifier`, any module
+            mapping embeddings to logits). A frozen copy is stored; the original is untouched.
+        weight: lambda, the multiplier of the cross-entropy through the old head.
+        unseen: ``"error"`` (default) raises on targets the old head has no output for;
+            ``"ignore"`` leaves those samples out of the term.
+        name: label of the term in the training history.
+
+    Example:
+        >>> old_head = nn.Linear(4, 3)
+        >>> bct = BackwardCompatibleLoss(old_head, weight=0.5)
+        >>> float(bct.loss(torch.zeros(2, 4), torch.tensor([0, 1]))) >= 0
+        True
+    """
+
+    def __init__(self, old_head: nn.Module, weight: float = 1.0, unseen: str = "error",
+                 name: str = "bct") -> None:
+        super().__init__()
+        if unseen not in _UNSEEN_POLICIES:
+            raise ValueError(f"unseen must be one of {_UNSEEN_POLICIES}, got {unseen!r}")
+        self.old_head = freeze(old_head)
+        self.weight = _check_weight(weight)
+        self.unseen = unseen
+        self.name = name
+        self.last_old_head_accuracy: Optional[float] = None
+        self.last_used = 0
+
+    def train(self, mode: bool = True) -> BackwardCompatibleLoss:
+        super().train(mode)
+        self.old_head.eval()  # the old head never runs in training mode (dropout, batch norm)
+        return self
+
+    def loss(self, new_embeddings: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``weight * CE(old_head(new_embeddings), targets)``, a scalar tensor.
+
+        Args:
+            new_embeddings: ``(B, D_old)`` embeddings of the new model in the old space.
+            targets: ``(B,)`` int64 class ids.
+
+        Returns:
+            The weighted mean cross-entropy (0 when no sample is usable under ``unseen="ignore"``).
+        """
+        if new_embeddings.dim() != 2:
+            raise ValueError(f"new_embeddings must have shape (B, D), got "
+                             f"{tuple(new_embeddings.shape)}")
+        if targets.shape != new_embeddings.shape[:1]:
+            raise ValueError(f"targets must have shape ({new_embeddings.shape[0]},), got "
+                             f"{tuple(targets.shape)}")
+        logits = self.old_head(new_embeddings)
+        known = targets < logits.shape[1]
+        if not bool(known.all()):
+            if self.unseen == "error":
+                unseen = sorted(set(targets[~known].tolist()))
+                raise ValueError(
+                    f"targets has classes {unseen} the old head ({logits.shape[1]} outputs) never "
+                    "saw; extend it with extend_head(...) or pass unseen='ignore'")
+            logits, targets = logits[known], targets[known]
+        self.last_used = int(targets.numel())
+        if self.last_used == 0:
+            self.last_old_head_accuracy = None
+            return new_embeddings.sum() * 0.0
+        with torch.no_grad():
+            self.last_old_head_accuracy = float((logits.argmax(1) == targets).float().mean())
+        return self.weight * F.cross_entropy(logits, targets)
+
+    def forward(self, step: TrainStep) -> torch.Tensor:
+        return self.loss(_step_embeddings(step, "BackwardCompatibleLoss"), step.targets)
+
+
+class EmbeddingRegressionLoss(nn.Module):
+    """L2 baseline ``weight * mean_i ||new_i - old_i||^2`` to the old embedding of each sample.
+
+    The old embeddings are a cache indexed by the training dataset's positions (the trainer
+    hands them over as ``step.indices``), computed once with the frozen old model.
+
+    Args:
+        old_embeddings: ``(N, D_old)`` old-model embeddings of the whole training set, in
+            dataset order.
+        weight: lambda, the multiplier of the squared distance.
+        normalize: compare unit vectors (for cosine galleries) instead of raw embeddings.
+        name: label of the term in the training history.
+
+    Example:
+        >>> cache = torch.zeros(5, 3)
+        >>> l2 = EmbeddingRegressionLoss(cache, weight=1.0)
+        >>> float(l2.loss(torch.ones(2, 3), cache[:2]))
+        3.0
+    """
+
+    def __init__(self, old_embeddings, weight: float = 1.0, normalize: bool = False,
+                 name: str = "l2") -> None:
+        super().__init__()
+        cache = old_embeddings.detach() if isinstance(old_embeddings, torch.Tensor) \
+            else torch.as_tensor(np.asarray(old_embeddings))
+        if cache.dim() != 2 or not cache.is_floating_point():
+            raise ValueError(f"old_embeddings must be a float (N, D) array, got shape "
+                             f"{tuple(cache.shape)} and dtype {cache.dtype}")
+        self.register_buffer("old_embeddings", cache.float().clone())
+        self.weight = _check_weight(weight)
+        self.normalize = bool(normalize)
+        self.name = name
+
+    def loss(self, new_embeddings: torch.Tensor, old_embeddings: torch.Tensor) -> torch.Tensor:
+        """``weight * mean_i ||new_i - old_i||^2`` between two ``(B, D)`` batches."""
+        if new_embeddings.shape != old_embeddings.shape:
+            raise ValueError(f"new_embeddings {tuple(new_embeddings.shape)} and old_embeddings "
+                             f"{tuple(old_embeddings.shape)} must have the same shape")
+        if self.normalize:
+            new_embeddings = F.normalize(new_embeddings, dim=1)
+            old_embeddings = F.normalize(old_embeddings, dim=1)
+        return self.weight * (new_embeddings - old_embeddings).pow(2).sum(dim=1).mean()
+
+    def forward(self, step: TrainStep) -> torch.Tensor:
+        embeddings = _step_embeddings(step, "EmbeddingRegressionLoss")
+        indices = step.indices.to(self.old_embeddings.device)
+        if indices.numel() and int(indices.max()) >= len(self.old_embeddings):
+            raise ValueError(f"step.indices reach {int(indices.max())} but old_embeddings has "
+                             f"{len(self.old_embeddings)} rows; cache the whole training set")
+        return self.loss(embeddings, self.old_embeddings[indices].to(embeddings.dtype))

@@ -1,0 +1,142 @@
+"""Embedding-size changes and turning models into embedders.
+
+A v2 whose embedding size differs from v1's learns a projection into v1's space. The projection
+lives inside :class:`ProjectedModel`, so the trainer's optimiser (and DistributedDataParallel)
+see it as part of the model: its ``forward`` returns ``(logits, projected_embeddings)`` and a
+loss term such as :class:`~regfree.compat.BackwardCompatibleLoss` works on the projected ones.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+Embedder = Callable[[object], np.ndarray]
+_SPACES = ("native", "compatible")
+
+
+class ProjectedModel(nn.Module):
+    """A new model plus a learned projection of its embeddings into the old model's space.
+
+    v2 serves ``native_embeddings`` for a gallery it embeds itself and ``compatible_embeddings``
+    (projected) for the gallery v1 embedded. Its logits come from its own head on the native
+    embeddings.
+
+    Args:
+        model: a model with ``forward_features(x)`` and ``head`` (e.g. ``ConvNet1D``).
+        projection: an ``nn.Module`` mapping native to old embeddings, or the old embedding size
+            (an ``int``) for a linear projection from ``model.embedding_dim``.
+
+    Example:
+        >>> from regfree.models import ConvNet1D
+        >>> wrapped = ProjectedModel(ConvNet1D(width=8, embedding_dim=32), projection=16)
+        >>> logits, projected = wrapped(torch.zeros(3, 40))
+        >>> projected.shape, wrapped.native_embeddings(torch.zeros(3, 40)).shape
+        (torch.Size([3, 16]), torch.Size([3, 32]))
+    """
+
+    def __init__(self, model: nn.Module, projection: Union[nn.Module, int]) -> None:
+        super().__init__()
+        if not (hasattr(model, "forward_features") and isinstance(getattr(model, "head", None),
+                                                                  nn.Module)):
+            raise ValueError("model must have forward_features(x) and a head module, got "
+                             f"{type(model).__name__}")
+        if isinstance(projection, bool) or not isinstance(projection, (int, nn.Module)):
+            raise ValueError(f"projection must be an nn.Module or an int size, got "
+                             f"{type(projection).__name__}")
+        if isinstance(projection, int):
+            native_dim = getattr(model, "embedding_dim", None)
+            if not isinstance(native_dim, int):
+                raise ValueError("projection as an int needs model.embedding_dim; pass an "
+                                 "nn.Module instead")
+            if projection < 1:
+                raise ValueError(f"projection size must be >= 1, got {projection}")
+            projection = nn.Linear(native_dim, projection)
+        self.model = model
+        self.projection = projection
+
+    def native_embeddings(self, x: torch.Tensor) -> torch.Tensor:
+        """v2's own embeddings (for a gallery v2 embeds)."""
+        return self.model.forward_features(x)
+
+    def compatible_embeddings(self, x: torch.Tensor) -> torch.Tensor:
+        """v2's embeddings projected into v1's space (for v1's gallery)."""
+        return self.projection(self.native_embeddings(x))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.compatible_embeddings(x)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        native = self.native_embeddings(x)
+        return self.model.head(native), self.projection(native)
+
+
+def embed(model: nn.Module, inputs, space: str = "native", batch_size: int = 1024,
+          device: Union[str, torch.device, None] = None) -> np.ndarray:
+    """Embeddings of ``inputs`` as a float32 ``(N, D)`` array, in eval mode without gradients.
+
+    Args:
+        model: a model with ``forward_features`` (or a :class:`ProjectedModel`).
+        inputs: an array or tensor of samples.
+        space: ``"native"`` (the model's own embeddings) or ``"compatible"`` (projected into the
+            old space; for a plain model this equals native).
+        batch_size: samples per forward pass.
+        device: where to run; defaults to the model's device.
+
+    Returns:
+        The embeddings, in the order of ``inputs``; the model's train/eval mode is restored.
+
+    Example:
+        >>> from regfree.models import ConvNet1D
+        >>> embed(ConvNet1D(width=8, embedding_dim=16), np.zeros((5, 40), np.float32)).shape
+        (5, 16)
+    """
+    if space not in _SPACES:
+        raise ValueError(f"space must be one of {_SPACES}, got {space!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if space == "native" and isinstance(model, ProjectedModel):
+        function = model.native_embeddings
+    elif hasattr(model, "forward_features"):
+        function = model.forward_features
+    else:
+        raise ValueError(f"model must have forward_features(x), got {type(model).__name__}")
+    data = inputs if isinstance(inputs, torch.Tensor) else torch.as_tensor(np.asarray(inputs))
+    if data.is_floating_point():
+        data = data.float()
+    if device is None:
+        first = next(model.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            chunks = [function(data[start:start + batch_size].to(device)).float().cpu()
+                      for start in range(0, len(data), batch_size)]
+    finally:
+        model.train(was_training)
+    if not chunks:
+        raise ValueError("inputs must hold at least one sample")
+    return torch.cat(chunks).numpy()
+
+
+def embedder(model: nn.Module, space: str = "native", batch_size: int = 1024) -> Embedder:
+    """``embed`` bound to one model and space: a callable ``inputs -> (N, D) array`` for
+    :func:`~regfree.compat.compatibility_report`.
+
+    Example:
+        >>> from regfree.models import ConvNet1D
+        >>> f = embedder(ConvNet1D(width=8, embedding_dim=16))
+        >>> f(np.zeros((2, 40), np.float32)).shape
+        (2, 16)
+    """
+    if space not in _SPACES:
+        raise ValueError(f"space must be one of {_SPACES}, got {space!r}")
+
+    def run(inputs) -> np.ndarray:
+        return embed(model, inputs, space=space, batch_size=batch_size)
+
+    return run
