@@ -1,6 +1,35 @@
 """The one trainer the package shares (positive-congruent and backward-compatible training
-plug their loss terms into it)."""
+plug their loss terms into it).
 
+Example:
+    >>> import numpy as np, torch
+    >>> from regfree.models import MLP
+    >>> from regfree.training import fit
+    >>> x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    >>> y = (x[:, 0] > 0).astype("int64")
+    >>> history = fit(MLP(4, num_classes=2, hidden=8), (x, y), epochs=1, batch_size=8,
+    ...               optimizer=lambda p: torch.optim.SGD(p, lr=0.1), progress=False)
+    >>> len(history)
+    1
+"""
+
+from regfree.training.checkpoint import latest_checkpoint, load_checkpoint
+from regfree.training.data import IndexedDataset
+from regfree.training.fit import NFRRiseWarning, fit
+from regfree.training.history import EpochStats, History
+from regfree.training.predict import predict_logits
 from regfree.training.steps import LossTerm, TrainStep, split_outputs
 
-__all__ = ["LossTerm", "TrainStep", "split_outputs"]
+__all__ = [
+    "EpochStats",
+    "History",
+    "IndexedDataset",
+    "LossTerm",
+    "NFRRiseWarning",
+    "TrainStep",
+    "fit",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "predict_logits",
+    "split_outputs",
+]

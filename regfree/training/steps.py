@@ -22,10 +22,11 @@ class TrainStep:
     Attributes:
         inputs: the batch inputs, already on the training device.
         targets: int64 class ids, shape ``(B,)``.
-        indices: int64 positions of the samples in the training dataset, shape ``(B,)``;
-            used to look up cached old-model outputs.
+        indices: int64 positions of the samples in the training dataset, shape ``(B,)``,
+            on CPU (they index host-side caches of old-model outputs).
         logits: the new model's logits, shape ``(B, C)``.
         embeddings: the new model's embeddings ``(B, D)`` when the model returns them.
+        epoch: 0-based index of the current epoch (for schedules inside a loss term).
     """
 
     inputs: torch.Tensor
@@ -33,6 +34,7 @@ class TrainStep:
     indices: torch.Tensor
     logits: torch.Tensor
     embeddings: Optional[torch.Tensor] = None
+    epoch: int = 0
 
 
 @runtime_checkable

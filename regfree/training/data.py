@@ -1,0 +1,153 @@
+"""Training data as the trainer sees it: indexed samples and deterministic global batches.
+
+Every batch the trainer forms carries the dataset positions of its samples, so loss terms can
+look up cached old-model outputs by index. Batches are cut from one global permutation per epoch
+(seeded by ``(seed, epoch)``) and each process takes a contiguous slice of every global batch:
+one process and several processes see the same global batches in the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, default_collate
+
+ArrayPair = tuple[Any, Any]
+TrainData = Union[ArrayPair, Dataset]
+
+
+class IndexedDataset(Dataset):
+    """Wrap a dataset yielding ``(x, y)`` so that it yields ``(x, y, index)``.
+
+    Args:
+        dataset: a map-style dataset whose items are ``(x, y)`` (extra items are dropped).
+
+    Example:
+        >>> from torch.utils.data import TensorDataset
+        >>> ds = IndexedDataset(TensorDataset(torch.zeros(3, 2), torch.tensor([0, 1, 2])))
+        >>> x, y, i = ds[2]
+        >>> int(y), i
+        (2, 2)
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+            raise ValueError("dataset must be a map-style dataset with __getitem__ and __len__")
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, Any, int]:
+        item = self.dataset[index]
+        return item[0], item[1], int(index)
+
+
+@dataclass
+class Batch:
+    """One process's share of a global batch."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    indices: torch.Tensor
+    #: share of the global batch this process holds (``len(local) / len(global)``); 0 for a
+    #: placeholder batch given to a process that got no samples of a short last batch.
+    share: float
+
+
+class BatchSource:
+    """Fetches batches by dataset index from ``(x, y)`` arrays or a map-style dataset.
+
+    Arrays are converted to tensors once and sliced per batch (no per-sample collation);
+    datasets are read item by item and collated with ``default_collate``.
+
+    Args:
+        data: ``(x, y)`` numpy arrays / tensors, or a map-style dataset yielding ``(x, y)``
+            (or ``(x, y, index)``).
+        name: argument name used in error messages.
+    """
+
+    def __init__(self, data: TrainData, name: str = "train_data") -> None:
+        self.name = name
+        self._x: torch.Tensor | None = None
+        self._y: torch.Tensor | None = None
+        self._dataset: Dataset | None = None
+        if isinstance(data, (tuple, list)):
+            if len(data) != 2:
+                raise ValueError(f"{name} must be an (x, y) pair or a Dataset; got {len(data)} items")
+            x = torch.as_tensor(np.asarray(data[0]) if not torch.is_tensor(data[0]) else data[0])
+            y = torch.as_tensor(np.asarray(data[1]) if not torch.is_tensor(data[1]) else data[1])
+            if y.dim() != 1:
+                raise ValueError(f"{name}: y must be 1-D class ids, got shape {tuple(y.shape)}")
+            if len(x) != len(y):
+                raise ValueError(f"{name}: x has {len(x)} samples but y has {len(y)}")
+            if y.dtype.is_floating_point:
+                raise ValueError(f"{name}: y must hold integer class ids, got {y.dtype}")
+            if x.dtype == torch.float64:
+                x = x.float()
+            self._x, self._y = x, y.long()
+        elif hasattr(data, "__getitem__") and hasattr(data, "__len__"):
+            self._dataset = data
+        else:
+            raise ValueError(f"{name} must be an (x, y) pair of arrays or a map-style Dataset, "
+                             f"got {type(data).__name__}")
+        if len(self) == 0:
+            raise ValueError(f"{name} is empty")
+
+    def __len__(self) -> int:
+        if self._y is not None:
+            return len(self._y)
+        return len(self._dataset)  # type: ignore[arg-type]
+
+    def fetch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and int64 targets of the samples at ``indices`` (on CPU)."""
+        if self._x is not None:
+            index = torch.from_numpy(np.ascontiguousarray(indices, dtype=np.int64))
+            return self._x[index], self._y[index]  # type: ignore[index]
+        items = [self._dataset[int(i)] for i in indices]  # type: ignore[index]
+        inputs = default_collate([item[0] for item in items])
+        targets = torch.as_tensor(default_collate([item[1] for item in items])).long()
+        return inputs, targets
+
+
+def epoch_permutation(num_samples: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+    """The global sample order of one epoch; a pure function of ``(seed, epoch)``.
+
+    Example:
+        >>> bool((epoch_permutation(5, 0, 1) == epoch_permutation(5, 0, 1)).all())
+        True
+    """
+    if not shuffle:
+        return np.arange(num_samples)
+    return np.random.default_rng([int(seed), int(epoch), 0x5EED]).permutation(num_samples)
+
+
+def local_batches(order: np.ndarray, batch_size: int, rank: int = 0,
+                  world_size: int = 1) -> Iterator[tuple[np.ndarray, float]]:
+    """Cut ``order`` into global batches and yield this process's contiguous slice of each.
+
+    Yields ``(local_indices, share)`` with ``share = len(local) / len(global)``. A process that
+    gets no samples of a short last batch receives the batch's first sample with share 0 (its
+    loss is multiplied by 0, so it contributes no gradient but still joins the collective
+    gradient reduction).
+
+    Example:
+        >>> [(b.tolist(), s) for b, s in local_batches(np.arange(5), 4, rank=1, world_size=2)]
+        [([2, 3], 0.5), ([4], 0.0)]
+    """
+    for start in range(0, len(order), batch_size):
+        global_batch = order[start:start + batch_size]
+        local: Sequence[int] = np.array_split(global_batch, world_size)[rank]
+        if len(local) == 0:
+            yield global_batch[:1], 0.0
+        else:
+            yield np.asarray(local), len(local) / len(global_batch)
+
+
+def shard_range(num_samples: int, rank: int, world_size: int) -> np.ndarray:
+    """The contiguous block of ``range(num_samples)`` that process ``rank`` evaluates."""
+    return np.array_split(np.arange(num_samples), world_size)[rank]

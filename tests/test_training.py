@@ -1,0 +1,259 @@
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from regfree.models import MLP
+from regfree.training import (
+    History,
+    IndexedDataset,
+    NFRRiseWarning,
+    TrainStep,
+    fit,
+    latest_checkpoint,
+    load_checkpoint,
+    predict_logits,
+)
+from regfree.training.data import epoch_permutation, local_batches
+from regfree.training.history import EpochStats, nfr_rose_twice
+
+
+def blobs(n=120, classes=3, dim=6, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=2.0, size=(classes, dim))
+    y = rng.integers(0, classes, size=n)
+    x = (centers[y] + rng.normal(size=(n, dim))).astype(np.float32)
+    return x, y.astype(np.int64)
+
+
+def new_model(seed=0, classes=3):
+    torch.manual_seed(seed)
+    return MLP(6, num_classes=classes, hidden=16, embedding_dim=8)
+
+
+def adam(params):
+    return torch.optim.Adam(params, lr=1e-2)
+
+
+def weights(model):
+    return [p.detach().clone() for p in model.state_dict().values()]
+
+
+def same_weights(a, b):
+    return all(torch.equal(x, y) for x, y in zip(weights(a), weights(b)))
+
+
+class ConstantTerm(nn.Module):
+    name = "const"
+
+    def forward(self, step: TrainStep) -> torch.Tensor:
+        return step.logits.sum() * 0 + 0.25
+
+
+def test_fit_learns_and_records_each_term():
+    x, y = blobs()
+    model = new_model()
+    history = fit(model, (x, y), loss_terms=[ConstantTerm()], epochs=6, optimizer=adam,
+                  batch_size=32, val_data=(x, y), old_val_preds=y, progress=False)
+    assert isinstance(history, History) and len(history) == 6
+    assert [e.epoch for e in history.epochs] == [1, 2, 3, 4, 5, 6]
+    np.testing.assert_allclose(history.term("const"), 0.25, rtol=1e-6)
+    np.testing.assert_allclose(np.array(history.train_loss) - np.array(history.train_ce), 0.25,
+                               rtol=1e-5)
+    assert history.train_ce[-1] < history.train_ce[0]
+    assert history.val_error[-1] < 0.2
+    # old predictions equal the labels: every new error is a negative flip, no positive flips
+    assert history.val_nfr == history.val_error
+    assert history.val_pfr == [0.0] * 6
+    with pytest.raises(ValueError, match="no loss term named"):
+        history.term("missing")
+
+
+def test_same_seed_same_weights_and_callers_rng_untouched():
+    x, y = blobs()
+    a, b, c = new_model(), new_model(), new_model()
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    fit(a, (x, y), epochs=2, optimizer=adam, batch_size=16, seed=5, progress=False)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    fit(b, (x, y), epochs=2, optimizer=adam, batch_size=16, seed=5, progress=False)
+    fit(c, (x, y), epochs=2, optimizer=adam, batch_size=16, seed=6, progress=False)
+    assert same_weights(a, b)
+    assert not same_weights(a, c)
+
+
+def test_dataset_input_matches_array_input_and_indices_reach_terms():
+    x, y = blobs(n=50)
+    seen = []
+
+    class IndexCheck(nn.Module):
+        name = "index_check"
+
+        def forward(self, step):
+            assert step.indices.device.type == "cpu" and step.indices.dtype == torch.int64
+            expected = torch.from_numpy(x)[step.indices]
+            seen.append(bool(torch.equal(step.inputs, expected)))
+            return step.logits.new_zeros(())
+
+    a, b = new_model(), new_model()
+    fit(a, (x, y), loss_terms=[IndexCheck()], epochs=2, optimizer=adam, batch_size=8,
+        progress=False)
+    dataset = IndexedDataset(TensorDataset(torch.from_numpy(x), torch.from_numpy(y)))
+    fit(b, dataset, epochs=2, optimizer=adam, batch_size=8, progress=False)
+    assert seen and all(seen) and len(seen) == 2 * 7
+    assert same_weights(a, b)
+
+
+def test_ready_optimizer_equals_factory():
+    x, y = blobs()
+    a, b = new_model(), new_model()
+    fit(a, (x, y), epochs=2, optimizer=adam, batch_size=32, progress=False)
+    fit(b, (x, y), epochs=2, optimizer=torch.optim.Adam(b.parameters(), lr=1e-2),
+        batch_size=32, progress=False)
+    assert same_weights(a, b)
+
+
+class Projection(nn.Module):
+    """A loss term with its own trainable parameters (like a learned projection)."""
+
+    name = "proj"
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, step):
+        return ((step.logits * self.scale) ** 2).mean() * 1e-3
+
+
+def test_resume_continues_to_identical_weights(tmp_path):
+    x, y = blobs()
+    sched = lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)  # noqa: E731
+    straight, term_a = new_model(), Projection()
+    full = fit(straight, (x, y), loss_terms=[term_a], epochs=4, optimizer=adam, batch_size=16,
+               val_data=(x, y), old_val_preds=y, scheduler=sched, seed=3, progress=False)
+
+    interrupted, term_b = new_model(), Projection()
+    fit(interrupted, (x, y), loss_terms=[term_b], epochs=2, optimizer=adam, batch_size=16,
+        val_data=(x, y), old_val_preds=y, scheduler=sched, seed=3, progress=False,
+        checkpoint_dir=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_0001.pt", "epoch_0002.pt"]
+    resumed, term_c = new_model(seed=99), Projection()  # different init: resume must overwrite
+    history = fit(resumed, (x, y), loss_terms=[term_c], epochs=4, optimizer=adam, batch_size=16,
+                  val_data=(x, y), old_val_preds=y, scheduler=sched, seed=3, progress=False,
+                  checkpoint_dir=tmp_path, resume=True)
+    assert same_weights(straight, resumed)
+    assert torch.equal(term_a.scale, term_c.scale) and term_a.scale.item() != 1.0
+    assert history.val_nfr == full.val_nfr and history.train_loss == full.train_loss
+    assert latest_checkpoint(tmp_path).name == "epoch_0004.pt"
+    state = load_checkpoint(latest_checkpoint(tmp_path))
+    assert state["epoch"] == 4 and len(state["history"]["epochs"]) == 4
+    with pytest.raises(ValueError, match="seed"):
+        fit(new_model(), (x, y), loss_terms=[Projection()], epochs=5, optimizer=adam,
+            batch_size=16, seed=4, progress=False, checkpoint_dir=tmp_path, resume=True)
+
+
+def test_resume_without_checkpoint_starts_fresh(tmp_path):
+    x, y = blobs(n=40)
+    a, b = new_model(), new_model()
+    fit(a, (x, y), epochs=1, optimizer=adam, batch_size=16, progress=False)
+    fit(b, (x, y), epochs=1, optimizer=adam, batch_size=16, progress=False,
+        checkpoint_dir=tmp_path / "new", resume=True)
+    assert same_weights(a, b)
+    assert not list((tmp_path / "new").glob("*.tmp"))
+
+
+class TurnAgainstLabels(nn.Module):
+    """Pushes predictions to a wrong class, harder each epoch, so validation NFR rises."""
+
+    name = "sabotage"
+
+    def forward(self, step):
+        wrong = (step.targets + 1) % step.logits.shape[1]
+        return [0.0, 1.0, 3.0, 10.0][step.epoch] * nn.functional.cross_entropy(step.logits, wrong)
+
+
+def test_nfr_warning_fires_when_nfr_rises_two_epochs_in_a_row():
+    x, y = blobs(n=150)
+    with pytest.warns(NFRRiseWarning, match="rose two epochs in a row") as caught:
+        history = fit(new_model(), (x, y), loss_terms=[TurnAgainstLabels()], epochs=4,
+                      optimizer=adam, batch_size=32, val_data=(x, y), old_val_preds=y,
+                      progress=False)
+    nfr = history.val_nfr
+    assert nfr[1] < nfr[2] < nfr[3]
+    assert len(caught) == 1 + (nfr[0] < nfr[1] < nfr[2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NFRRiseWarning)
+        fit(new_model(), (x, y), loss_terms=[TurnAgainstLabels()], epochs=4, optimizer=adam,
+            batch_size=32, val_data=(x, y), progress=False)  # no v1 predictions: no NFR, no warning
+
+
+def test_nfr_rose_twice_logic():
+    assert nfr_rose_twice([0.1, 0.2, 0.3])
+    assert nfr_rose_twice([0.5, 0.1, 0.2, 0.3])
+    assert not nfr_rose_twice([0.1, 0.2, 0.2])
+    assert not nfr_rose_twice([0.2, 0.3])
+    assert not nfr_rose_twice([None, 0.2, 0.3])
+
+
+def test_history_round_trip():
+    h = History([EpochStats(1, 1.0, 0.5, {"a": 0.5}, 0.1, 0.02, 0.03, 1e-3, 0.4)])
+    assert History.from_dict(h.to_dict()) == h
+
+
+def test_sample_order_and_batch_slices():
+    order = epoch_permutation(10, seed=1, epoch=0)
+    assert sorted(order.tolist()) == list(range(10))
+    assert not np.array_equal(order, epoch_permutation(10, seed=1, epoch=1))
+    one = [b.tolist() for b, _ in local_batches(order, 4)]
+    two = [list(local_batches(order, 4, rank=r, world_size=2)) for r in range(2)]
+    # the two processes' slices of each global batch join to the one-process batch
+    for k, batch in enumerate(one):
+        (a, sa), (b, sb) = two[0][k], two[1][k]
+        assert a.tolist() + b.tolist() == batch and sa + sb == pytest.approx(1.0)
+    # a last batch of 1 sample: the second process gets a placeholder with weight 0
+    (last, share), = list(local_batches(np.arange(5), 4, rank=1, world_size=2))[-1:]
+    assert share == 0.0 and last.tolist() == [4]
+
+
+def test_predict_logits_matches_model():
+    x, _ = blobs(n=30)
+    model = new_model()
+    model.train()
+    logits = predict_logits(model, x, batch_size=7)
+    assert logits.dtype == np.float32 and logits.shape == (30, 3)
+    np.testing.assert_allclose(logits, model(torch.from_numpy(x)).detach().numpy(), rtol=1e-5,
+                               atol=1e-6)
+    assert model.training
+
+
+def test_bad_arguments_name_the_argument():
+    x, y = blobs(n=20)
+    model = new_model()
+    base = dict(epochs=1, optimizer=adam, progress=False)
+    with pytest.raises(ValueError, match="epochs"):
+        fit(model, (x, y), **{**base, "epochs": 0})
+    with pytest.raises(ValueError, match="optimizer"):
+        fit(model, (x, y), **{**base, "optimizer": "adam"})
+    with pytest.raises(ValueError, match="old_val_preds"):
+        fit(model, (x, y), val_data=(x, y), old_val_preds=y[:5], **base)
+    with pytest.raises(ValueError, match="old_val_preds needs val_data"):
+        fit(model, (x, y), old_val_preds=y, **base)
+    with pytest.raises(ValueError, match="train_data"):
+        fit(model, (x, y[:3]), **base)
+    with pytest.raises(ValueError, match="unique names"):
+        fit(model, (x, y), loss_terms=[ConstantTerm(), ConstantTerm()], **base)
+    with pytest.raises(ValueError, match="resume"):
+        fit(model, (x, y), resume=True, **base)
+
+    class VectorTerm(nn.Module):
+        name = "vector"
+
+        def forward(self, step):
+            return step.logits.sum(1)
+
+    with pytest.raises(ValueError, match="'vector' must return a scalar"):
+        fit(model, (x, y), loss_terms=[VectorTerm()], **base)
