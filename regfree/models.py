@@ -80,3 +80,96 @@ class MLP(_EmbeddingClassifier):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x.flatten(1))
+
+
+class ResNetEmbedder(_EmbeddingClassifier):
+    """A torchvision ResNet whose pooled features (optionally projected) are the embedding.
+
+    Weights come only from a local file (a torchvision-format state dict, as saved by
+    ``torch.save(model.state_dict(), path)``); the ImageNet ``fc`` layer in it is ignored.
+
+    Args:
+        arch: ``"resnet18"``, ``"resnet34"``, ``"resnet50"``, ``"resnet101"``.
+        num_classes: classes of the new head.
+        embedding_dim: add a linear projection to this size (``None`` keeps the pooled size).
+        weights: path to a local state dict, or ``None`` for random initialisation.
+        return_embeddings: ``forward`` returns ``(logits, embeddings)``.
+
+    Example:
+        >>> model = ResNetEmbedder("resnet18", num_classes=3, embedding_dim=32)
+        >>> model(torch.zeros(2, 3, 32, 32)).shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(self, arch: str, num_classes: int, embedding_dim: int | None = None,
+                 weights: str | None = None, return_embeddings: bool = False) -> None:
+        super().__init__(return_embeddings)
+        import torchvision
+
+        if arch not in _RESNETS:
+            raise ValueError(f"arch must be one of {sorted(_RESNETS)}, got {arch!r}")
+        backbone = getattr(torchvision.models, arch)(weights=None)
+        if weights is not None:
+            _load_local_weights(backbone, weights)
+        pooled = backbone.fc.in_features
+        backbone.fc = nn.Identity()
+        self.backbone = backbone
+        self.neck = nn.Linear(pooled, embedding_dim) if embedding_dim else nn.Identity()
+        self.embedding_dim = embedding_dim or pooled
+        self.head = nn.Linear(self.embedding_dim, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.neck(self.backbone(x))
+
+
+_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
+
+
+def _load_local_weights(backbone: nn.Module, path: str) -> None:
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise ValueError(f"weights: no file at {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    try:
+        missing, unexpected = backbone.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shape mismatches are raised even when not strict
+        raise ValueError(f"weights: {path} does not match the architecture: "
+                         f"{str(error).splitlines()[-1].strip()}") from None
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise ValueError(f"weights: {path} does not match the architecture "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def build_model(name: str, num_classes: int, *, width: int = 32, embedding_dim: int = 64,
+                in_features: int | None = None, weights: str | None = None,
+                return_embeddings: bool = False) -> nn.Module:
+    """Look a reference model up by name: ``convnet1d``, ``mlp`` or a ResNet name.
+
+    Args:
+        name: the model name.
+        num_classes: output classes.
+        width: capacity of ``convnet1d`` (channels) or ``mlp`` (hidden units).
+        embedding_dim: embedding size (for ResNets, ``0`` keeps the pooled features).
+        in_features: input size, required by ``mlp``.
+        weights: local state-dict file for ResNets.
+        return_embeddings: ``forward`` returns ``(logits, embeddings)``.
+
+    Example:
+        >>> build_model("convnet1d", 10, width=8, embedding_dim=16)(torch.zeros(1, 40)).shape
+        torch.Size([1, 10])
+    """
+    if name == "convnet1d":
+        return ConvNet1D(num_classes, width, embedding_dim, return_embeddings)
+    if name == "mlp":
+        if in_features is None:
+            raise ValueError("in_features is required for the 'mlp' model")
+        return MLP(in_features, num_classes, width, embedding_dim, return_embeddings)
+    if name in _RESNETS:
+        return ResNetEmbedder(name, num_classes, embedding_dim or None, weights,
+                              return_embeddings)
+    raise ValueError(f"name must be 'convnet1d', 'mlp' or one of {list(_RESNETS)}, got {name!r}")
