@@ -1,1 +1,42 @@
-"""Placeholder; filled in by its issue."""
+"""FAISS galleries holding embeddings of several model versions, retrieval evaluation, and
+partial-backfill planning.
+
+- :class:`Gallery`: flat / hnsw / ivf FAISS index under the caller's 64-bit ids, with the model
+  version of every item, atomic save/load.
+- :func:`evaluate`, :func:`cross_model_table`: top-k accuracy and mAP of one gallery, and of
+  every (query model, gallery model) pair.
+- :func:`plan_backfill`, :func:`backfill_curve`, :func:`plot_backfill_curves`: which items to
+  re-embed first and what each step of a partial backfill buys.
+- :func:`embed`: a model (``nn.Module`` method or any callable) over a dataset in batches.
+
+Example:
+    >>> import numpy as np
+    >>> from regfree.retrieval import Gallery, evaluate
+    >>> g = Gallery(dim=2)
+    >>> g.add(np.array([[1.0, 0.0], [0.0, 1.0]]), ids=[0, 1], version="v1")
+    >>> evaluate(np.array([[0.9, 0.1]]), [0], g, gallery_labels=[0, 1], ks=(1,))
+    {'top1': 1.0, 'mAP': 1.0}
+"""
+
+from regfree.retrieval.backfill import (
+    BackfillCurve,
+    backfill_curve,
+    plan_backfill,
+    plot_backfill_curves,
+)
+from regfree.retrieval.embedding import embed
+from regfree.retrieval.evaluation import CrossModelTable, cross_model_table, evaluate
+from regfree.retrieval.gallery import Gallery, gpu_available
+
+__all__ = [
+    "BackfillCurve",
+    "CrossModelTable",
+    "Gallery",
+    "backfill_curve",
+    "cross_model_table",
+    "embed",
+    "evaluate",
+    "gpu_available",
+    "plan_backfill",
+    "plot_backfill_curves",
+]

@@ -1,0 +1,75 @@
+"""Input validation at the retrieval boundary: every problem is a ValueError naming the argument."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import numpy as np
+
+Version = Union[str, int]
+
+
+def as_numpy(values: Any) -> np.ndarray:
+    if hasattr(values, "detach"):  # a torch tensor, converted without importing torch
+        values = values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
+def as_matrix(values: Any, name: str, dim: Optional[int] = None) -> np.ndarray:
+    """A finite, C-contiguous float32 ``(n, dim)`` matrix with ``n >= 1``."""
+    array = as_numpy(values)
+    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise ValueError(f"{name} must be a numeric array, got dtype {array.dtype}")
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n, dim), got shape {array.shape}")
+    if array.shape[0] == 0:
+        raise ValueError(f"{name} is empty: expected at least one row")
+    if dim is not None and array.shape[1] != dim:
+        raise ValueError(f"{name} has dimension {array.shape[1]}, the gallery expects {dim}")
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.isfinite(array).all():
+        bad = int((~np.isfinite(array).all(axis=1)).sum())
+        raise ValueError(f"{name} contains NaN or inf in {bad} row(s)")
+    return array
+
+
+def as_ids(values: Any, name: str = "ids", expected: Optional[int] = None) -> np.ndarray:
+    """A 1-D int64 array of unique non-negative ids (``-1`` is FAISS's 'no result')."""
+    array = as_numpy(values)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {array.shape}")
+    if array.size == 0:
+        raise ValueError(f"{name} is empty: expected at least one id")
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"{name} must be integers, got dtype {array.dtype}")
+    if expected is not None and array.size != expected:
+        raise ValueError(f"{name} has {array.size} entries but there are {expected} embeddings")
+    if array.dtype == np.uint64 and array.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} must fit in int64")
+    array = array.astype(np.int64)
+    if array.min() < 0:
+        raise ValueError(f"{name} must be non-negative, got {int(array.min())}")
+    unique, counts = np.unique(array, return_counts=True)
+    if unique.size != array.size:
+        raise ValueError(f"{name} contains duplicates: {preview(unique[counts > 1])}")
+    return array
+
+
+def check_version(version: Any) -> Version:
+    if isinstance(version, bool) or not isinstance(version, (str, int, np.integer)):
+        raise ValueError(f"version must be a str or int, got {type(version).__name__}")
+    if isinstance(version, str) and not version:
+        raise ValueError("version must not be an empty string")
+    return int(version) if isinstance(version, np.integer) else version
+
+
+def preview(values: np.ndarray, limit: int = 5) -> str:
+    shown = ", ".join(str(int(v)) for v in values[:limit])
+    more = f" ... ({values.size} in all)" if values.size > limit else ""
+    return f"[{shown}{more}]"
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)

@@ -1,0 +1,276 @@
+"""Partial backfill: in which order to re-embed gallery items, and what each step buys.
+
+After an update the gallery still holds v1 embeddings. Re-embedding ("backfilling") every item
+with v2 costs a full pass of v2 over the gallery; with a backward-compatible v2 the service can
+search the old gallery meanwhile and backfill gradually. FastFill (Jaeckle et al., ICLR 2023)
+observed that the *order* matters: re-embedding the items whose old embeddings are least
+reliable first gains most of the accuracy early. Here the reliability proxy is v1's own
+classifier confidence on the item (small top-1/top-2 margin or high entropy = unreliable), which
+needs no v2 pass; random order is the baseline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+import numpy as np
+from tqdm import tqdm
+
+from regfree.retrieval._checks import Version, as_ids, as_matrix, as_numpy
+from regfree.retrieval.evaluation import evaluate
+from regfree.retrieval.gallery import Gallery
+
+STRATEGIES = ("random", "margin", "entropy", "scores")
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    weights = np.exp(shifted)
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
+def plan_backfill(gallery: Gallery, strategy: str = "random", *, version: Optional[Version] = None,
+                  logits: Any = None, scores: Any = None, ids: Any = None,
+                  seed: int = 0) -> np.ndarray:
+    """The order in which to re-embed gallery items, most useful first.
+
+    Args:
+        gallery: the gallery to backfill.
+        strategy: ``"random"`` (a seeded permutation); ``"margin"`` (smallest gap between v1's
+            two most probable classes first); ``"entropy"`` (highest entropy of v1's softmax
+            first); ``"scores"`` (highest caller-given priority first).
+        version: only plan items currently of this version (default: every item).
+        logits: ``(n, C)`` v1 classifier logits of the items, for margin/entropy.
+        scores: ``(n,)`` priorities, for ``"scores"``.
+        ids: ``(n,)`` the item id of each row of ``logits``/``scores`` (default: the gallery's
+            sorted ids, i.e. row ``r`` is the ``r``-th smallest id). Must cover every planned item.
+        seed: the random order's seed (also breaks exact ties of the informed orders).
+
+    Returns:
+        int64 ids of the planned items, first to re-embed first.
+
+    Example:
+        >>> import numpy as np
+        >>> g = Gallery(dim=2)
+        >>> g.add(np.eye(2).repeat(2, axis=0) + 0.1, ids=[0, 1, 2, 3], version="v1")
+        >>> logits = np.array([[5.0, 0.0], [0.1, 0.0], [0.0, 3.0], [0.0, 9.0]])
+        >>> plan_backfill(g, "margin", logits=logits).tolist()
+        [1, 2, 0, 3]
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    planned = gallery.ids(version)
+    if planned.size == 0:
+        raise ValueError(f"the gallery has no items of version {version!r} to backfill"
+                         if version is not None else "the gallery is empty: nothing to backfill")
+    rng = np.random.default_rng(seed)
+    if strategy == "random":
+        return rng.permutation(planned)
+    if strategy == "scores":
+        if scores is None:
+            raise ValueError("strategy='scores' needs scores (one priority per item)")
+        priority = as_numpy(scores).astype(np.float64)
+        if priority.ndim != 1 or not np.isfinite(priority).all():
+            raise ValueError(f"scores must be 1-D and finite, got shape {priority.shape}")
+    else:
+        if logits is None:
+            raise ValueError(f"strategy={strategy!r} needs logits (v1's class logits per item)")
+        probs = _softmax(as_matrix(logits, "logits").astype(np.float64))
+        if probs.shape[1] < 2:
+            raise ValueError("logits must have at least two classes")
+        if strategy == "margin":
+            top2 = np.sort(probs, axis=1)[:, -2:]
+            priority = -(top2[:, 1] - top2[:, 0])
+        else:
+            priority = -(probs * np.log(np.clip(probs, 1e-300, None))).sum(axis=1)
+    row_ids = gallery.ids() if ids is None else as_ids(ids)
+    if row_ids.size != priority.shape[0]:
+        raise ValueError(f"{'scores' if strategy == 'scores' else 'logits'} has "
+                         f"{priority.shape[0]} rows but ids has {row_ids.size}")
+    order = np.argsort(row_ids)
+    sorted_ids, sorted_priority = row_ids[order], priority[order]
+    where = np.searchsorted(sorted_ids, planned).clip(0, sorted_ids.size - 1)
+    if np.any(sorted_ids[where] != planned):
+        raise ValueError("ids does not cover every item to backfill")
+    item_priority = sorted_priority[where]
+    tiebreak = rng.permutation(planned.size)
+    return planned[np.lexsort((tiebreak, -item_priority))]
+
+
+@dataclass
+class BackfillCurve:
+    """Retrieval scores as the backfilled share of the gallery grows, for each order.
+
+    Attributes:
+        fractions: ``(m,)`` shares of items re-embedded, ascending, in [0, 1].
+        scores: ``{order name: {score name: (m,) values}}``, score names as :func:`evaluate`'s.
+    """
+
+    fractions: np.ndarray
+    scores: dict[str, dict[str, np.ndarray]]
+
+    def area(self, order: str, metric: str = "top1") -> float:
+        """Mean score over the backfill (trapezoid area under the curve / fraction range);
+        higher means the order gains accuracy earlier."""
+        values = self.scores[order][metric]
+        span = self.fractions[-1] - self.fractions[0]
+        if span == 0:
+            return float(values.mean())
+        widths = np.diff(self.fractions)
+        return float(np.sum(widths * (values[1:] + values[:-1]) / 2) / span)
+
+    def to_markdown(self, metric: str = "top1", digits: int = 3) -> str:
+        """One row per order, one column per fraction, plus the area."""
+        header = " | ".join(f"{100 * f:g}%" for f in self.fractions)
+        lines = [f"| order | {header} | area |", "|---|" + "---:|" * (len(self.fractions) + 1)]
+        for name, values in self.scores.items():
+            cells = " | ".join(f"{v:.{digits}f}" for v in values[metric])
+            lines.append(f"| {name} | {cells} | {self.area(name, metric):.{digits}f} |")
+        return "\n".join(lines)
+
+
+def backfill_curve(query_embeddings: Any, query_labels: Any, old_embeddings: Any,
+                   new_embeddings: Any, gallery_labels: Any, orders: Mapping[str, Any],
+                   fractions: Sequence[float] = tuple(np.linspace(0.0, 1.0, 11)), *,
+                   gallery_ids: Any = None, metric: str = "cosine", index: str = "flat",
+                   ks: Sequence[int] = (1, 5, 10), map_k: Optional[int] = None,
+                   index_params: Optional[Mapping[str, int]] = None,
+                   old_version: Version = "old", new_version: Version = "new",
+                   progress: bool = True) -> BackfillCurve:
+    """Measure retrieval while a gallery is backfilled from old to new embeddings, per order.
+
+    For each order a real :class:`Gallery` is built from ``old_embeddings``; at each fraction
+    ``f`` the next items of the order are :meth:`Gallery.replace`-d by their new embeddings until
+    ``round(f * n)`` are new, and the new model's queries are evaluated with :func:`evaluate`.
+    At ``f = 0`` this is new/old retrieval, at ``f = 1`` new/new.
+
+    Args:
+        query_embeddings: ``(nq, dim)`` queries embedded by the new model.
+        query_labels: ``(nq,)`` their class ids.
+        old_embeddings: ``(n, dim)`` the gallery items embedded by the old model.
+        new_embeddings: ``(n, dim)`` the same items embedded by the new model.
+        gallery_labels: ``(n,)`` class ids of the items (row order).
+        orders: ``{name: ids}``, each a permutation of ``gallery_ids`` (e.g. from
+            :func:`plan_backfill`).
+        fractions: ascending shares in [0, 1] at which to measure.
+        gallery_ids: ``(n,)`` the id of each row (default ``0..n-1``).
+        metric, index, index_params: the :class:`Gallery` to build (``index_params`` are its
+            keyword options such as ``nlist``; an ivf gallery is trained on ``old_embeddings``).
+        ks, map_k: as in :func:`evaluate`.
+        old_version, new_version: version labels stored in the gallery.
+        progress: a tqdm bar over the steps.
+
+    Returns:
+        A :class:`BackfillCurve`.
+
+    Example:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> old, new = rng.normal(size=(30, 4)), rng.normal(size=(30, 4))
+        >>> labels = np.arange(30) % 3
+        >>> curve = backfill_curve(new[:6], labels[:6], old, new, labels,
+        ...                        {"random": rng.permutation(30)}, fractions=(0, 0.5, 1),
+        ...                        ks=(1,), progress=False)
+        >>> curve.scores["random"]["top1"].shape
+        (3,)
+    """
+    old = as_matrix(old_embeddings, "old_embeddings")
+    new = as_matrix(new_embeddings, "new_embeddings", old.shape[1])
+    if new.shape[0] != old.shape[0]:
+        raise ValueError(f"new_embeddings has {new.shape[0]} rows, old_embeddings {old.shape[0]}")
+    n_items = old.shape[0]
+    row_ids = np.arange(n_items) if gallery_ids is None else as_ids(gallery_ids, "gallery_ids",
+                                                                     n_items)
+    steps = np.asarray(fractions, dtype=np.float64)
+    if steps.ndim != 1 or steps.size == 0 or np.any(np.diff(steps) < 0) or steps.min() < 0 \
+            or steps.max() > 1:
+        raise ValueError(f"fractions must be a non-empty ascending sequence in [0, 1], got {fractions}")
+    if not orders:
+        raise ValueError("orders is empty: give at least one order, e.g. {'random': ...}")
+    labels = as_numpy(gallery_labels)
+    if labels.shape != (n_items,):
+        raise ValueError(f"gallery_labels must have shape ({n_items},), got {labels.shape}")
+    label_of = dict(zip(row_ids.tolist(), labels.tolist()))
+    sorter = np.argsort(row_ids)
+    checked = {}
+    for name, order in orders.items():
+        order = as_ids(order, f"orders[{name!r}]", n_items)
+        if not np.array_equal(np.sort(order), row_ids[sorter]):
+            raise ValueError(f"orders[{name!r}] must be a permutation of the gallery ids")
+        checked[name] = order
+    params = dict(index_params or {})
+    bar = tqdm(total=len(checked) * steps.size, desc="backfill", disable=not progress, leave=False)
+    results: dict[str, dict[str, np.ndarray]] = {}
+    for name, order in checked.items():
+        rows = sorter[np.searchsorted(row_ids[sorter], order)]
+        gallery = Gallery(old.shape[1], metric=metric, index=index, device="cpu", **params)
+        if index == "ivf":
+            gallery.train(old)
+        gallery.add(old, row_ids, old_version)
+        done, measured = 0, []
+        for fraction in steps:
+            target = int(round(fraction * n_items))
+            if target > done:
+                chunk = rows[done:target]
+                gallery.replace(row_ids[chunk], new[chunk], new_version)
+                done = target
+            measured.append(evaluate(query_embeddings, query_labels, gallery, label_of, ks, map_k))
+            bar.update()
+        results[name] = {key: np.array([m[key] for m in measured]) for key in measured[0]}
+    bar.close()
+    return BackfillCurve(fractions=steps, scores=results)
+
+
+def plot_backfill_curves(curve: BackfillCurve, metric: str = "top1",
+                         path: Union[str, None] = None, title: Optional[str] = None) -> Any:
+    """Plot ``metric`` against the backfilled share for every order.
+
+    Uses matplotlib's object API (no pyplot, no global backend change), so it works headless.
+
+    Args:
+        curve: from :func:`backfill_curve`.
+        metric: a score name such as ``"top1"`` or ``"mAP"``.
+        path: also write a PNG there (written to a temporary name, then renamed).
+        title: the axes title.
+
+    Returns:
+        The ``matplotlib.figure.Figure``.
+    """
+    from matplotlib.figure import Figure
+
+    first = next(iter(curve.scores.values()))
+    if metric not in first:
+        raise ValueError(f"metric must be one of {sorted(first)}, got {metric!r}")
+    figure = Figure(figsize=(6, 4), dpi=100)
+    axes = figure.add_subplot()
+    for name, values in curve.scores.items():
+        axes.plot(100 * curve.fractions, values[metric], marker="o",
+                  label=f"{name} (area {curve.area(name, metric):.3f})")
+    axes.set_xlabel("gallery backfilled with the new model (%)")
+    axes.set_ylabel(metric)
+    axes.set_title(title or f"Partial backfill: {metric} of new-model queries")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    if path is not None:
+        _save_png(figure, path)
+    return figure
+
+
+def _save_png(figure: Any, path: str) -> None:
+    import os
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".png.tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            figure.savefig(handle, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
