@@ -1,0 +1,149 @@
+"""Backfill planning and backfill curves on real galleries."""
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from regfree.retrieval import Gallery, backfill_curve, evaluate, plan_backfill, plot_backfill_curves
+
+
+def _gallery(n=6, ids=None):
+    gallery = Gallery(3, device="cpu")
+    ids = np.arange(n) if ids is None else ids
+    gallery.add(np.random.default_rng(0).normal(size=(n, 3)), ids, "v1")
+    return gallery
+
+
+def test_random_plan_is_a_seeded_permutation():
+    gallery = _gallery(50)
+    first = plan_backfill(gallery, "random", seed=3)
+    assert sorted(first.tolist()) == list(range(50))
+    np.testing.assert_array_equal(first, plan_backfill(gallery, "random", seed=3))
+    assert not np.array_equal(first, plan_backfill(gallery, "random", seed=4))
+
+
+def test_informed_plans_follow_v1_uncertainty():
+    gallery = _gallery(4, ids=np.array([40, 10, 30, 20]))
+    logits = np.array([[4.0, 0.0, 0.0],    # id 10: confident
+                       [1.0, 0.9, 0.0],    # id 20: two classes close -> smallest margin
+                       [1.0, 1.0, 1.0],    # id 30: uniform -> highest entropy, margin 0
+                       [2.0, 0.0, 1.5]])   # id 40
+    assert plan_backfill(gallery, "margin", logits=logits).tolist() == [30, 20, 40, 10]
+    assert plan_backfill(gallery, "entropy", logits=logits).tolist() == [30, 20, 40, 10]
+    # rows can be given in any id order
+    shuffled = plan_backfill(gallery, "margin", logits=logits[::-1], ids=[40, 30, 20, 10])
+    assert shuffled.tolist() == [30, 20, 40, 10]
+    priority = plan_backfill(gallery, "scores", scores=[1.0, 5.0, 3.0, 2.0], ids=[10, 20, 30, 40])
+    assert priority.tolist() == [20, 30, 40, 10]
+
+
+def test_plan_only_covers_the_requested_version():
+    gallery = _gallery(6)
+    gallery.replace([1, 4], np.ones((2, 3)), "v2")
+    logits = np.random.default_rng(1).normal(size=(6, 5))
+    plan = plan_backfill(gallery, "margin", version="v1", logits=logits)
+    assert sorted(plan.tolist()) == [0, 2, 3, 5]
+    assert sorted(plan_backfill(gallery, "random", version="v1").tolist()) == [0, 2, 3, 5]
+
+
+def test_plan_backfill_rejects_bad_input():
+    gallery = _gallery(4)
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        plan_backfill(gallery, "fastest")
+    with pytest.raises(ValueError, match="needs logits"):
+        plan_backfill(gallery, "margin")
+    with pytest.raises(ValueError, match="needs scores"):
+        plan_backfill(gallery, "scores")
+    with pytest.raises(ValueError, match="logits has 3 rows but ids has 4"):
+        plan_backfill(gallery, "margin", logits=np.ones((3, 2)))
+    with pytest.raises(ValueError, match="does not cover"):
+        plan_backfill(gallery, "entropy", logits=np.ones((4, 2)), ids=[0, 1, 2, 9])
+    with pytest.raises(ValueError, match="no items of version 'v9'"):
+        plan_backfill(gallery, version="v9")
+    with pytest.raises(ValueError, match="gallery is empty"):
+        plan_backfill(Gallery(3, device="cpu"))
+
+
+def _update_scenario(seed=0, n=400, n_queries=120, dim=8, classes=5):
+    """v2 embeds every item near its class centre; v1 is good on most items but scrambles a
+    third of them, and v1's classifier is unsure exactly there."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, dim)) * 3
+    labels = rng.integers(0, classes, size=n)
+    new = (centres[labels] + rng.normal(size=(n, dim))).astype(np.float32)
+    scrambled = rng.random(n) < 0.35
+    old = new + 0.3 * rng.normal(size=new.shape).astype(np.float32)
+    old[scrambled] = rng.normal(size=(scrambled.sum(), dim)).astype(np.float32) * 3
+    logits = np.where(scrambled[:, None], 0.1, 5.0) * np.eye(classes)[labels]
+    logits += 0.01 * rng.normal(size=logits.shape)
+    query_labels = rng.integers(0, classes, size=n_queries)
+    queries = (centres[query_labels] + rng.normal(size=(n_queries, dim))).astype(np.float32)
+    return queries, query_labels, old, new, labels, logits
+
+
+@pytest.mark.parametrize("index", ["flat", "hnsw"])
+def test_backfill_curve_endpoints_are_old_and_new_gallery_accuracy(index):
+    queries, query_labels, old, new, labels, logits = _update_scenario()
+    ids = np.arange(len(labels)) * 2 + 11
+    gallery = Gallery(8, device="cpu")
+    gallery.add(old, ids, "old")
+    orders = {"random": plan_backfill(gallery, "random", seed=0),
+              "margin": plan_backfill(gallery, "margin", logits=logits)}
+    curve = backfill_curve(queries, query_labels, old, new, labels, orders,
+                           fractions=(0.0, 0.25, 0.5, 1.0), gallery_ids=ids, index=index,
+                           ks=(1, 5), progress=False)
+    assert curve.fractions.tolist() == [0.0, 0.25, 0.5, 1.0]
+    label_of = dict(zip(ids.tolist(), labels.tolist()))
+    at_zero = evaluate(queries, query_labels, gallery, label_of, ks=(1, 5))
+    fresh = Gallery(8, device="cpu")
+    fresh.add(new, ids, "new")
+    at_full = evaluate(queries, query_labels, fresh, label_of, ks=(1, 5))
+    tolerance = 1e-9 if index == "flat" else 0.05  # hnsw is approximate
+    for name in orders:
+        for key in ("top1", "top5", "mAP"):
+            assert curve.scores[name][key][0] == pytest.approx(at_zero[key], abs=tolerance)
+            assert curve.scores[name][key][-1] == pytest.approx(at_full[key], abs=tolerance)
+    assert at_full["mAP"] > at_zero["mAP"] + 0.1, "the scenario must leave room to gain"
+    # re-embedding the scrambled items first gains accuracy earlier than a random order
+    assert curve.area("margin", "mAP") > curve.area("random", "mAP") + 0.02
+    table = curve.to_markdown("top1")
+    assert table.splitlines()[0] == "| order | 0% | 25% | 50% | 100% | area |"
+
+
+def test_backfill_curve_rejects_bad_input():
+    queries, query_labels, old, new, labels, _ = _update_scenario(n=40, n_queries=5)
+    good = {"random": np.arange(40)}
+    with pytest.raises(ValueError, match="permutation of the gallery ids"):
+        backfill_curve(queries, query_labels, old, new, labels, {"bad": np.arange(1, 41)},
+                       progress=False)
+    with pytest.raises(ValueError, match="fractions must be"):
+        backfill_curve(queries, query_labels, old, new, labels, good, fractions=(0.5, 0.2),
+                       progress=False)
+    with pytest.raises(ValueError, match="orders is empty"):
+        backfill_curve(queries, query_labels, old, new, labels, {}, progress=False)
+    with pytest.raises(ValueError, match="new_embeddings has 39 rows"):
+        backfill_curve(queries, query_labels, old, new[:39], labels, good, progress=False)
+
+
+def test_ivf_backfill_curve_trains_on_the_old_gallery():
+    queries, query_labels, old, new, labels, _ = _update_scenario(n=200, n_queries=30)
+    curve = backfill_curve(queries, query_labels, old, new, labels,
+                           {"random": np.random.default_rng(0).permutation(200)},
+                           fractions=(0.0, 1.0), index="ivf",
+                           index_params={"nlist": 4, "nprobe": 4}, ks=(1,), progress=False)
+    assert curve.scores["random"]["top1"][-1] > curve.scores["random"]["top1"][0]
+
+
+def test_plot_returns_a_figure_and_writes_png(tmp_path):
+    queries, query_labels, old, new, labels, logits = _update_scenario(n=60, n_queries=10)
+    curve = backfill_curve(queries, query_labels, old, new, labels,
+                           {"random": np.arange(60)}, fractions=(0.0, 0.5, 1.0), ks=(1,),
+                           progress=False)
+    path = tmp_path / "plots" / "curve.png"
+    figure = plot_backfill_curves(curve, metric="mAP", path=str(path))
+    assert isinstance(figure, Figure)
+    assert figure.axes[0].get_ylabel() == "mAP" and len(figure.axes[0].lines) == 1
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in path.parent.iterdir()] == ["curve.png"]
+    with pytest.raises(ValueError, match="metric must be one of"):
+        plot_backfill_curves(curve, metric="top5")
