@@ -1,0 +1,79 @@
+"""Uncertainty for flip rates: Wilson interval and McNemar's exact test.
+
+Both are computed here from counts (no scipy.stats, whose import alone takes longer than a
+whole ``regfree report`` on 10M rows).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+Z_95 = 1.959963984540054  # standard normal quantile at 0.975
+
+
+def wilson_interval(successes: int, total: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (95% by default).
+
+    Args:
+        successes: number of events (e.g. negative flips).
+        total: number of trials (samples); must be positive.
+        z: normal quantile; the default gives a 95% interval.
+
+    Returns:
+        ``(low, high)``, clipped to ``[0, 1]``.
+
+    Example:
+        >>> low, high = wilson_interval(5, 100)
+        >>> round(low, 4), round(high, 4)
+        (0.0215, 0.1118)
+    """
+    if total <= 0:
+        raise ValueError(f"total: must be positive, got {total}")
+    if not 0 <= successes <= total:
+        raise ValueError(f"successes: must be in [0, {total}], got {successes}")
+    p = successes / total
+    z2 = z * z
+    denom = 1.0 + z2 / total
+    center = (p + z2 / (2 * total)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / total + z2 / (4 * total * total))
+    # At 0 and n the bounds are exactly 0 and 1; the formula can miss them by rounding.
+    low = 0.0 if successes == 0 else max(0.0, center - half)
+    high = 1.0 if successes == total else min(1.0, center + half)
+    return low, high
+
+
+def _log_binom_pmf_half(k: int, m: int) -> float:
+    return math.lgamma(m + 1) - math.lgamma(k + 1) - math.lgamma(m - k + 1) - m * math.log(2.0)
+
+
+def mcnemar_exact_p(b: int, c: int) -> float:
+    """Exact two-sided McNemar p-value from the two discordant counts.
+
+    Under the null hypothesis each discordant pair is a fair coin, so the p-value is
+    ``min(1, 2 * P(X <= min(b, c)))`` with ``X ~ Binomial(b + c, 1/2)``; it is 1 when there are
+    no discordant pairs. Equal to ``scipy.stats.binomtest(b, b + c).pvalue``.
+
+    Args:
+        b: pairs where only the old model was right (negative flips).
+        c: pairs where only the new model was right (positive flips).
+
+    Returns:
+        The p-value in ``[0, 1]`` (underflows to 0.0 below about 1e-308).
+
+    Example:
+        >>> round(mcnemar_exact_p(2, 10), 4)
+        0.0386
+    """
+    if b < 0 or c < 0:
+        raise ValueError(f"b, c: counts must be >= 0, got {b}, {c}")
+    m, k = b + c, min(b, c)
+    if 2 * k >= m:
+        return 1.0
+    # P(X <= k) = pmf(k) * sum_j prod_{i=k-j+1..k} i / (m - i + 1); the terms fall off fast,
+    # so a cumulative product of the ratios is accurate and avoids k calls to lgamma.
+    i = np.arange(k, 0, -1, dtype=np.float64)
+    terms = np.cumprod(i / (m - i + 1.0))
+    cdf = math.exp(_log_binom_pmf_half(k, m)) * (1.0 + float(terms.sum()))
+    return min(1.0, 2.0 * cdf)

@@ -1,0 +1,78 @@
+"""Streaming form of :func:`flip_report`: count batch by batch, merge workers, reduce once."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from regfree.metrics.counts import FlipCounts, add_codes, check_num_classes, joint_codes
+from regfree.metrics.inputs import as_numpy, prepare_flip_inputs
+from regfree.metrics.report import FlipReport, report_from_counts
+
+
+class FlipCounter:
+    """Accumulates flip counts over batches; :meth:`compute` equals the one-shot report exactly.
+
+    Args:
+        num_classes: fixed class count, or None to grow with the largest id / score width seen.
+        validate: check every batch; ``False`` skips the checks for speed.
+
+    Example:
+        >>> from regfree.metrics import flip_report
+        >>> counter = FlipCounter()
+        >>> counter.update([0, 1], [0, 1], [0, 0])
+        >>> counter.update([2, 2], [0, 2], [2, 2])
+        >>> counter.compute() == flip_report([0, 1, 2, 2], [0, 1, 0, 2], [0, 0, 2, 2])
+        True
+    """
+
+    def __init__(self, num_classes: Optional[int] = None, validate: bool = True) -> None:
+        if num_classes is not None:
+            check_num_classes(num_classes)
+        self.num_classes = num_classes
+        self.validate = validate
+        self._counts: Optional[FlipCounts] = None
+
+    @property
+    def counts(self) -> Optional[FlipCounts]:
+        """The sufficient statistics so far (None before the first non-empty batch)."""
+        return self._counts
+
+    def update(self, y_true: Any, old_pred: Any, new_pred: Any) -> None:
+        """Count one batch (same inputs as :func:`~regfree.metrics.flip_report`).
+
+        Empty batches are allowed and change nothing.
+        """
+        if all(len(as_numpy(x)) == 0 for x in (y_true, old_pred, new_pred)):
+            return
+        y, old, new, k = prepare_flip_inputs(y_true, old_pred, new_pred,
+                                             num_classes=self.num_classes,
+                                             validate=self.validate, need_num_classes=True)
+        check_num_classes(k)
+        if self._counts is None:
+            self._counts = FlipCounts.zeros(k)
+        elif k > self._counts.num_classes:
+            self._counts = self._counts.padded(k)
+        k = self._counts.num_classes
+        add_codes(self._counts.joint.reshape(-1), joint_codes(y, old, new, k))
+
+    def merge(self, other: FlipCounter) -> FlipCounter:
+        """Add another counter's counts into this one (e.g. from another worker); returns self."""
+        if not isinstance(other, FlipCounter):
+            raise ValueError(f"other: expected a FlipCounter, got {type(other).__name__}")
+        if other._counts is None:
+            return self
+        if self._counts is None:
+            self._counts = FlipCounts(other._counts.joint.copy())
+        else:
+            self._counts = self._counts + other._counts
+        return self
+
+    def reset(self) -> None:
+        """Forget all counts."""
+        self._counts = None
+
+    def compute(self) -> FlipReport:
+        """The :class:`~regfree.metrics.FlipReport` of everything counted so far."""
+        if self._counts is None:
+            raise ValueError("FlipCounter: no samples; call update() with data first")
+        return report_from_counts(self._counts)
