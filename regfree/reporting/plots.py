@@ -1,0 +1,83 @@
+"""matplotlib figures of a flip report (Agg canvas; pyplot and its global state are not used)."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from regfree.metrics import FlipReport, wilson_interval
+from regfree.metrics.report import class_label
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_per_class_nfr(report: FlipReport, class_names: Optional[Sequence[str]] = None,
+                       top: int = 30) -> Figure:
+    """Bars of per-class NFR (with 95% Wilson intervals) and PFR.
+
+    Shows every class when there are at most ``top``, else the ``top`` with the highest NFR.
+    """
+    classes = [c for c in report.per_class if c.count > 0]
+    if len(classes) > top:
+        classes = sorted(sorted(classes, key=lambda c: -c.nfr)[:top], key=lambda c: c.label)
+    x = np.arange(len(classes))
+    nfr = np.array([c.nfr for c in classes])
+    pfr = np.array([c.pfr for c in classes])
+    bounds = np.array([wilson_interval(c.negative_flips, c.count) for c in classes])
+    bounds = bounds.reshape(-1, 2)
+    err = np.vstack([nfr - bounds[:, 0], bounds[:, 1] - nfr])
+    fig = _new_figure(max(5.0, 0.45 * len(classes) + 2), 3.4)
+    ax = fig.add_subplot()
+    ax.bar(x - 0.2, nfr * 100, 0.4, yerr=err * 100, capsize=2, color="#c0392b",
+           label="NFR (95% CI)")
+    ax.bar(x + 0.2, pfr * 100, 0.4, color="#27ae60", label="PFR")
+    ax.axhline(report.nfr * 100, color="#c0392b", linestyle="--", linewidth=1,
+               label=f"overall NFR {report.nfr:.2%}")
+    ax.set_xticks(x, [class_label(c.label, class_names) for c in classes],
+                  rotation=45 if len(classes) > 12 else 0, ha="right" if len(classes) > 12
+                  else "center")
+    ax.set_ylabel("% of the class's samples")
+    ax.set_xlabel("true class")
+    ax.set_title("Per-class negative and positive flip rates")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def plot_negative_flip_confusion(report: FlipReport,
+                                 class_names: Optional[Sequence[str]] = None,
+                                 top: int = 20) -> Figure:
+    """Heatmap of negative flips: true class (rows) -> the new model's wrong class (columns).
+
+    With more than ``top`` classes, only the ``top`` classes involved in most flips are shown.
+    """
+    confusion = report.negative_flip_confusion
+    keep = np.arange(report.num_classes)
+    if len(keep) > top:
+        involvement = confusion.sum(axis=0) + confusion.sum(axis=1)
+        keep = np.sort(np.argsort(-involvement, kind="stable")[:top])
+    shown = confusion[np.ix_(keep, keep)]
+    labels = [class_label(int(k), class_names) for k in keep]
+    size = max(3.5, 0.4 * len(keep) + 2)
+    fig = _new_figure(size + 1, size)
+    ax = fig.add_subplot()
+    image = ax.imshow(shown, cmap="Reds", vmin=0)
+    fig.colorbar(image, ax=ax, label="negative flips")
+    ax.set_xticks(np.arange(len(keep)), labels, rotation=45 if len(keep) > 12 else 0)
+    ax.set_yticks(np.arange(len(keep)), labels)
+    ax.set_xlabel("new model predicts")
+    ax.set_ylabel("true class (old model was right)")
+    ax.set_title("Negative-flip confusion")
+    if len(keep) <= 15:
+        peak = shown.max() if shown.size else 0
+        for (i, j), value in np.ndenumerate(shown):
+            if value:
+                ax.text(j, i, str(value), ha="center", va="center", fontsize="small",
+                        color="white" if value > peak / 2 else "black")
+    return fig
