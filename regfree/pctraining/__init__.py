@@ -1,9 +1,47 @@
 """Positive-congruent training: train v2 to keep v1's correct predictions.
 
-The trainer lives in :mod:`regfree.training` (shared with backward-compatible training) and is
-re-exported here.
+Losses are a per-sample weighting times a distance (:mod:`~regfree.pctraining.weighting`,
+:mod:`~regfree.pctraining.distances`); :class:`OldLogitCache` runs v1 once; a
+:class:`DistillationTerm` plugs a loss into the shared trainer :func:`fit` (from
+:mod:`regfree.training`, re-exported here).
+
+Example:
+    >>> import numpy as np, torch
+    >>> from regfree.models import MLP
+    >>> x, y = np.random.default_rng(0).normal(size=(32, 4)).astype("float32"), np.arange(32) % 2
+    >>> v1 = MLP(4, num_classes=2)
+    >>> term = DistillationTerm(FocalDistillationLoss(), teacher=v1)
+    >>> history = fit(MLP(4, num_classes=2), (x, y), loss_terms=[term], epochs=1,
+    ...               optimizer=lambda p: torch.optim.Adam(p, lr=1e-3), progress=False)
+    >>> sorted(history.epochs[0].terms)
+    ['fd_kl']
 """
 
+from regfree.pctraining.cache import OldLogitCache
+from regfree.pctraining.distances import kl_distance, logit_distance, margin_logit_distance
+from regfree.pctraining.losses import (
+    DistillationLoss,
+    FocalDistillationLoss,
+    KnowledgeDistillationLoss,
+)
+from regfree.pctraining.term import DistillationTerm
+from regfree.pctraining.weighting import focal_weights, old_correct, uniform_weights
 from regfree.training import History, IndexedDataset, NFRRiseWarning, fit
 
-__all__ = ["History", "IndexedDataset", "NFRRiseWarning", "fit"]
+__all__ = [
+    "DistillationLoss",
+    "DistillationTerm",
+    "FocalDistillationLoss",
+    "History",
+    "IndexedDataset",
+    "KnowledgeDistillationLoss",
+    "NFRRiseWarning",
+    "OldLogitCache",
+    "fit",
+    "focal_weights",
+    "kl_distance",
+    "logit_distance",
+    "margin_logit_distance",
+    "old_correct",
+    "uniform_weights",
+]

@@ -1,0 +1,193 @@
+"""Distillation losses for positive-congruent training: a per-sample weighting times a distance.
+
+``loss = weight * mean_i(w_i * D_i)`` over the batch, where ``w_i`` comes from a weighting
+function of the old logits and targets (:mod:`regfree.pctraining.weighting`) and ``D_i`` from a
+distance between new and old logits (:mod:`regfree.pctraining.distances`). A new weighting or
+distance is one small function passed to :class:`DistillationLoss`, not a new class.
+
+Fewer old classes than new: when the old logits have ``C_old < C_new`` columns, the old model's
+classes are taken to be the first ``C_old`` new classes. Samples whose target is a new class
+(``>= C_old``) get weight 0 (no distillation term), and the remaining samples are compared on the
+shared classes only (``new_logits[:, :C_old]``). The mean still runs over the whole batch, so the
+term stays a per-sample mean (what the trainer's multi-process weighting assumes).
+
+All arithmetic runs in float32 (float64 for float64 inputs) with autocast disabled, so the losses work under
+``torch.autocast`` and on CUDA; gradients flow into ``new_logits`` only.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from regfree.pctraining.distances import at_least_float32, kl_distance, logit_distance
+from regfree.pctraining.weighting import focal_weights, old_correct, uniform_weights
+
+Weighting = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+#: Defaults chosen by the sweep in experiments/pct_mnist1d.py (see FocalDistillationLoss).
+DEFAULT_ALPHA = 1.0
+DEFAULT_BETA = 5.0
+DEFAULT_TEMPERATURE = 4.0
+DEFAULT_WEIGHT = 1.0
+
+
+class DistillationLoss(nn.Module):
+    """``weight * mean_i(weighting(old, y)_i * distance(new, old)_i)``, the distillation term only.
+
+    Records what its last call did in :attr:`last_stats` (floats): ``distilled_share`` (share
+    of the batch whose target the old model knows), ``old_correct_share`` (share of those where
+    the old model was right), ``mean_weight`` and ``mean_distance`` (over distilled samples).
+
+    Args:
+        weighting: ``(old_logits, targets) -> (B,)`` per-sample weights.
+        distance: ``(new_logits, old_logits) -> (B,)`` per-sample distances.
+        weight: the overall factor (lambda).
+        name: label of the term in the training history.
+
+    Example:
+        >>> from regfree.pctraining.distances import logit_distance
+        >>> from regfree.pctraining.weighting import uniform_weights
+        >>> loss = DistillationLoss(uniform_weights, logit_distance, weight=2.0)
+        >>> float(loss(torch.tensor([[1.0, 0.0]]), torch.zeros(1, 2), torch.tensor([0])))
+        1.0
+    """
+
+    def __init__(self, weighting: Weighting, distance: Distance, weight: float = 1.0,
+                 name: str = "distill") -> None:
+        super().__init__()
+        if weight < 0:
+            raise ValueError(f"weight must be >= 0, got {weight}")
+        self.weighting = weighting
+        self.distance = distance
+        self.weight = float(weight)
+        self.name = name
+        self._last: dict[str, torch.Tensor] = {}
+
+    def forward(self, new_logits: torch.Tensor, old_logits: torch.Tensor,
+                targets: torch.Tensor) -> torch.Tensor:
+        """The distillation term: a scalar float32 tensor, differentiable in ``new_logits``."""
+        _check_shapes(new_logits, old_logits, targets)
+        old_logits = old_logits.detach().to(new_logits.device)
+        targets = targets.to(new_logits.device)
+        num_old = old_logits.shape[1]
+        with torch.autocast(device_type=new_logits.device.type, enabled=False):
+            new = at_least_float32(new_logits)[:, :num_old]
+            old = at_least_float32(old_logits)
+            known = targets < num_old
+            weights = self.weighting(old, targets).to(new.dtype) * known.to(new.dtype)
+            distances = self.distance(new, old)
+            value = self.weight * (weights * distances).mean()
+        with torch.no_grad():
+            n_known = known.sum().clamp(min=1)
+            self._last = {
+                "distilled_share": known.float().mean(),
+                "old_correct_share": (old_correct(old, targets) & known).sum() / n_known,
+                "mean_weight": weights.sum() / n_known,
+                "mean_distance": (distances * known).sum() / n_known,
+            }
+        return value
+
+    def loss(self, new_logits: torch.Tensor, old_logits: torch.Tensor,
+             targets: torch.Tensor) -> torch.Tensor:
+        """Same as calling the module."""
+        return self(new_logits, old_logits, targets)
+
+    @property
+    def last_stats(self) -> dict[str, float]:
+        """Statistics of the last call (empty before the first)."""
+        return {key: float(value) for key, value in self._last.items()}
+
+
+class FocalDistillationLoss(DistillationLoss):
+    """Focal distillation (Yan et al., CVPR 2021): distil hardest where the old model was right.
+
+    Per-sample weight ``alpha + beta * 1[old argmax == target]``; distance ``kind="kl"``:
+    ``T^2 * KL(softmax(old/T) || softmax(new/T))`` or ``kind="logit"``: ``0.5 * ||new - old||^2``
+    (temperature unused). Returns ``weight * mean_i(w_i * D_i)`` — only the distillation term;
+    add the cross-entropy yourself (the trainer does). See the module docstring for fewer old
+    classes than new, autocast and gradients.
+
+    Defaults: chosen by the sweep in ``experiments/pct_mnist1d.py`` (results in
+    ``experiments/results/pct_mnist1d.md``).
+
+    Args:
+        alpha: weight of every sample (0 = distil only where the old model was right).
+        beta: extra weight where the old model was right.
+        temperature: softmax temperature of the KL distance.
+        kind: ``"kl"`` or ``"logit"``, or a callable distance ``(new, old) -> (B,)``.
+        weight: overall factor lambda.
+        name: label in the training history.
+
+    Example:
+        >>> fd = FocalDistillationLoss(alpha=0.0, beta=1.0, kind="logit", weight=1.0)
+        >>> new = torch.tensor([[2.0, 0.0], [0.0, 2.0]], requires_grad=True)
+        >>> old = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+        >>> fd(new, old, torch.tensor([0, 1])).item()  # only sample 0 (old right): 0.5*1/2
+        0.25
+        >>> fd.last_stats["old_correct_share"]
+        0.5
+    """
+
+    def __init__(self, alpha: float = DEFAULT_ALPHA, beta: float = DEFAULT_BETA,
+                 temperature: float = DEFAULT_TEMPERATURE, kind: str | Distance = "kl",
+                 weight: float = DEFAULT_WEIGHT, name: Optional[str] = None) -> None:
+        if alpha < 0 or beta < 0 or alpha + beta == 0:
+            raise ValueError(f"alpha and beta must be >= 0 and not both 0, got {alpha}, {beta}")
+        distance = _distance(kind, temperature)
+        super().__init__(partial(focal_weights, alpha=float(alpha), beta=float(beta)), distance,
+                         weight, name or f"fd_{kind if isinstance(kind, str) else 'custom'}")
+        self.alpha, self.beta, self.temperature, self.kind = alpha, beta, temperature, kind
+
+    def extra_repr(self) -> str:
+        return (f"alpha={self.alpha}, beta={self.beta}, temperature={self.temperature}, "
+                f"kind={self.kind!r}, weight={self.weight}")
+
+
+class KnowledgeDistillationLoss(DistillationLoss):
+    """Plain knowledge distillation: ``weight * T^2 * KL(softmax(old/T) || softmax(new/T))``,
+    averaged over the batch, every sample weighted 1 (samples of classes the old model never saw
+    excepted, as in the module docstring).
+
+    Example:
+        >>> kd = KnowledgeDistillationLoss(temperature=2.0, weight=0.5)
+        >>> float(kd(torch.zeros(3, 4), torch.zeros(3, 4), torch.tensor([0, 1, 2])))
+        0.0
+    """
+
+    def __init__(self, temperature: float = 4.0, weight: float = 1.0, name: str = "kd") -> None:
+        super().__init__(uniform_weights, _distance("kl", temperature), weight, name)
+        self.temperature = temperature
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, weight={self.weight}"
+
+
+def _distance(kind: str | Distance, temperature: float) -> Distance:
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if callable(kind):
+        return kind
+    if kind == "kl":
+        return partial(kl_distance, temperature=float(temperature))
+    if kind == "logit":
+        return logit_distance
+    raise ValueError(f"kind must be 'kl', 'logit' or a callable, got {kind!r}")
+
+
+def _check_shapes(new_logits: torch.Tensor, old_logits: torch.Tensor,
+                  targets: torch.Tensor) -> None:
+    if new_logits.dim() != 2:
+        raise ValueError(f"new_logits must be (B, C), got shape {tuple(new_logits.shape)}")
+    if old_logits.dim() != 2 or old_logits.shape[0] != new_logits.shape[0]:
+        raise ValueError(f"old_logits must be (B, C_old) with B={new_logits.shape[0]}, got "
+                         f"shape {tuple(old_logits.shape)}")
+    if old_logits.shape[1] > new_logits.shape[1]:
+        raise ValueError(f"old_logits has {old_logits.shape[1]} classes, more than new_logits' "
+                         f"{new_logits.shape[1]}")
+    if targets.shape != (new_logits.shape[0],):
+        raise ValueError(f"targets must be ({new_logits.shape[0]},), got {tuple(targets.shape)}")
