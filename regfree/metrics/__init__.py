@@ -27,6 +27,7 @@ from regfree.metrics.flips import (
 from regfree.metrics.inputs import as_class_ids, as_numpy, prepare_flip_inputs
 from regfree.metrics.matrix import FlipMatrix, flip_matrix
 from regfree.metrics.report import ClassFlips, FlipReport, flip_report, report_from_counts
+from regfree.metrics.retrieval import RetrievalScores, retrieval_scores  # noqa: F401
 from regfree.metrics.stats import mcnemar_exact_p, wilson_interval
 from regfree.metrics.streaming import FlipCounter
 

@@ -23,13 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from regfree.metrics.inputs import as_numpy
+
 __all__ = ["RetrievalScores", "retrieval_scores"]
-
-
-def _as_numpy(values: Any) -> np.ndarray:
-    if hasattr(values, "detach"):  # a torch tensor, converted without importing torch
-        values = values.detach().cpu().numpy()
-    return np.asarray(values)
 
 
 def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
@@ -42,8 +38,8 @@ def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
 def _update(query_labels: Any, neighbour_labels: Any, ks: tuple[int, ...],
             num_relevant: Any = None) -> tuple[int, np.ndarray, float]:
     """Turn one batch into sufficient statistics: (queries, hits per k, sum of AP)."""
-    labels = _as_numpy(query_labels)
-    ranked = _as_numpy(neighbour_labels)
+    labels = as_numpy(query_labels)
+    ranked = as_numpy(neighbour_labels)
     if labels.ndim != 1:
         raise ValueError(f"query_labels must be 1-D, got shape {labels.shape}")
     if ranked.ndim != 2 or ranked.shape[0] != labels.shape[0]:
@@ -58,7 +54,7 @@ def _update(query_labels: Any, neighbour_labels: Any, ks: tuple[int, ...],
     if num_relevant is None:
         denominator = hits_per_query.astype(np.float64)
     else:
-        total = _as_numpy(num_relevant).astype(np.int64)
+        total = as_numpy(num_relevant).astype(np.int64)
         if total.shape != labels.shape:
             raise ValueError(f"num_relevant must have shape {labels.shape}, got {total.shape}")
         if np.any(total < hits_per_query):

@@ -6,13 +6,11 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from regfree.metrics.inputs import as_numpy
+
+__all__ = ["Version", "as_ids", "as_matrix", "as_numpy", "check_positive_int", "check_version"]
+
 Version = Union[str, int]
-
-
-def as_numpy(values: Any) -> np.ndarray:
-    if hasattr(values, "detach"):  # a torch tensor, converted without importing torch
-        values = values.detach().cpu().numpy()
-    return np.asarray(values)
 
 
 def as_matrix(values: Any, name: str, dim: Optional[int] = None) -> np.ndarray:
