@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from regfree.metrics import error_rate, flip_totals
 from regfree.training.checkpoint import (
     checkpoint_path,
     latest_checkpoint,
@@ -121,12 +122,10 @@ def _predict_shard(model: nn.Module, source: BatchSource, ctx: ProcessContext, b
 
 def _flip_rates(labels: np.ndarray, new_preds: np.ndarray,
                 old_preds: Optional[np.ndarray]) -> tuple[float, Optional[float], Optional[float]]:
-    new_ok = new_preds == labels
-    error = float((~new_ok).mean())
     if old_preds is None:
-        return error, None, None
-    old_ok = old_preds == labels
-    return error, float((old_ok & ~new_ok).mean()), float((~old_ok & new_ok).mean())
+        return error_rate(labels, new_preds, validate=False), None, None
+    totals = flip_totals(labels, old_preds, new_preds, validate=False)
+    return totals.error_rate_new, totals.nfr, totals.pfr
 
 
 def _check_terms(loss_terms: Iterable[LossTerm]) -> list[LossTerm]:

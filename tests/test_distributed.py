@@ -1,0 +1,120 @@
+"""fit under torchrun with 2 CPU processes equals fit in one process at the same global batch.
+
+Run as a script by torchrun (``python -m torch.distributed.run --nproc_per_node 2 THIS OUT``),
+each rank trains and writes its history; rank 0 also writes the weights.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from regfree.models import MLP
+from regfree.pctraining import DistillationTerm, FocalDistillationLoss
+from regfree.training import fit, latest_checkpoint, load_checkpoint
+
+# 41 training samples in global batches of 8: the last batch has 1 sample, so rank 1 gets a
+# weight-0 placeholder; 23 validation samples split 12/11 across ranks.
+N_TRAIN, N_VAL, BATCH, EPOCHS = 41, 23, 8, 3
+
+
+class LearnedScale(nn.Module):
+    """A loss term with a trainable parameter: its gradient must be averaged across ranks."""
+
+    name = "scale"
+
+    def __init__(self):
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.zeros(()))
+
+    def forward(self, step):
+        return 0.01 * ((step.logits * self.log_scale.exp()) ** 2).mean()
+
+
+def tiny_data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(N_TRAIN + N_VAL, 6)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64) + (x[:, 2] > 1).astype(np.int64)
+    return (x[:N_TRAIN], y[:N_TRAIN]), (x[N_TRAIN:], y[N_TRAIN:])
+
+
+def train(checkpoint_dir):
+    torch.manual_seed(0)
+    teacher = MLP(6, num_classes=3, hidden=8, embedding_dim=4)
+    model = MLP(6, num_classes=3, hidden=16, embedding_dim=8)
+    scale = LearnedScale()
+    terms = [DistillationTerm(FocalDistillationLoss(alpha=1.0, beta=2.0), teacher), scale]
+    train_data, val_data = tiny_data()
+    old_val_preds = teacher(torch.from_numpy(val_data[0])).argmax(1).numpy()
+    history = fit(model, train_data, loss_terms=terms, epochs=EPOCHS, batch_size=BATCH,
+                  optimizer=lambda p: torch.optim.Adam(p, lr=2e-2), val_data=val_data,
+                  old_val_preds=old_val_preds, seed=11, checkpoint_dir=checkpoint_dir,
+                  progress=False)
+    return model, scale, history
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_two_processes_equal_one_process(tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
+           "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), __file__, str(out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    model, scale, history = train(tmp_path / "single")
+    ranks = [json.loads((out / f"history_rank{r}.json").read_text()) for r in range(2)]
+    for epochs in ranks:
+        for epoch in epochs["epochs"]:
+            epoch.pop("seconds")
+    assert ranks[0] == ranks[1]  # every rank returns the same history
+    two = ranks[0]["epochs"]
+    one = history.to_dict()["epochs"]
+    for a, b in zip(one, two):
+        assert (a["val_error"], a["val_nfr"], a["val_pfr"]) == (b["val_error"], b["val_nfr"],
+                                                                b["val_pfr"])
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["terms"] == pytest.approx(b["terms"], rel=1e-5)
+    weights = torch.load(out / "weights.pt", weights_only=True)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(weights["model"][name], value, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(weights["scale"], scale.log_scale.detach(), rtol=1e-5, atol=1e-6)
+    assert scale.log_scale.item() != 0.0
+    # rank 0 wrote every epoch's checkpoint, nobody left a temporary file
+    assert sorted(p.name for p in (out / "ckpt").iterdir()) == [
+        f"epoch_{e:04d}.pt" for e in range(1, EPOCHS + 1)]
+    state = load_checkpoint(latest_checkpoint(out / "ckpt"))
+    torch.testing.assert_close(state["model"], weights["model"])
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    target = Path(sys.argv[1])
+    model, scale, history = train(target / "ckpt")
+    rank = int(os.environ["RANK"])
+    target.mkdir(parents=True, exist_ok=True)
+    (target / f"history_rank{rank}.json").write_text(json.dumps(history.to_dict()))
+    if rank == 0:
+        torch.save({"model": model.state_dict(), "scale": scale.log_scale.detach()},
+                   target / "weights.pt")
