@@ -116,3 +116,38 @@ def test_padding_counts():
         padded.padded(2)
     with pytest.raises(ValueError, match="no samples"):
         report_from_counts(FlipCounts.zeros(2))
+
+
+def test_inputs_longer_than_one_slice_match_a_direct_count():
+    # More rows than CHUNK_SIZE, and class 7 only appears in the last slice.
+    from regfree.metrics import flip_totals
+    from regfree.metrics.inputs import CHUNK_SIZE
+
+    rng = np.random.default_rng(2)
+    n = 2 * CHUNK_SIZE + 1234
+    y, old, new = (rng.integers(0, 7, n) for _ in range(3))
+    y[-5:] = 7
+    new[-3:] = 7
+    report = flip_report(y, old, new)
+    assert report.num_classes == 8 and report.per_class[7].count == 5
+    negative = (old == y) & (new != y)
+    expected = np.zeros((8, 8), dtype=np.int64)
+    np.add.at(expected, (y[negative], new[negative]), 1)
+    np.testing.assert_array_equal(report.negative_flip_confusion, expected)
+    assert flip_totals(y, old, new) == (n, np.sum(old == y), np.sum(new == y),
+                                        np.sum((old == y) & (new == y)))
+
+
+def test_bad_values_in_a_later_slice_raise_and_leave_the_counter_unchanged():
+    from regfree.metrics.inputs import CHUNK_SIZE
+
+    n = CHUNK_SIZE + 10
+    y = np.zeros(n, dtype=np.int64)
+    scores = np.zeros((n, 3))
+    scores[-1, 2] = np.nan
+    counter = FlipCounter()
+    counter.update([0, 1], [0, 1], [1, 1])
+    before = counter.compute()
+    with pytest.raises(ValueError, match="new_pred: scores contain NaN or inf"):
+        counter.update(y, y, scores)
+    assert counter.compute() == before

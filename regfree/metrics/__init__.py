@@ -24,7 +24,13 @@ from regfree.metrics.flips import (
     positive_flip_rate,
     relative_nfr,
 )
-from regfree.metrics.inputs import as_class_ids, as_numpy, prepare_flip_inputs
+from regfree.metrics.inputs import (
+    FlipInputs,
+    as_class_ids,
+    as_numpy,
+    iter_flip_inputs,
+    prepare_flip_inputs,
+)
 from regfree.metrics.matrix import FlipMatrix, flip_matrix
 from regfree.metrics.report import ClassFlips, FlipReport, flip_report, report_from_counts
 from regfree.metrics.retrieval import RetrievalScores, retrieval_scores  # noqa: F401
@@ -36,6 +42,7 @@ __all__ = [
     "ClassFlips",
     "FlipCounter",
     "FlipCounts",
+    "FlipInputs",
     "FlipMatrix",
     "FlipReport",
     "FlipTotals",
@@ -49,6 +56,7 @@ __all__ = [
     "flip_matrix",
     "flip_report",
     "flip_totals",
+    "iter_flip_inputs",
     "mcnemar_exact_p",
     "negative_flip_impact",
     "negative_flip_rate",

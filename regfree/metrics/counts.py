@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from regfree.metrics.inputs import prepare_flip_inputs
+from regfree.metrics.inputs import iter_flip_inputs
 
 MAX_REPORT_CLASSES = 4096  # the joint table has 2 * K**2 cells
 
@@ -43,6 +43,8 @@ class FlipCounts:
         return FlipCounts(np.pad(self.joint, ((0, extra), (0, extra), (0, 0))))
 
     def __add__(self, other: FlipCounts) -> FlipCounts:
+        if self.num_classes == other.num_classes:
+            return FlipCounts(self.joint + other.joint)
         k = max(self.num_classes, other.num_classes)
         return FlipCounts(self.padded(k).joint + other.padded(k).joint)
 
@@ -100,9 +102,16 @@ def flip_counts(
         >>> int(counts.joint[0, 1, 1])  # class 0, new says 1, old was right: a negative flip
         1
     """
-    y, old, new, k = prepare_flip_inputs(y_true, old_pred, new_pred, num_classes=num_classes,
-                                         validate=validate, need_num_classes=True)
-    check_num_classes(k)
-    counts = FlipCounts.zeros(k)
-    add_codes(counts.joint.reshape(-1), joint_codes(y, old, new, k))
+    counts: Optional[FlipCounts] = None
+    for y, old, new, k in iter_flip_inputs(y_true, old_pred, new_pred, num_classes=num_classes,
+                                           validate=validate, need_num_classes=True):
+        if counts is None:
+            check_num_classes(k)
+            counts = FlipCounts.zeros(k)
+        elif k > counts.num_classes:  # a later slice holds a higher class id
+            check_num_classes(k)
+            counts = counts.padded(k)
+        add_codes(counts.joint.reshape(-1), joint_codes(y, old, new, counts.num_classes))
+    if counts is None:  # empty input without validation
+        return FlipCounts.zeros(num_classes or 1)
     return counts

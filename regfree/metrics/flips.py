@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from regfree.metrics.inputs import as_class_ids, prepare_flip_inputs
+from regfree.metrics.inputs import as_class_ids, iter_flip_inputs
 
 
 def _ratio(num: int, den: float) -> float:
@@ -86,15 +86,15 @@ def flip_totals(y_true: Any, old_pred: Any, new_pred: Any, *, validate: bool = T
         >>> flip_totals([0, 1, 2, 2], [0, 1, 0, 2], [0, 2, 2, 2])
         FlipTotals(n=4, old_correct=3, new_correct=3, both_correct=2)
     """
-    y, old, new, _ = prepare_flip_inputs(y_true, old_pred, new_pred, validate=validate)
-    old_ok = old == y
-    new_ok = new == y
-    return FlipTotals(
-        len(y),
-        int(np.count_nonzero(old_ok)),
-        int(np.count_nonzero(new_ok)),
-        int(np.count_nonzero(old_ok & new_ok)),
-    )
+    n = old_correct = new_correct = both_correct = 0
+    for y, old, new, _ in iter_flip_inputs(y_true, old_pred, new_pred, validate=validate):
+        old_ok = old == y
+        new_ok = new == y
+        n += len(y)
+        old_correct += int(np.count_nonzero(old_ok))
+        new_correct += int(np.count_nonzero(new_ok))
+        both_correct += int(np.count_nonzero(np.logical_and(old_ok, new_ok, out=old_ok)))
+    return FlipTotals(n, old_correct, new_correct, both_correct)
 
 
 def error_rate(y_true: Any, pred: Any, *, validate: bool = True) -> float:
@@ -103,7 +103,7 @@ def error_rate(y_true: Any, pred: Any, *, validate: bool = True) -> float:
     Args:
         y_true: 1-D true class ids.
         pred: class ids (1-D) or scores (2-D, reduced by argmax).
-        validate: check the inputs (see :func:`prepare_flip_inputs`).
+        validate: check the inputs (see :func:`~regfree.metrics.inputs.iter_flip_inputs`).
 
     Returns:
         The error rate in ``[0, 1]``.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from regfree.metrics.counts import FlipCounts, add_codes, check_num_classes, joint_codes
-from regfree.metrics.inputs import as_numpy, prepare_flip_inputs
+from regfree.metrics.counts import FlipCounts, check_num_classes, flip_counts
+from regfree.metrics.inputs import as_numpy
 from regfree.metrics.report import FlipReport, report_from_counts
 
 
@@ -44,16 +44,10 @@ class FlipCounter:
         """
         if all(len(as_numpy(x)) == 0 for x in (y_true, old_pred, new_pred)):
             return
-        y, old, new, k = prepare_flip_inputs(y_true, old_pred, new_pred,
-                                             num_classes=self.num_classes,
-                                             validate=self.validate, need_num_classes=True)
-        check_num_classes(k)
-        if self._counts is None:
-            self._counts = FlipCounts.zeros(k)
-        elif k > self._counts.num_classes:
-            self._counts = self._counts.padded(k)
-        k = self._counts.num_classes
-        add_codes(self._counts.joint.reshape(-1), joint_codes(y, old, new, k))
+        # Count the batch apart first, so a bad slice midway leaves the counter unchanged.
+        batch = flip_counts(y_true, old_pred, new_pred, num_classes=self.num_classes,
+                            validate=self.validate)
+        self._counts = batch if self._counts is None else self._counts + batch
 
     def merge(self, other: FlipCounter) -> FlipCounter:
         """Add another counter's counts into this one (e.g. from another worker); returns self."""

@@ -129,11 +129,12 @@ def _read_parquet(path: str, column: Optional[str]) -> np.ndarray:
     import pyarrow.parquet as pq
 
     try:
-        schema = pq.read_schema(path)
-        if column is not None and column not in schema.names:
-            raise InputError(f"{path}: no column {column!r} "
-                             f"(columns: {', '.join(schema.names)})")
-        table = pq.read_table(path, columns=None if column is None else [column])
+        parquet = pq.ParquetFile(path)
+        names = parquet.schema_arrow.names
+        if column is not None and column not in names:
+            raise InputError(f"{path}: no column {column!r} (columns: {', '.join(names)})")
+        # One thread: on a busy machine the thread pool costs more than it saves.
+        table = parquet.read(columns=None if column is None else [column], use_threads=False)
     except InputError:
         raise
     except Exception as err:  # pyarrow raises several types for corrupt files
