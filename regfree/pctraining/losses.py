@@ -33,7 +33,8 @@ Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 DEFAULT_ALPHA = 1.0
 DEFAULT_BETA = 5.0
 DEFAULT_TEMPERATURE = 4.0
-DEFAULT_WEIGHT = 1.0
+#: lambda by distance: logit distances are sums of squared logit gaps, far larger than KL.
+DEFAULT_WEIGHTS = {"kl": 1.0, "logit": 0.03}
 
 
 class DistillationLoss(nn.Module):
@@ -120,7 +121,7 @@ class FocalDistillationLoss(DistillationLoss):
         beta: extra weight where the old model was right.
         temperature: softmax temperature of the KL distance.
         kind: ``"kl"`` or ``"logit"``, or a callable distance ``(new, old) -> (B,)``.
-        weight: overall factor lambda.
+        weight: overall factor lambda; default by kind (``DEFAULT_WEIGHTS``), 1 for a callable.
         name: label in the training history.
 
     Example:
@@ -135,10 +136,12 @@ class FocalDistillationLoss(DistillationLoss):
 
     def __init__(self, alpha: float = DEFAULT_ALPHA, beta: float = DEFAULT_BETA,
                  temperature: float = DEFAULT_TEMPERATURE, kind: str | Distance = "kl",
-                 weight: float = DEFAULT_WEIGHT, name: Optional[str] = None) -> None:
+                 weight: Optional[float] = None, name: Optional[str] = None) -> None:
         if alpha < 0 or beta < 0 or alpha + beta == 0:
             raise ValueError(f"alpha and beta must be >= 0 and not both 0, got {alpha}, {beta}")
         distance = _distance(kind, temperature)
+        if weight is None:
+            weight = DEFAULT_WEIGHTS.get(kind, 1.0) if isinstance(kind, str) else 1.0
         super().__init__(partial(focal_weights, alpha=float(alpha), beta=float(beta)), distance,
                          weight, name or f"fd_{kind if isinstance(kind, str) else 'custom'}")
         self.alpha, self.beta, self.temperature, self.kind = alpha, beta, temperature, kind
