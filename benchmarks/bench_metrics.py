@@ -109,10 +109,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-cli", action="store_true")
+    parser.add_argument("--cli-only", action="store_true", help="only time `regfree report`")
     args = parser.parse_args()
 
     y, old, new = make_predictions(args.n, args.classes, args.seed)
-    k = args.classes
+    if not args.cli_only:
+        time_python_api(y, old, new, args.classes, args.repeats)
+    if not args.skip_cli:
+        time_command(y, old, new, args.repeats)
+
+
+def time_python_api(y: np.ndarray, old: np.ndarray, new: np.ndarray, k: int,
+                    r: int) -> None:
     report = flip_report(y, old, new)
     assert negative_flip_rate(y, old, new) == numpy_nfr(y, old, new) == sklearn_nfr(y, old, new)
     counts, neg, pos, confusion, _ = numpy_report(y, old, new, k)
@@ -120,9 +128,8 @@ def main() -> None:
     assert [c.negative_flips for c in report.per_class] == neg.tolist()
     assert np.array_equal(sklearn_report(y, old, new, k)[3], confusion)
 
-    r = args.repeats
     slow_r = min(r, 3)  # scikit-learn takes seconds per call
-    print(f"n={args.n:,} classes={k} repeats={r} (median) "
+    print(f"n={len(y):,} classes={k} repeats={r} (median) "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} numpy {np.__version__}")
     base = median_seconds(lambda: numpy_nfr(y, old, new), r)
     rows = [
@@ -147,8 +154,8 @@ def main() -> None:
     for name, seconds, ref in rows:
         print(f"{name:<50} {seconds * 1000:9.1f} ms  {seconds / ref:6.2f}x")
 
-    if args.skip_cli:
-        return
+
+def time_command(y: np.ndarray, old: np.ndarray, new: np.ndarray, r: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -159,7 +166,7 @@ def main() -> None:
         startup = time_process([sys.executable, "-c", "import numpy"], r)
         plain = time_cli(path, r, [])
         with_json = time_cli(path, r, ["--json", os.path.join(tmp, "r.json"), "--max-nfr", "1"])
-        print(f"regfree report, {args.n:,}-row parquet ({size_mb:.0f} MB), per process "
+        print(f"regfree report, {len(y):,}-row parquet ({size_mb:.0f} MB), per process "
               "(median wall / median CPU user+sys):")
         for name, (wall, cpu) in [("`python -c 'import numpy'` (startup floor)", startup),
                                   ("regfree report", plain),

@@ -32,7 +32,13 @@ from regfree.metrics.inputs import (
     prepare_flip_inputs,
 )
 from regfree.metrics.matrix import FlipMatrix, flip_matrix
-from regfree.metrics.report import ClassFlips, FlipReport, flip_report, report_from_counts
+from regfree.metrics.report import (
+    ClassFlips,
+    FlipReport,
+    flip_report,
+    json_safe,
+    report_from_counts,
+)
 from regfree.metrics.retrieval import RetrievalScores, retrieval_scores  # noqa: F401
 from regfree.metrics.stats import mcnemar_exact_p, wilson_interval
 from regfree.metrics.streaming import FlipCounter
@@ -57,6 +63,7 @@ __all__ = [
     "flip_report",
     "flip_totals",
     "iter_flip_inputs",
+    "json_safe",
     "mcnemar_exact_p",
     "negative_flip_impact",
     "negative_flip_rate",

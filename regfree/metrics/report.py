@@ -25,13 +25,19 @@ class ClassFlips(NamedTuple):
     pfr: float
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (nan, inf) inside dicts/lists/tuples set to None.
+
+    Example:
+        >>> json_safe({"a": [1.0, float("nan")]})
+        {'a': [1.0, None]}
+    """
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -105,7 +111,7 @@ class FlipReport:
 
     def to_json(self, indent: Optional[int] = 2) -> str:
         """Valid JSON of :meth:`to_dict`; ``nan`` is written as ``null``."""
-        return json.dumps(_json_safe(self.to_dict()), indent=indent, allow_nan=False)
+        return json.dumps(json_safe(self.to_dict()), indent=indent, allow_nan=False)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FlipReport:
