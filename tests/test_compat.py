@@ -14,7 +14,7 @@ from regfree.compat import (
     EmbeddingRegressionLoss,
     ProjectedModel,
     compatibility_report,
-    embed,
+    embedder,
     extend_head,
 )
 from regfree.models import ConvNet1D
@@ -161,8 +161,8 @@ def test_projected_model_shapes_and_spaces():
     torch.testing.assert_close(wrapped.compatible_embeddings(x), wrapped.projection(native))
     torch.testing.assert_close(logits, wrapped.model.head(native))
     assert {id(p) for p in wrapped.projection.parameters()} <= {id(p) for p in wrapped.parameters()}
-    assert embed(wrapped, x.numpy()).shape == (5, 24)
-    np.testing.assert_allclose(embed(wrapped, x, space="compatible", batch_size=2),
+    assert embedder(wrapped)(x.numpy()).shape == (5, 24)
+    np.testing.assert_allclose(embedder(wrapped, space="compatible", batch_size=2)(x),
                                projected.detach().numpy(), rtol=1e-5, atol=1e-6)
     custom = ProjectedModel(ConvNet1D(width=8, embedding_dim=24),
                             nn.Sequential(nn.Linear(24, 12), nn.ReLU(), nn.Linear(12, 3)))
@@ -172,7 +172,7 @@ def test_projected_model_shapes_and_spaces():
     with pytest.raises(ValueError, match="model"):
         ProjectedModel(nn.Linear(3, 3), projection=2)
     with pytest.raises(ValueError, match="space"):
-        embed(wrapped, x, space="old")
+        embedder(wrapped, space="old")
 
 
 def _lookup(query_rows, gallery_rows):
@@ -235,7 +235,7 @@ def test_report_mean_average_precision_matches_sklearn():
 
 
 def test_report_rejects_bad_embedders():
-    x, labels = np.eye(3, dtype=np.float32), np.array([0, 1, 1])
+    x, labels = np.eye(3, dtype=np.float32) + 0.1, np.array([0, 1, 1])
     with pytest.raises(ValueError, match="embedders"):
         compatibility_report(x, x, {}, labels, labels)
     with pytest.raises(ValueError, match=r"embedders\['v2'\] must map 'v2'"):

@@ -16,7 +16,7 @@ Example:
 
 from regfree.compat.heads import CosineClassifier, extend_head, freeze
 from regfree.compat.losses import BackwardCompatibleLoss, EmbeddingRegressionLoss
-from regfree.compat.projection import ProjectedModel, embed, embedder
+from regfree.compat.projection import ProjectedModel, embedder
 from regfree.compat.report import CompatibilityReport, compatibility_report
 
 __all__ = [
@@ -26,7 +26,6 @@ __all__ = [
     "EmbeddingRegressionLoss",
     "ProjectedModel",
     "compatibility_report",
-    "embed",
     "embedder",
     "extend_head",
     "freeze",

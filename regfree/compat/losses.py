@@ -42,8 +42,15 @@ class BackwardCompatibleLoss(nn.Module):
     flow through it into the new embeddings but it is never updated and stores no ``.grad``.
     For classes the old head never saw, either extend it first with
     :func:`~regfree.compat.extend_head` or pass ``unseen="ignore"`` to leave those samples out
-    of this term. When v2's embedding size differs from v1's, train a
-    :class:`~regfree.compat.ProjectedModel` (its forward returns the projected embeddings).
+    of this term.
+
+    When v2's embedding size differs from v1's, pass a learned ``projection`` from v2's space
+    into v1's: the loss becomes ``weight * CE(old_head(projection(new_embeddings)), targets)``.
+    The projection is a trainable submodule of this term, and :func:`regfree.training.fit`
+    optimises (and, under ``torchrun``, averages) module loss-term parameters with the model's.
+    After training, serve with ``ProjectedModel(v2, bct.projection)``: native embeddings for a
+    new gallery, projected ones for the old gallery. (Training a ``ProjectedModel`` directly,
+    whose forward returns projected embeddings, with ``projection=None`` is equivalent.)
 
     After each call, ``last_old_head_accuracy`` holds the share of the batch (of the samples the
     term used) that the old head classifies correctly from the new embeddings, and
@@ -53,6 +60,8 @@ class BackwardCompatibleLoss(nn.Module):
         old_head: the old model's head (``nn.Linear``, :class:`CosineClassifier`, any module
             mapping embeddings to logits). A frozen copy is stored; the original is untouched.
         weight: lambda, the multiplier of the cross-entropy through the old head.
+        projection: optional trainable module mapping new embeddings ``(B, D_new)`` to the old
+            space ``(B, D_old)``.
         unseen: ``"error"`` (default) raises on targets the old head has no output for;
             ``"ignore"`` leaves those samples out of the term.
         name: label of the term in the training history.
@@ -64,12 +73,17 @@ class BackwardCompatibleLoss(nn.Module):
         True
     """
 
-    def __init__(self, old_head: nn.Module, weight: float = 1.0, unseen: str = "error",
+    def __init__(self, old_head: nn.Module, weight: float = 1.0,
+                 projection: Optional[nn.Module] = None, unseen: str = "error",
                  name: str = "bct") -> None:
         super().__init__()
         if unseen not in _UNSEEN_POLICIES:
             raise ValueError(f"unseen must be one of {_UNSEEN_POLICIES}, got {unseen!r}")
+        if projection is not None and not isinstance(projection, nn.Module):
+            raise ValueError(f"projection must be an nn.Module or None, got "
+                             f"{type(projection).__name__}")
         self.old_head = freeze(old_head)
+        self.projection = projection
         self.weight = _check_weight(weight)
         self.unseen = unseen
         self.name = name
@@ -82,10 +96,11 @@ class BackwardCompatibleLoss(nn.Module):
         return self
 
     def loss(self, new_embeddings: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """``weight * CE(old_head(new_embeddings), targets)``, a scalar tensor.
+        """``weight * CE(old_head(projection(new_embeddings)), targets)``, a scalar tensor.
 
         Args:
-            new_embeddings: ``(B, D_old)`` embeddings of the new model in the old space.
+            new_embeddings: ``(B, D)`` embeddings of the new model (in the old space unless a
+                projection is set).
             targets: ``(B,)`` int64 class ids.
 
         Returns:
@@ -97,6 +112,8 @@ class BackwardCompatibleLoss(nn.Module):
         if targets.shape != new_embeddings.shape[:1]:
             raise ValueError(f"targets must have shape ({new_embeddings.shape[0]},), got "
                              f"{tuple(targets.shape)}")
+        if self.projection is not None:
+            new_embeddings = self.projection(new_embeddings)
         logits = self.old_head(new_embeddings)
         known = targets < logits.shape[1]
         if not bool(known.all()):
@@ -146,7 +163,9 @@ class EmbeddingRegressionLoss(nn.Module):
         if cache.dim() != 2 or not cache.is_floating_point():
             raise ValueError(f"old_embeddings must be a float (N, D) array, got shape "
                              f"{tuple(cache.shape)} and dtype {cache.dtype}")
-        self.register_buffer("old_embeddings", cache.float().clone())
+        # a plain attribute, not a buffer: DistributedDataParallel would broadcast a buffer from
+        # rank 0 at every step, and every process already holds the same cache
+        self.old_embeddings = cache.float().clone()
         self.weight = _check_weight(weight)
         self.normalize = bool(normalize)
         self.name = name
@@ -163,8 +182,11 @@ class EmbeddingRegressionLoss(nn.Module):
 
     def forward(self, step: TrainStep) -> torch.Tensor:
         embeddings = _step_embeddings(step, "EmbeddingRegressionLoss")
-        indices = step.indices.to(self.old_embeddings.device)
+        indices = step.indices.cpu()
         if indices.numel() and int(indices.max()) >= len(self.old_embeddings):
             raise ValueError(f"step.indices reach {int(indices.max())} but old_embeddings has "
                              f"{len(self.old_embeddings)} rows; cache the whole training set")
-        return self.loss(embeddings, self.old_embeddings[indices].to(embeddings.dtype))
+        if self.old_embeddings.device != embeddings.device:
+            self.old_embeddings = self.old_embeddings.to(embeddings.device)
+        old = self.old_embeddings[indices.to(embeddings.device)]
+        return self.loss(embeddings, old.to(embeddings.dtype))

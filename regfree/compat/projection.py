@@ -1,9 +1,10 @@
 """Embedding-size changes and turning models into embedders.
 
-A v2 whose embedding size differs from v1's learns a projection into v1's space. The projection
-lives inside :class:`ProjectedModel`, so the trainer's optimiser (and DistributedDataParallel)
-see it as part of the model: its ``forward`` returns ``(logits, projected_embeddings)`` and a
-loss term such as :class:`~regfree.compat.BackwardCompatibleLoss` works on the projected ones.
+A v2 whose embedding size differs from v1's learns a projection into v1's space, either inside
+the loss term (``BackwardCompatibleLoss(old_head, projection=...)``, optimised with the model by
+:func:`regfree.training.fit`) or inside :class:`ProjectedModel`, whose ``forward`` returns
+``(logits, projected_embeddings)``. Either way v2 is served as a ``ProjectedModel``: native
+embeddings for a gallery v2 embeds, projected ones for the gallery v1 embedded.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Callable, Union
 import numpy as np
 import torch
 from torch import nn
+
+from regfree.retrieval import embed
 
 Embedder = Callable[[object], np.ndarray]
 _SPACES = ("native", "compatible")
@@ -74,58 +77,21 @@ class ProjectedModel(nn.Module):
         return self.model.head(native), self.projection(native)
 
 
-def embed(model: nn.Module, inputs, space: str = "native", batch_size: int = 1024,
-          device: Union[str, torch.device, None] = None) -> np.ndarray:
-    """Embeddings of ``inputs`` as a float32 ``(N, D)`` array, in eval mode without gradients.
+def embedder(model: nn.Module, space: str = "native", batch_size: int = 1024) -> Embedder:
+    """A callable ``inputs -> (N, D) float32 array`` for
+    :func:`~regfree.compat.compatibility_report`, running ``model`` in eval mode without
+    gradients through :func:`regfree.retrieval.embed`.
 
     Args:
-        model: a model with ``forward_features`` (or a :class:`ProjectedModel`).
-        inputs: an array or tensor of samples.
-        space: ``"native"`` (the model's own embeddings) or ``"compatible"`` (projected into the
-            old space; for a plain model this equals native).
+        model: a model with ``forward_features`` (e.g. ``ConvNet1D``) or a
+            :class:`ProjectedModel`.
+        space: ``"native"`` (the model's own embeddings, for its own gallery) or
+            ``"compatible"`` (a ``ProjectedModel``'s projected embeddings, for the old gallery;
+            for a plain model the same as native).
         batch_size: samples per forward pass.
-        device: where to run; defaults to the model's device.
 
     Returns:
-        The embeddings, in the order of ``inputs``; the model's train/eval mode is restored.
-
-    Example:
-        >>> from regfree.models import ConvNet1D
-        >>> embed(ConvNet1D(width=8, embedding_dim=16), np.zeros((5, 40), np.float32)).shape
-        (5, 16)
-    """
-    if space not in _SPACES:
-        raise ValueError(f"space must be one of {_SPACES}, got {space!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if space == "native" and isinstance(model, ProjectedModel):
-        function = model.native_embeddings
-    elif hasattr(model, "forward_features"):
-        function = model.forward_features
-    else:
-        raise ValueError(f"model must have forward_features(x), got {type(model).__name__}")
-    data = inputs if isinstance(inputs, torch.Tensor) else torch.as_tensor(np.asarray(inputs))
-    if data.is_floating_point():
-        data = data.float()
-    if device is None:
-        first = next(model.parameters(), None)
-        device = first.device if first is not None else torch.device("cpu")
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            chunks = [function(data[start:start + batch_size].to(device)).float().cpu()
-                      for start in range(0, len(data), batch_size)]
-    finally:
-        model.train(was_training)
-    if not chunks:
-        raise ValueError("inputs must hold at least one sample")
-    return torch.cat(chunks).numpy()
-
-
-def embedder(model: nn.Module, space: str = "native", batch_size: int = 1024) -> Embedder:
-    """``embed`` bound to one model and space: a callable ``inputs -> (N, D) array`` for
-    :func:`~regfree.compat.compatibility_report`.
+        The embedding function.
 
     Example:
         >>> from regfree.models import ConvNet1D
@@ -135,8 +101,13 @@ def embedder(model: nn.Module, space: str = "native", batch_size: int = 1024) ->
     """
     if space not in _SPACES:
         raise ValueError(f"space must be one of {_SPACES}, got {space!r}")
+    if not hasattr(model, "forward_features"):
+        raise ValueError(f"model must have forward_features(x), got {type(model).__name__}")
+    method = "forward_features"
+    if isinstance(model, ProjectedModel):
+        method = "native_embeddings" if space == "native" else "compatible_embeddings"
 
     def run(inputs) -> np.ndarray:
-        return embed(model, inputs, space=space, batch_size=batch_size)
+        return embed(model, inputs, batch_size=batch_size, method=method, progress=False)
 
     return run

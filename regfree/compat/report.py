@@ -15,6 +15,8 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
+from regfree.retrieval import Gallery, evaluate
+
 EmbedderSpec = Union[Callable[[Any], Any], Mapping[str, Callable[[Any], Any]]]
 
 
@@ -190,37 +192,13 @@ def _resolve(embedders: Mapping[str, EmbedderSpec]) -> dict[str, dict[str, Calla
     return plans
 
 
-_BACKEND = "exact numpy search"
-
-
 def _search_metrics(queries: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray,
-                    gallery_labels: np.ndarray, ks: Sequence[int], similarity: str,
-                    chunk: int = 256) -> dict[str, float]:
-    if similarity not in ("cosine", "l2"):
-        raise ValueError(f"similarity must be 'cosine' or 'l2', got {similarity!r}")
-    if similarity == "cosine":
-        queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-        gallery = gallery / np.maximum(np.linalg.norm(gallery, axis=1, keepdims=True), 1e-12)
-    hits = {k: 0.0 for k in ks}
-    ap_sum = 0.0
-    ranks = np.arange(1, len(gallery) + 1)
-    for start in range(0, len(queries), chunk):
-        block = queries[start:start + chunk]
-        if similarity == "cosine":
-            scores = block @ gallery.T
-        else:
-            scores = 2 * block @ gallery.T - (gallery ** 2).sum(1)[None, :]
-        order = np.argsort(-scores, axis=1, kind="stable")
-        relevant = gallery_labels[order] == query_labels[start:start + chunk, None]
-        for k in ks:
-            hits[k] += relevant[:, :k].any(axis=1).sum()
-        found = np.cumsum(relevant, axis=1)
-        total = relevant.sum(axis=1)
-        precision_sum = (relevant * found / ranks).sum(axis=1)
-        ap_sum += np.where(total > 0, precision_sum / np.maximum(total, 1), 0.0).sum()
-    result = {f"top{k}": hits[k] / len(queries) for k in ks}
-    result["mAP"] = ap_sum / len(queries)
-    return result
+                    gallery_labels: np.ndarray, ks: Sequence[int],
+                    similarity: str) -> dict[str, float]:
+    """Index ``gallery`` in an exact FAISS gallery and score the queries (full-ranking mAP)."""
+    index = Gallery(dim=gallery.shape[1], metric=similarity, index="flat", device="cpu")
+    index.add(gallery, ids=np.arange(len(gallery)), version="gallery")
+    return evaluate(queries, query_labels, index, gallery_labels, ks=ks)
 
 
 def _as_embeddings(values, argument: str, rows: int) -> np.ndarray:
@@ -238,8 +216,9 @@ def compatibility_report(query, gallery, embedders: Mapping[str, EmbedderSpec], 
                          similarity: str = "cosine") -> CompatibilityReport:
     """Embed query and gallery with every version and fill ``C[i][j]`` for ``i >= j``.
 
-    Retrieval protocol: each query is searched against the whole gallery by ``similarity``
-    (``"cosine"``: embeddings L2-normalised, inner product; ``"l2"``: Euclidean); top-k accuracy
+    Retrieval protocol: each query is searched against the whole gallery, held in an exact
+    FAISS index (:class:`regfree.retrieval.Gallery`, scored by :func:`regfree.retrieval.evaluate`),
+    by ``similarity`` (``"cosine"``: L2-normalised inner product; ``"l2"``: Euclidean); top-k accuracy
     is the share of queries with a same-label item among the k nearest, and mAP averages the
     precision at every same-label item over the full ranking of the gallery.
 
@@ -271,6 +250,8 @@ def compatibility_report(query, gallery, embedders: Mapping[str, EmbedderSpec], 
     ks = tuple(sorted({1, *(int(k) for k in ks)}))
     if ks[0] < 1:
         raise ValueError(f"ks must be positive integers, got {ks}")
+    if similarity not in ("cosine", "l2"):
+        raise ValueError(f"similarity must be 'cosine' or 'l2', got {similarity!r}")
     query_labels = np.asarray(query_labels).reshape(-1)
     gallery_labels = np.asarray(gallery_labels).reshape(-1)
     galleries = {name: _as_embeddings(plans[name][name](gallery), f"embedders[{name!r}] on "
@@ -294,6 +275,6 @@ def compatibility_report(query, gallery, embedders: Mapping[str, EmbedderSpec], 
                 topk[k][i, j] = result[f"top{k}"]
             mean_ap[i, j] = result["mAP"]
     protocol = {"similarity": similarity, "queries": int(len(query_labels)),
-                "gallery": int(len(gallery_labels)), "backend": _BACKEND,
+                "gallery": int(len(gallery_labels)), "backend": "faiss flat (exact)",
                 "ks": list(ks)}
     return CompatibilityReport(versions, ks, topk, mean_ap, protocol)
