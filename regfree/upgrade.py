@@ -1,0 +1,301 @@
+"""The upgrade check a model-upgrade pipeline calls: flips, retrieval compatibility, a gate.
+
+:func:`evaluate_upgrade` runs v1 and v2 once over the evaluation data (and, when a gallery is
+given, over the gallery), and gathers what the rooms measure: the :class:`FlipReport`, the
+cross-version retrieval matrix (v2 queries on v1's FAISS gallery with no backfill, and on its own),
+and the partial-backfill curve. Models are plain ``torch.nn.Module`` s; embedders are a method
+name (``"forward_features"``) or a callable on an input batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from regfree.compat import CompatibilityReport, compatibility_report
+from regfree.metrics import FlipReport, flip_report
+from regfree.retrieval import BackfillCurve, Gallery, backfill_curve, plan_backfill
+from regfree.training.data import BatchSource, TrainData
+from regfree.training.steps import split_outputs
+
+Embedder = Union[str, Callable[[torch.Tensor], torch.Tensor]]
+
+OLD, NEW = "v1", "v2"
+
+
+@dataclass
+class UpgradeReport:
+    """What :func:`evaluate_upgrade` measured.
+
+    Attributes:
+        flips: v1 -> v2 negative flips on the evaluation data.
+        compatibility: the retrieval matrix (query version x gallery version, v1 and v2) when a
+            gallery was given; ``value("v2", "v1")`` is v2 searching v1's gallery, no backfill.
+        backfill: retrieval of v2 queries while v1's gallery is re-embedded, per order.
+        max_nfr: the gate; ``None`` means no gate.
+        class_names: names of the classes, for the page.
+    """
+
+    flips: FlipReport
+    compatibility: Optional[CompatibilityReport] = None
+    backfill: Optional[BackfillCurve] = None
+    max_nfr: Optional[float] = None
+    class_names: Optional[list[str]] = field(default=None, repr=False)
+
+    @property
+    def passed(self) -> bool:
+        """True unless NFR is above the gate."""
+        return self.max_nfr is None or self.flips.nfr <= self.max_nfr
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form: ``flips``, ``compatibility``, ``backfill``, ``gate``."""
+        backfill = None
+        if self.backfill is not None:
+            backfill = {"fractions": self.backfill.fractions.tolist(),
+                        "scores": {order: {name: values.tolist() for name, values in s.items()}
+                                   for order, s in self.backfill.scores.items()}}
+        return {
+            "flips": self.flips.to_dict(),
+            "compatibility": self.compatibility.to_dict() if self.compatibility else None,
+            "backfill": backfill,
+            "gate": {"max_nfr": self.max_nfr, "passed": self.passed},
+        }
+
+    def to_json(self, indent: int = 2) -> str:
+        """:meth:`to_dict` as JSON (NaN written as ``null``)."""
+        return json.dumps(_nan_to_none(self.to_dict()), indent=indent)
+
+    def summary(self) -> str:
+        """A few readable lines: the flip summary, retrieval without backfill, the gate."""
+        lines = [self.flips.summary()]
+        if self.compatibility is not None:
+            c = self.compatibility
+            lines.append(
+                f"retrieval top-1: v1/v1 {c.value(OLD, OLD):.1%}, v2/v1 (no backfill) "
+                f"{c.value(NEW, OLD):.1%}, v2/v2 {c.value(NEW, NEW):.1%}; compatible: "
+                f"{'yes' if c.criterion(NEW, OLD) else 'no'}")
+        if self.max_nfr is not None:
+            verdict = "PASS" if self.passed else "FAIL"
+            lines.append(f"gate: NFR {self.flips.nfr:.2%} vs max {self.max_nfr:.2%} -> {verdict}")
+        return "\n".join(lines)
+
+    def to_html(self, path: str, title: str = "regfree upgrade report") -> None:
+        """Write one self-contained page: the flip report, the retrieval matrix and the
+        backfill curve (written atomically)."""
+        from regfree.reporting import write_text_atomic
+        from regfree.reporting.upgrade_page import upgrade_page
+
+        write_text_atomic(path, upgrade_page(self, title))
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
+@dataclass
+class ModelRun:
+    """One model's outputs over a dataset, in dataset order."""
+
+    logits: np.ndarray
+    embeddings: Optional[np.ndarray]
+    labels: np.ndarray
+
+
+def _resolve_embedder(model: nn.Module, embedder: Optional[Embedder], argument: str
+                      ) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+    if embedder is None:
+        return None
+    if isinstance(embedder, str):
+        method = getattr(model, embedder, None)
+        if not callable(method):
+            raise ValueError(f"{argument}: the model has no method {embedder!r}")
+        return method
+    if callable(embedder):
+        return embedder
+    raise ValueError(f"{argument} must be a method name or a callable, got "
+                     f"{type(embedder).__name__}")
+
+
+@torch.no_grad()
+def run_model(model: nn.Module, data: TrainData, *, embedder: Optional[Embedder] = None,
+              device: Union[str, torch.device] = "cpu", batch_size: int = 512,
+              progress: bool = True, desc: str = "model") -> ModelRun:
+    """Logits (and embeddings) of ``model`` on every sample of ``data``, in one pass.
+
+    Args:
+        model: returns logits, ``(logits, embeddings)`` or ``{"logits": ...}``.
+        data: ``(x, y)`` arrays or a map-style Dataset of ``(x, y)``.
+        embedder: a method name of ``model`` or a callable on an input batch; ``None``: no
+            embeddings.
+        device: where to run the model.
+        batch_size: samples per forward pass.
+        progress: show a tqdm bar.
+        desc: the bar's label.
+
+    Returns:
+        A :class:`ModelRun` with float32 ``logits`` ``(N, C)``, ``embeddings`` ``(N, D)`` or
+        ``None``, and int64 ``labels``.
+
+    Example:
+        >>> from regfree.models import MLP
+        >>> x, y = np.zeros((5, 4), "float32"), np.zeros(5, "int64")
+        >>> run = run_model(MLP(4, 3, embedding_dim=8), (x, y), embedder="forward_features",
+        ...                 progress=False)
+        >>> run.logits.shape, run.embeddings.shape
+        ((5, 3), (5, 8))
+    """
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    embed_fn = _resolve_embedder(model, embedder, "embedder")
+    source = BatchSource(data, "data")
+    was_training = model.training
+    model.eval()
+    logits, embeddings, labels = [], [], []
+    try:
+        for start in tqdm(range(0, len(source), batch_size), desc=desc, unit="batch",
+                          disable=not progress, leave=False):
+            inputs, targets = source.fetch(np.arange(start, min(start + batch_size, len(source))))
+            inputs = inputs.to(device)
+            logits.append(split_outputs(model(inputs))[0].float().cpu().numpy())
+            if embed_fn is not None:
+                embeddings.append(embed_fn(inputs).float().cpu().numpy())
+            labels.append(targets.numpy())
+    finally:
+        model.train(was_training)
+    return ModelRun(np.concatenate(logits), np.concatenate(embeddings) if embed_fn else None,
+                    np.concatenate(labels).astype(np.int64))
+
+
+def evaluate_upgrade(
+    old: nn.Module,
+    new: nn.Module,
+    data: TrainData,
+    *,
+    gallery: Optional[TrainData] = None,
+    max_nfr: Optional[float] = None,
+    old_embedder: Embedder = "forward_features",
+    new_embedder: Embedder = "forward_features",
+    new_native_embedder: Optional[Embedder] = None,
+    backfill_orders: Sequence[str] = ("random", "margin"),
+    backfill_fractions: Sequence[float] = tuple(np.linspace(0.0, 1.0, 11)),
+    class_names: Optional[Sequence[str]] = None,
+    device: Union[str, torch.device] = "cpu",
+    batch_size: int = 512,
+    seed: int = 0,
+    progress: bool = True,
+) -> UpgradeReport:
+    """Check an upgrade from ``old`` (v1) to ``new`` (v2): negative flips, and, with a gallery,
+    whether v2 can search v1's gallery without backfilling it.
+
+    Retrieval protocol: the samples of ``data`` are the queries, the samples of ``gallery`` the
+    indexed items (labels from both), cosine similarity in an exact FAISS index; the matrix holds
+    v1/v1, v2/v1 (v2 queries on v1's gallery, no backfill) and v2/v2 (everything re-embedded).
+    The backfill curve re-embeds v1's gallery item by item with v2 in each order of
+    ``backfill_orders`` (``"random"``, ``"margin"``, ``"entropy"``: see
+    :func:`regfree.retrieval.plan_backfill`).
+
+    Args:
+        old, new: the two models; they return logits, ``(logits, embeddings)`` or a mapping.
+        data: evaluation ``(x, y)`` arrays or a Dataset of ``(x, y)``.
+        gallery: ``(x, y)`` or Dataset of items to index; ``None`` skips retrieval.
+        max_nfr: the gate: :attr:`UpgradeReport.passed` is False when NFR is above it.
+        old_embedder: v1's embedding method name or callable.
+        new_embedder: v2's embedder for searching v1's gallery (for a v2 with a learned
+            projection, its projected embeddings, e.g. ``"compatible_embeddings"``).
+        new_native_embedder: v2's embedder for its own gallery, when it differs from
+            ``new_embedder`` (e.g. ``"native_embeddings"``); default: ``new_embedder``.
+        backfill_orders: orders of the backfill curve; empty skips the curve.
+        backfill_fractions: backfilled shares at which the curve is measured.
+        class_names: names of the classes, for the report.
+        device: where to run the models.
+        batch_size: samples per forward pass.
+        seed: the random backfill order's seed.
+        progress: show progress bars.
+
+    Returns:
+        An :class:`UpgradeReport`.
+
+    Example:
+        >>> from regfree.models import MLP
+        >>> rng = np.random.default_rng(0)
+        >>> x, y = rng.normal(size=(40, 4)).astype("float32"), np.arange(40) % 2
+        >>> report = evaluate_upgrade(MLP(4, 2), MLP(4, 2), (x, y), gallery=(x, y), max_nfr=1.0,
+        ...                           progress=False)
+        >>> report.passed, report.compatibility.versions
+        (True, ['v1', 'v2'])
+    """
+    if max_nfr is not None and not (isinstance(max_nfr, (int, float)) and 0.0 <= max_nfr <= 1.0):
+        raise ValueError(f"max_nfr must be a number in [0, 1], got {max_nfr!r}")
+    for name, model in (("old", old), ("new", new)):
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"{name} must be a torch.nn.Module, got {type(model).__name__}")
+    with_gallery = gallery is not None
+    common = {"device": device, "batch_size": batch_size, "progress": progress}
+    old_q = run_model(old, data, embedder=old_embedder if with_gallery else None,
+                      desc="v1 on data", **common)
+    new_q = run_model(new, data, embedder=new_embedder if with_gallery else None,
+                      desc="v2 on data", **common)
+    flips = flip_report(old_q.labels, old_q.logits, new_q.logits)
+    report = UpgradeReport(flips, max_nfr=max_nfr,
+                           class_names=list(class_names) if class_names is not None else None)
+    if not with_gallery:
+        return report
+
+    old_g = run_model(old, gallery, embedder=old_embedder, desc="v1 on gallery", **common)
+    if new_q.embeddings.shape[1] != old_g.embeddings.shape[1]:
+        raise ValueError(
+            f"new_embedder gives {new_q.embeddings.shape[1]}-d embeddings but v1's gallery is "
+            f"{old_g.embeddings.shape[1]}-d: pass v2's projection into v1's space as "
+            "new_embedder (e.g. 'compatible_embeddings') and its own as new_native_embedder")
+    new_g = run_model(new, gallery, embedder=new_embedder, desc="v2 on gallery", **common)
+    native_q, native_g = new_q, new_g
+    if new_native_embedder is not None:
+        native_q = run_model(new, data, embedder=new_native_embedder, desc="v2 native on data",
+                             **common)
+        native_g = run_model(new, gallery, embedder=new_native_embedder,
+                             desc="v2 native on gallery", **common)
+    embeddings = {
+        (OLD, "query"): old_q.embeddings, (OLD, "gallery"): old_g.embeddings,
+        (NEW, "query"): new_q.embeddings, (NEW, "gallery"): new_g.embeddings,
+        ("native", "query"): native_q.embeddings, ("native", "gallery"): native_g.embeddings,
+    }
+    # compatibility_report embeds "inputs"; ours are already embedded, so the inputs are the
+    # names of the two parts and each embedder looks its part up.
+    report.compatibility = compatibility_report(
+        "query", "gallery",
+        {OLD: lambda part: embeddings[OLD, part],
+         NEW: {NEW: lambda part: embeddings["native", part],
+               OLD: lambda part: embeddings[NEW, part]}},
+        old_q.labels, old_g.labels)
+    if backfill_orders:
+        report.backfill = _backfill(old_g, new_g, new_q, old_q.labels, backfill_orders,
+                                    backfill_fractions, seed, progress)
+    return report
+
+
+def _backfill(old_g: ModelRun, new_g: ModelRun, new_q: ModelRun, query_labels: np.ndarray,
+              orders: Sequence[str], fractions: Sequence[float], seed: int,
+              progress: bool) -> BackfillCurve:
+    """v2 queries on v1's gallery re-embedded (in v2's query space) in each order."""
+    index = Gallery(dim=old_g.embeddings.shape[1], device="cpu")
+    ids = np.arange(len(old_g.labels))
+    index.add(old_g.embeddings, ids=ids, version=OLD)
+    plans = {order: plan_backfill(index, order, logits=old_g.logits, seed=seed)
+             for order in orders}
+    return backfill_curve(new_q.embeddings, query_labels, old_g.embeddings, new_g.embeddings,
+                          old_g.labels, plans, fractions, gallery_ids=ids, ks=(1, 5),
+                          old_version=OLD, new_version=NEW, progress=progress)

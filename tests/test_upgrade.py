@@ -1,0 +1,140 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from regfree.compat import ProjectedModel, compatibility_report
+from regfree.data.images import as_tensor_dataset
+from regfree.metrics import flip_report
+from regfree.models import MLP
+from regfree.upgrade import evaluate_upgrade, run_model
+
+
+@pytest.fixture()
+def toy():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(3, 6)) * 3
+    y = np.arange(90) % 3
+    x = (centers[y] + rng.normal(size=(90, 6))).astype(np.float32)
+    torch.manual_seed(0)
+    old, new = MLP(6, 3, hidden=16, embedding_dim=8), MLP(6, 3, hidden=16, embedding_dim=8)
+    return x, y, old, new
+
+
+def test_flips_match_direct_predictions_and_gate(toy):
+    x, y, old, new = toy
+    report = evaluate_upgrade(old, new, (x, y), max_nfr=0.0, progress=False)
+    with torch.no_grad():
+        expected = flip_report(y, old(torch.as_tensor(x)), new(torch.as_tensor(x)))
+    assert report.flips.to_dict() == expected.to_dict()
+    assert report.compatibility is None and report.backfill is None
+    assert report.passed == (expected.nfr == 0.0)
+    assert evaluate_upgrade(old, new, (x, y), max_nfr=1.0, progress=False).passed
+
+
+def test_retrieval_matches_compatibility_report_and_backfill_ends(toy):
+    x, y, old, new = toy
+    queries, gallery = (x[:30], y[:30]), (x[30:], y[30:])
+    report = evaluate_upgrade(old, new, queries, gallery=gallery, progress=False,
+                              backfill_fractions=(0.0, 0.5, 1.0))
+
+    def features(model):
+        return lambda inputs: model.forward_features(torch.as_tensor(inputs)).detach().numpy()
+
+    direct = compatibility_report(x[:30], x[30:], {"v1": features(old), "v2": features(new)},
+                                  y[:30], y[30:])
+    np.testing.assert_allclose(report.compatibility.matrix("top1"), direct.matrix("top1"))
+    np.testing.assert_allclose(report.compatibility.matrix("mAP"), direct.matrix("mAP"),
+                               rtol=1e-6)
+    curve = report.backfill
+    assert set(curve.scores) == {"random", "margin"}
+    for order in curve.scores:  # 0% backfilled is v2 on v1's gallery; 100% is v2 on v2's
+        assert curve.scores[order]["top1"][0] == pytest.approx(direct.value("v2", "v1"))
+        assert curve.scores[order]["top1"][-1] == pytest.approx(direct.value("v2", "v2"))
+    payload = json.loads(report.to_json())
+    assert payload["gate"] == {"max_nfr": None, "passed": True}
+    assert payload["compatibility"]["versions"] == ["v1", "v2"]
+
+
+def test_projected_v2_searches_old_gallery_in_projected_space(toy):
+    x, y, old, _ = toy
+    torch.manual_seed(1)
+    new = ProjectedModel(MLP(6, 3, hidden=16, embedding_dim=12), projection=8)
+    report = evaluate_upgrade(old, new, (x[:30], y[:30]), gallery=(x[30:], y[30:]),
+                              new_embedder="compatible_embeddings",
+                              new_native_embedder="native_embeddings", backfill_orders=(),
+                              progress=False)
+    assert report.compatibility.protocol["gallery"] == 60
+    assert not np.isnan(report.compatibility.value("v2", "v1"))
+    with pytest.raises(ValueError, match="new_embedder"):
+        evaluate_upgrade(old, new, (x, y), gallery=(x, y), new_embedder="native_embeddings",
+                         new_native_embedder=None, progress=False)
+
+
+def test_run_model_reads_datasets_like_arrays(toy):
+    x, y, old, _ = toy
+    from_arrays = run_model(old, (x, y), embedder="forward_features", batch_size=7,
+                            progress=False)
+    from_dataset = run_model(old, as_tensor_dataset(x, y), embedder="forward_features",
+                             batch_size=64, progress=False)
+    np.testing.assert_allclose(from_arrays.logits, from_dataset.logits, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(from_arrays.embeddings, from_dataset.embeddings, rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_array_equal(from_dataset.labels, y)
+
+
+def test_bad_arguments_are_named(toy):
+    x, y, old, new = toy
+    with pytest.raises(ValueError, match="max_nfr"):
+        evaluate_upgrade(old, new, (x, y), max_nfr=2.0, progress=False)
+    with pytest.raises(ValueError, match="old"):
+        evaluate_upgrade("v1", new, (x, y), progress=False)
+    with pytest.raises(ValueError, match="embedder"):
+        evaluate_upgrade(old, new, (x, y), gallery=(x, y), old_embedder="nope", progress=False)
+
+
+def test_upgrade_page_has_all_sections(toy, tmp_path):
+    x, y, old, new = toy
+    report = evaluate_upgrade(old, new, (x[:30], y[:30]), gallery=(x[30:], y[30:]), max_nfr=0.5,
+                              backfill_fractions=(0.0, 1.0), progress=False)
+    path = tmp_path / "upgrade.html"
+    report.to_html(str(path))
+    page = path.read_text()
+    for heading in ("Gate", "Negative flips", "Retrieval across versions", "Partial backfill"):
+        assert f"<h2>{heading}" in page
+    assert page.count("data:image/png;base64,") == 3
+
+
+def test_demo_cli_runs_end_to_end_on_tiny_settings(tmp_path):
+    out = tmp_path / "demo"
+    result = subprocess.run(
+        [sys.executable, "-m", "regfree.cli", "demo", "--samples", "300", "--old-epochs", "1",
+         "--new-epochs", "1", "--new-width", "8", "--output", str(out), "--no-progress"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert [row["variant"] for row in summary["rows"]] == ["plain", "pc", "bct+pc"]
+    for row in summary["rows"]:
+        assert 0.0 <= row["nfr_ci"][0] <= row["nfr"] <= row["nfr_ci"][1] <= 1.0
+    assert {p.name for p in out.iterdir()} == {
+        "summary.json", "demo.png", "report_plain.html", "report_pc.html", "report_bct_pc.html"}
+    assert "Plain v2 cuts the error" in result.stdout
+
+
+def test_demo_cli_rejects_bad_knobs_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "regfree.cli", "demo", "--samples", "5",
+                             "--output", str(tmp_path / "x")], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "samples" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "x").exists()
+
+
+def test_top_level_api_is_lazy_so_metrics_and_report_stay_torch_free():
+    code = ("import sys, regfree, regfree.metrics, regfree.cli; regfree.cli.build_parser(); "
+            "assert 'torch' not in sys.modules, 'torch imported'; "
+            "from regfree import evaluate_upgrade; assert 'torch' in sys.modules")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
