@@ -6,36 +6,22 @@ each rank trains and writes its history; rank 0 also writes the weights.
 
 import json
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from test_training import Projection  # tests/ is on sys.path under pytest and under torchrun
 
 from regfree.models import MLP
 from regfree.pctraining import DistillationTerm, FocalDistillationLoss
 from regfree.training import fit, latest_checkpoint, load_checkpoint
+from regfree.training.distributed import launch_local
 
 # 41 training samples in global batches of 8: the last batch has 1 sample, so rank 1 gets a
 # weight-0 placeholder; 23 validation samples split 12/11 across ranks.
 N_TRAIN, N_VAL, BATCH, EPOCHS = 41, 23, 8, 3
-
-
-class LearnedScale(nn.Module):
-    """A loss term with a trainable parameter: its gradient must be averaged across ranks."""
-
-    name = "scale"
-
-    def __init__(self):
-        super().__init__()
-        self.log_scale = nn.Parameter(torch.zeros(()))
-
-    def forward(self, step):
-        return 0.01 * ((step.logits * self.log_scale.exp()) ** 2).mean()
 
 
 def tiny_data():
@@ -49,7 +35,7 @@ def train(checkpoint_dir):
     torch.manual_seed(0)
     teacher = MLP(6, num_classes=3, hidden=8, embedding_dim=4)
     model = MLP(6, num_classes=3, hidden=16, embedding_dim=8)
-    scale = LearnedScale()
+    scale = Projection()  # a trainable loss-term parameter: its gradient is averaged too
     terms = [DistillationTerm(FocalDistillationLoss(alpha=1.0, beta=2.0), teacher), scale]
     train_data, val_data = tiny_data()
     old_val_preds = teacher(torch.from_numpy(val_data[0])).argmax(1).numpy()
@@ -58,12 +44,6 @@ def train(checkpoint_dir):
                   old_val_preds=old_val_preds, seed=11, checkpoint_dir=checkpoint_dir,
                   progress=False)
     return model, scale, history
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(autouse=True)
@@ -76,11 +56,7 @@ def one_torch_thread():
 
 def test_two_processes_equal_one_process(tmp_path):
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
-           "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), __file__, str(out)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = launch_local(__file__, str(out), nproc_per_node=2, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     model, scale, history = train(tmp_path / "single")
@@ -99,8 +75,8 @@ def test_two_processes_equal_one_process(tmp_path):
     weights = torch.load(out / "weights.pt", weights_only=True)
     for name, value in model.state_dict().items():
         torch.testing.assert_close(weights["model"][name], value, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(weights["scale"], scale.log_scale.detach(), rtol=1e-5, atol=1e-6)
-    assert scale.log_scale.item() != 0.0
+    torch.testing.assert_close(weights["scale"], scale.scale.detach(), rtol=1e-5, atol=1e-6)
+    assert scale.scale.item() != 1.0
     # rank 0 wrote every epoch's checkpoint, nobody left a temporary file
     assert sorted(p.name for p in (out / "ckpt").iterdir()) == [
         f"epoch_{e:04d}.pt" for e in range(1, EPOCHS + 1)]
@@ -116,5 +92,5 @@ if __name__ == "__main__":
     target.mkdir(parents=True, exist_ok=True)
     (target / f"history_rank{rank}.json").write_text(json.dumps(history.to_dict()))
     if rank == 0:
-        torch.save({"model": model.state_dict(), "scale": scale.log_scale.detach()},
+        torch.save({"model": model.state_dict(), "scale": scale.scale.detach()},
                    target / "weights.pt")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -76,3 +79,42 @@ def setup_process(device: str | torch.device) -> ProcessContext:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank % max(1, torch.cuda.device_count()))))
         torch.cuda.set_device(device)
     return ProcessContext(rank, world_size, device, owns)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a local rendezvous)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def launch_local(script: str | os.PathLike, *args: str, nproc_per_node: int = 2,
+                 timeout: Optional[float] = 600, threads_per_process: int = 1
+                 ) -> subprocess.CompletedProcess:
+    """Run ``script`` under ``torchrun --nproc_per_node N`` on this machine and wait for it.
+
+    Uses this interpreter (``python -m torch.distributed.run``), a free local port and
+    ``OMP_NUM_THREADS=threads_per_process``; stdout and stderr are captured as text.
+
+    Args:
+        script: the Python file each process runs (it calls :func:`regfree.training.fit`).
+        *args: command-line arguments passed to the script.
+        nproc_per_node: number of processes.
+        timeout: seconds before the launch is killed (``subprocess.TimeoutExpired``).
+        threads_per_process: torch/OpenMP threads of each process.
+
+    Returns:
+        The finished process (check ``returncode``).
+
+    Example (not run here: it starts processes):
+        >>> done = launch_local("train.py", "--epochs", "3")  # doctest: +SKIP
+        >>> done.returncode  # doctest: +SKIP
+        0
+    """
+    if nproc_per_node < 1:
+        raise ValueError(f"nproc_per_node must be >= 1, got {nproc_per_node}")
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_process)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
+           "--nproc_per_node", str(nproc_per_node), "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), str(script), *map(str, args)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
