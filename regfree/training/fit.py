@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from regfree.metrics import error_rate, flip_totals
 from regfree.training.checkpoint import (
@@ -187,7 +187,8 @@ def fit(
     Args:
         model: returns logits ``(B, C)``, ``(logits, embeddings)`` or ``{"logits": ...}``.
         train_data: ``(x, y)`` arrays/tensors (sliced per batch, fastest) or a map-style Dataset
-            yielding ``(x, y)`` (or ``(x, y, index)``; the index is taken from the sampler).
+            yielding ``(x, y)`` (or ``(x, y, index)``; the index is taken from the sampler),
+            read item by item in the training process and collated with ``default_collate``.
         loss_terms: objects following :class:`~regfree.training.LossTerm`; unique ``name`` s
             (not ``"ce"``) label their per-epoch means in the history.
         epochs: total number of epochs (with ``resume``, including those already done).
