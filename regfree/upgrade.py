@@ -10,18 +10,17 @@ name (``"forward_features"``) or a callable on an input batch.
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from regfree.compat import CompatibilityReport, compatibility_report
-from regfree.metrics import FlipReport, flip_report
+from regfree.metrics import FlipReport, flip_report, json_safe
 from regfree.retrieval import BackfillCurve, Gallery, backfill_curve, plan_backfill
 from regfree.training.data import BatchSource, TrainData
 from regfree.training.steps import split_outputs
@@ -29,6 +28,9 @@ from regfree.training.steps import split_outputs
 Embedder = Union[str, Callable[[torch.Tensor], torch.Tensor]]
 
 OLD, NEW = "v1", "v2"
+# The backfill curve searches the gallery once per step and order; ranking all of it for mAP
+# at every step costs ~10x a top-100 search, so the curve reports mAP@100.
+BACKFILL_MAP_K = 100
 
 
 @dataclass
@@ -71,7 +73,7 @@ class UpgradeReport:
 
     def to_json(self, indent: int = 2) -> str:
         """:meth:`to_dict` as JSON (NaN written as ``null``)."""
-        return json.dumps(_nan_to_none(self.to_dict()), indent=indent)
+        return json.dumps(json_safe(self.to_dict()), indent=indent)
 
     def summary(self) -> str:
         """A few readable lines: the flip summary, retrieval without backfill, the gate."""
@@ -94,16 +96,6 @@ class UpgradeReport:
         from regfree.reporting.upgrade_page import upgrade_page
 
         write_text_atomic(path, upgrade_page(self, title))
-
-
-def _nan_to_none(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, Mapping):
-        return {k: _nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_nan_to_none(v) for v in value]
-    return value
 
 
 @dataclass
@@ -204,7 +196,7 @@ def evaluate_upgrade(
     Retrieval protocol: the samples of ``data`` are the queries, the samples of ``gallery`` the
     indexed items (labels from both), cosine similarity in an exact FAISS index; the matrix holds
     v1/v1, v2/v1 (v2 queries on v1's gallery, no backfill) and v2/v2 (everything re-embedded).
-    The backfill curve re-embeds v1's gallery item by item with v2 in each order of
+    The backfill curve (top-1, top-5, mAP@100) re-embeds v1's gallery with v2 in each order of
     ``backfill_orders`` (``"random"``, ``"margin"``, ``"entropy"``: see
     :func:`regfree.retrieval.plan_backfill`).
 
@@ -298,4 +290,5 @@ def _backfill(old_g: ModelRun, new_g: ModelRun, new_q: ModelRun, query_labels: n
              for order in orders}
     return backfill_curve(new_q.embeddings, query_labels, old_g.embeddings, new_g.embeddings,
                           old_g.labels, plans, fractions, gallery_ids=ids, ks=(1, 5),
-                          old_version=OLD, new_version=NEW, progress=progress)
+                          map_k=BACKFILL_MAP_K, old_version=OLD, new_version=NEW,
+                          progress=progress)
