@@ -67,7 +67,7 @@ class Config:
     edge_width: int = 8
     head: str = "cosine"  # "cosine" or "linear" heads for every model
     cosine_scale: float = 16.0
-    epochs: int = 30
+    epochs: int = 20
     lr: float = 3e-3
     batch_size: int = 128
     bct_weight: float = 1.0

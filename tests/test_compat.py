@@ -1,5 +1,7 @@
 """Backward-compatible training pieces that need no trainer: heads, losses, projection, report."""
 
+import doctest
+import importlib
 import math
 
 import numpy as np
@@ -54,6 +56,21 @@ def test_bct_forward_reads_the_train_step_and_keeps_the_original_head_trainable(
     assert not bct.old_head.training
     with pytest.raises(ValueError, match="embeddings"):
         bct(TrainStep(step.inputs, step.targets, step.indices, step.logits, None))
+
+
+def test_bct_projection_maps_new_size_to_old_before_the_head():
+    projection = nn.Linear(3, 2, bias=False)
+    with torch.no_grad():
+        projection.weight.copy_(torch.tensor([[1.0, 0.0, 1.0], [0.0, 2.0, 0.0]]))
+    bct = BackwardCompatibleLoss(_identity_head(), weight=1.0, projection=projection)
+    # [1, 0, 1] -> [2, 0]: logits [2, 0], target 1 -> log(1 + e^2)
+    value = bct.loss(torch.tensor([[1.0, 0.0, 1.0]]), torch.tensor([1]))
+    assert value.item() == pytest.approx(math.log(1 + math.exp(2)), rel=1e-6)
+    value.backward()
+    assert projection.weight.grad is not None  # trainable, unlike the old head
+    assert [p.requires_grad for p in bct.parameters()] == [False, False, True]
+    with pytest.raises(ValueError, match="projection"):
+        BackwardCompatibleLoss(_identity_head(), projection=lambda e: e)
 
 
 def test_bct_cosine_head_uses_only_directions():
@@ -244,3 +261,11 @@ def test_report_rejects_bad_embedders():
         compatibility_report(x, x, {"v1": lambda a: a[:, :2], "v2": lambda a: a}, labels, labels)
     with pytest.raises(ValueError, match="shape"):
         compatibility_report(x, x, {"v1": lambda a: a[:2]}, labels, labels)
+
+
+@pytest.mark.parametrize("name", ["regfree.compat", "regfree.compat.heads",
+                                  "regfree.compat.losses", "regfree.compat.projection",
+                                  "regfree.compat.report"])
+def test_docstring_examples_run(name):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

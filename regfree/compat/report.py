@@ -259,12 +259,17 @@ def compatibility_report(query, gallery, embedders: Mapping[str, EmbedderSpec], 
     size = len(versions)
     topk = {k: np.full((size, size), np.nan) for k in ks}
     mean_ap = np.full((size, size), np.nan)
+    embedded: dict[int, np.ndarray] = {}  # one pass over the queries per distinct embedder
     for i, new in enumerate(versions):
         for j, old in enumerate(versions[:i + 1]):
             if old not in plans[new]:
                 continue
-            queries = _as_embeddings(plans[new][old](query), f"embedders[{new!r}] on query "
-                                     f"for gallery {old!r}", len(query_labels))
+            function = plans[new][old]
+            if id(function) not in embedded:
+                embedded[id(function)] = _as_embeddings(
+                    function(query), f"embedders[{new!r}] on query for gallery {old!r}",
+                    len(query_labels))
+            queries = embedded[id(function)]
             if queries.shape[1] != galleries[old].shape[1]:
                 raise ValueError(f"embedders[{new!r}] gives {queries.shape[1]}-d queries for "
                                  f"the {galleries[old].shape[1]}-d {old!r} gallery; map "
