@@ -7,11 +7,11 @@ of several v1-architecture models, logit-difference distance, every sample weigh
 
 1. Sweep (one seed, scored on a validation split held out of training): FD-KL temperature x
    weight, then alpha/beta at the best pair; FD-LM and ELODI weights. Each family's pick: lowest
-   validation NFR among configurations whose validation error is at most ``plain + 0.25`` points.
+   validation NFR among configurations whose validation error is at most ``plain + 0.5`` points.
    Plot of error vs NFR with the Pareto front.
 2. Table (several seeds, scored on the test split): FD rows use the library defaults of
-   :class:`regfree.pctraining.FocalDistillationLoss` (which were set from this sweep; the output
-   says whether the sweep still picks them). NFR interval: Wilson 95% on the negative flips
+   the sweep's picks (the library defaults of :class:`regfree.pctraining.FocalDistillationLoss`
+   were set from them; the output says whether they still agree). NFR interval: Wilson 95% on the negative flips
    pooled over seeds. McNemar p vs plain: exact test on the pooled discordant pairs (samples
    where exactly one of the two models flips, for NFR; where exactly one is wrong, for error).
 
@@ -54,7 +54,7 @@ from regfree.pctraining.losses import DEFAULT_WEIGHTS
 from regfree.training import fit, predict_logits
 
 ROOT = Path(__file__).resolve().parent
-ERROR_SLACK = 0.0025  # sweep picks may cost at most 0.25 points of validation error
+ERROR_SLACK = 0.005  # sweep picks may cost at most 0.5 points of validation error
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ class Setup:
     val_size: int = 1200
     v1_width: int = 16
     v1_epochs: int = 40
+    v1_batch_size: int = 64
     v1_fraction: float = 1 / 3
     v2_width: int = 32
     v2_epochs: int = 30
@@ -71,12 +72,14 @@ class Setup:
     ensemble_size: int = 5
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     sweep_seed: int = 100
-    temperatures: tuple[float, ...] = (1.0, 4.0, 16.0, 64.0)
-    kl_weights: tuple[float, ...] = (0.3, 1.0, 3.0)
-    alpha_betas: tuple[tuple[float, float], ...] = ((0.0, 1.0), (0.0, 5.0), (1.0, 1.0),
-                                                    (1.0, 10.0))
-    logit_weights: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3)
-    elodi_weights: tuple[float, ...] = (0.03, 0.1, 0.3)
+    # earlier runs with a weaker v1 (22% error, results/pct_mnist1d_weak_v1.md) showed
+    # alpha > 0 and large weights at high T costing points of error; the grid centres on
+    # alpha = 0 ("distil only where v1 was right") and moderate weights
+    temperatures: tuple[float, ...] = (1.0, 4.0)
+    kl_weights: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0)
+    alpha_betas: tuple[tuple[float, float], ...] = ((0.1, 1.0), (1.0, 5.0), (0.0, 3.0))
+    logit_weights: tuple[float, ...] = (0.001, 0.003, 0.01)
+    elodi_weights: tuple[float, ...] = (0.0003, 0.001, 0.003)
     elodi_margin: float = 0.5
 
 
@@ -142,7 +145,8 @@ def train_v1(setup: Setup, data: Data, seed: int) -> ConvNet1D:
     model = ConvNet1D(width=setup.v1_width, embedding_dim=32)
     subset = (data.x_train[data.v1_subset], data.y_train[data.v1_subset])
     fit(model, subset, epochs=setup.v1_epochs, optimizer=optimizer_for(setup),
-        scheduler=scheduler_for(setup.v1_epochs), batch_size=128, seed=seed, progress=False)
+        scheduler=scheduler_for(setup.v1_epochs), batch_size=setup.v1_batch_size, seed=seed,
+        progress=False)
     return model
 
 
@@ -267,9 +271,9 @@ def run_sweep(setup: Setup, data: Data, teachers: dict, workdir: Path, jobs: int
                 for r in results]
 
     stage1 = [Config("plain", s)]
-    stage1 += [Config("FD-KL", s, temperature=t, weight=w, alpha=1.0, beta=5.0)
+    stage1 += [Config("FD-KL", s, temperature=t, weight=w, alpha=0.0, beta=1.0)
                for t in setup.temperatures for w in setup.kl_weights]
-    stage1 += [Config("FD-LM", s, weight=w, alpha=1.0, beta=5.0) for w in setup.logit_weights]
+    stage1 += [Config("FD-LM", s, weight=w, alpha=0.0, beta=1.0) for w in setup.logit_weights]
     stage1 += [Config("ELODI", s, weight=w) for w in setup.elodi_weights]
     first = scored(run_all(stage1, setup, workdir, jobs, "sweep stage 1"))
     plain_error = first[0]["val"].error
@@ -306,7 +310,7 @@ def plot_sweep(sweep: dict, path: Path) -> None:
         ax.annotate(runs[i]["config"].label(), points[i], fontsize=6, xytext=(3, 3),
                     textcoords="offset points")
     ax.axvline((sweep["plain_error"] + ERROR_SLACK) * 100, c="red", lw=0.8, ls=":",
-               label="plain + 0.25 pts (selection limit)")
+               label="plain + 0.5 pts (selection limit)")
     ax.set_xlabel("validation error (%)")
     ax.set_ylabel("validation NFR vs v1 (%)")
     ax.set_title("MNIST-1D sweep: error vs negative flip rate (one seed)")
@@ -322,14 +326,22 @@ def plot_sweep(sweep: dict, path: Path) -> None:
 
 
 def table_configs(setup: Setup, sweep: Optional[dict]) -> list[Config]:
-    kd_t = FocalDistillationLoss().temperature
-    kd_w = DEFAULT_WEIGHTS["kl"]
-    elodi_w = sweep["picks"]["ELODI"]["config"].weight if sweep else setup.elodi_weights[0]
+    """Plain, KD, FD-KL, FD-LM, ELODI per seed: the sweep's picks (library defaults without a
+    sweep). KD uses FD-KL's temperature and weight on every sample."""
     rows = []
     for seed in setup.seeds:
-        rows += [Config("plain", seed), Config("KD", seed, temperature=kd_t, weight=kd_w),
-                 Config("FD-KL", seed, defaults=True), Config("FD-LM", seed, defaults=True),
-                 Config("ELODI", seed, weight=elodi_w)]
+        if sweep:
+            kl, lm, el = (sweep["picks"][f]["config"] for f in ("FD-KL", "FD-LM", "ELODI"))
+            fd_kl = Config("FD-KL", seed, kl.temperature, kl.weight, kl.alpha, kl.beta)
+            fd_lm = Config("FD-LM", seed, None, lm.weight, lm.alpha, lm.beta)
+            elodi_w = el.weight
+        else:
+            fd_kl = Config("FD-KL", seed, defaults=True)
+            fd_lm = Config("FD-LM", seed, defaults=True)
+            elodi_w = setup.elodi_weights[0]
+        kd = Config("KD", seed, temperature=fd_kl.temperature or FocalDistillationLoss().temperature,
+                    weight=fd_kl.weight or DEFAULT_WEIGHTS["kl"])
+        rows += [Config("plain", seed), kd, fd_kl, fd_lm, Config("ELODI", seed, weight=elodi_w)]
     return rows
 
 
@@ -391,7 +403,8 @@ def markdown(setup: Setup, rows: list[dict], sweep: Optional[dict], teachers: di
         f"Data: mnist1d generator, {setup.num_samples} samples (seed 42): "
         f"{len(data.y_train)} train, {len(data.y_val)} validation (sweep only), "
         f"{len(data.y_test)} test. v1: ConvNet1D width {setup.v1_width} trained "
-        f"{setup.v1_epochs} epochs on {len(data.v1_subset)} training samples (test error "
+        f"{setup.v1_epochs} epochs (batch {setup.v1_batch_size}) on {len(data.v1_subset)} training "
+        f"samples (test error "
         f"{v1.error:.2%}); ELODI teacher: mean logits of {setup.ensemble_size} such models "
         f"(v1 and {setup.ensemble_size - 1} more seeds; test error {ens_error:.2%}). "
         f"v2: ConvNet1D width {setup.v2_width}, {setup.v2_epochs} epochs on all training samples, "
@@ -416,29 +429,32 @@ def markdown(setup: Setup, rows: list[dict], sweep: Optional[dict], teachers: di
             f"{r['nfr_vs_plain']:.2f} | {pm(r['relative_nfr'], 1.0, 3)} | {pm(r['pfr'])} | "
             f"{fmt_p(r['mcnemar_p_nfr'])} | {fmt_p(r['mcnemar_p_error'])} |")
     plain = next(r for r in rows if r["row"] == "plain")
-    fd = next(r for r in rows if r["row"] == "FD-KL (defaults)")
+    fd = next(r for r in rows if r["row"].startswith("FD-KL"))
     d_err = (np.mean(fd["error"]) - np.mean(plain["error"])) * 100
     ok = fd["nfr_vs_plain"] <= 0.5 and d_err <= 0.5
     lines += [
         "",
-        f"Bar (FD-KL with library defaults): NFR {np.mean(fd['nfr']):.2%} vs plain "
+        f"Bar ({fd['row']}): NFR {np.mean(fd['nfr']):.2%} vs plain "
         f"{np.mean(plain['nfr']):.2%} (ratio {fd['nfr_vs_plain']:.2f}, bar <= 0.50), error "
         f"{d_err:+.2f} points (bar <= +0.50): **{'met' if ok else 'NOT met'}**. Reference: "
         "untuned FD-KL gave ratio 0.48 at +0.8 points (12k samples, 3 seeds); Yan et al. report "
         "about -60% NFR on ImageNet.",
         "",
-        f"Library defaults: FocalDistillationLoss(alpha={FocalDistillationLoss().alpha:g}, "
+        f"Library defaults when this ran: FocalDistillationLoss(alpha={FocalDistillationLoss().alpha:g}, "
         f"beta={FocalDistillationLoss().beta:g}, temperature={FocalDistillationLoss().temperature:g}"
         f", kind='kl', weight={DEFAULT_WEIGHTS['kl']:g}); kind='logit' weight "
         f"{DEFAULT_WEIGHTS['logit']:g}. KD row: KnowledgeDistillationLoss(temperature="
-        f"{FocalDistillationLoss().temperature:g}, weight={DEFAULT_WEIGHTS['kl']:g}). ELODI row: "
-        f"uniform weights x margin_logit_distance(margin={setup.elodi_margin:g}, power=2).",
+        f"{FocalDistillationLoss().temperature:g}, weight={DEFAULT_WEIGHTS['kl']:g}) without a "
+        "sweep; with one, KD takes FD-KL's picked temperature and weight. ELODI row: uniform "
+        f"weights x margin_logit_distance(margin={setup.elodi_margin:g}, power=2).",
     ]
     if sweep:
         lines += ["", "## Sweep (one seed, validation split)", "",
                   f"Selection: lowest validation NFR among runs with validation error <= plain "
-                  f"({sweep['plain_error']:.2%}) + 0.25 points. Plot: "
-                  "`pct_mnist1d_sweep.png` (error vs NFR, dashed Pareto front).", "",
+                  f"({sweep['plain_error']:.2%}) + 0.5 points. One seed on {len(data.y_val):,} samples: "
+                  "differences below about 0.5 points of error or 0.3 points of NFR are within "
+                  "noise. Plot: `pct_mnist1d_sweep.png` (error vs NFR, dashed Pareto front).",
+                  "",
                   "| run | val error | val NFR | Pareto | picked |", "|---|---|---|---|---|"]
         runs = sweep["runs"]
         front = set(pareto_front([(r["val"].error, r["val"].nfr) for r in runs]))
@@ -456,7 +472,7 @@ def markdown(setup: Setup, rows: list[dict], sweep: Optional[dict], teachers: di
         lines += ["", f"Sweep picks: {kl.label()}; {lm.label()}; "
                       f"{sweep['picks']['ELODI']['config'].label()}. "
                       + ("These are the library defaults." if same else
-                         "**These differ from the library defaults used in the table above.**")]
+                         "**These differ from the library defaults at run time.**")]
     return "\n".join(lines) + "\n"
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_training import Projection  # tests/ is on sys.path under pytest and under torchrun
+from test_training import Projection, one_torch_thread  # noqa: F401  (tests/ is on sys.path)
 
 from regfree.models import MLP
 from regfree.pctraining import DistillationTerm, FocalDistillationLoss
@@ -45,13 +45,6 @@ def train(checkpoint_dir):
                   progress=False)
     return model, scale, history
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_two_processes_equal_one_process(tmp_path):

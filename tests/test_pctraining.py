@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_training import one_torch_thread  # noqa: F401  (autouse fixture, shared)
 from torch.utils.data import TensorDataset
 
 from regfree.models import MLP
@@ -19,14 +20,6 @@ from regfree.pctraining import (
 )
 from regfree.training import predict_logits
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # tiny models: extra threads only spin against the other processes on a shared CPU
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 def np_softmax(z):
     e = np.exp(z - z.max())
