@@ -21,7 +21,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from regfree.compat import BackwardCompatibleLoss
+from regfree.compat import BackwardCompatibleLoss, CosineClassifier
 from regfree.data import DataSplit, load_mnist1d
 from regfree.demo.config import DemoConfig
 from regfree.metrics import mcnemar_exact_p
@@ -58,18 +58,21 @@ def _train(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, config: DemoCon
     return model
 
 
-def _new_model(config: DemoConfig) -> ConvNet1D:
-    torch.manual_seed(config.seed * 1000 + 1)
-    return ConvNet1D(width=config.new_width, embedding_dim=config.embedding_dim,
-                     return_embeddings=True)
+def _model(config: DemoConfig, width: int, seed: int, return_embeddings: bool) -> ConvNet1D:
+    # Cosine heads: the gallery searches by cosine similarity, so both models learn embeddings
+    # whose directions carry the class (experiments/bct_mnist1d.py chose them over linear heads).
+    torch.manual_seed(seed)
+    model = ConvNet1D(width=width, embedding_dim=config.embedding_dim,
+                      return_embeddings=return_embeddings)
+    model.head = CosineClassifier(config.embedding_dim, 10)
+    return model
 
 
 def train_models(config: DemoConfig, data: DataSplit, cache_dir: str
                  ) -> tuple[torch.nn.Module, dict[str, torch.nn.Module]]:
     """Train v1 and the three v2 variants; returns ``(v1, {variant: v2})``."""
     subset = data.subset_train(int(len(data.y_train) * config.old_fraction), seed=config.seed)
-    torch.manual_seed(config.seed * 1000)
-    old = ConvNet1D(width=config.old_width, embedding_dim=config.embedding_dim)
+    old = _model(config, config.old_width, config.seed * 1000, return_embeddings=False)
     _train(old, subset.x_train, subset.y_train, config, config.old_epochs)
 
     train = (data.x_train, data.y_train)
@@ -82,7 +85,7 @@ def train_models(config: DemoConfig, data: DataSplit, cache_dir: str
     new_models = {}
     for variant, terms in recipes.items():
         # every variant starts from the same initial weights, so differences come from the loss
-        model = _new_model(config)
+        model = _model(config, config.new_width, config.seed * 1000 + 1, return_embeddings=True)
         new_models[variant] = _train(model, *train, config, config.new_epochs, terms, val,
                                      old_val_preds)
     return old, new_models
