@@ -149,7 +149,7 @@ def _plot(rows: list[DemoRow], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = [r.variant for r in rows]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.4))
     nfr = [100 * r.nfr for r in rows]
     err = [[100 * (r.nfr - r.nfr_ci[0]) for r in rows], [100 * (r.nfr_ci[1] - r.nfr) for r in rows]]
     left.bar(names, nfr, yerr=err, capsize=4, color="#c44e52")
@@ -165,7 +165,7 @@ def _plot(rows: list[DemoRow], path: Path) -> None:
     right.set_xticks(pos, names)
     right.set_ylabel("retrieval top-1 (%)")
     right.set_title("Search without backfilling")
-    right.legend(fontsize=8, loc="lower left")
+    right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
     fig.tight_layout()
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png.tmp")
     os.close(fd)
