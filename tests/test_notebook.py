@@ -68,13 +68,14 @@ def test_bct_searches_the_old_gallery_better_than_v1_and_independent_cannot(exec
     _, results, _ = executed
     old_old = results["old/old"]
     bct, independent = results["BCT new/old"], results["independent new/old"]
-    # the headline: BCT new/old > old/old > independent new/old (mAP)
-    assert bct["mAP"] > old_old["mAP"] > independent["mAP"]
-    # the notebook's text says: independent v2 near chance on the old gallery (10 classes) ...
-    assert independent["top1"] < 0.25 and independent["top1"] < old_old["top1"] - 0.2
-    # ... and BCT's top-1 on the old gallery stays below v1's own in this small setting
+    # the headline, in both metrics: BCT new/old > old/old > independent new/old
     # (if this starts failing, the conclusions in the notebook need rewriting)
-    assert bct["top1"] < old_old["top1"]
+    for metric in ("top1", "mAP"):
+        assert bct[metric] > old_old[metric] > independent[metric], metric
+    # the text: the mAP gain is the solid one, the top-1 margin small
+    assert bct["mAP"] - old_old["mAP"] > bct["top1"] - old_old["top1"]
+    # independent v2 near chance on the old gallery (10 classes)
+    assert independent["top1"] < 0.25 and independent["top1"] < old_old["top1"] - 0.2
     for metric in ("top1", "mAP"):
         assert results["BCT new/new"][metric] > bct[metric]
         assert results["independent new/new"][metric] > old_old[metric]
@@ -95,3 +96,9 @@ def test_backfill_curves_run_from_new_old_to_new_new(executed):
         half = curve["mAP"][fractions.index(0.5)]
         share = (half - start["mAP"]) / (end["mAP"] - start["mAP"])
         assert 0.3 < share < 0.7, (name, share)
+    # the text: least-confident-first wins on mAP, random order on top-1 at the very start
+    curves = results["backfill"]["curves"]
+    random_order, informed = curves["random"], curves["v1 least confident first"]
+    at_half, at_two = fractions.index(0.5), fractions.index(0.02)
+    assert informed["mAP"][at_half] > random_order["mAP"][at_half]
+    assert random_order["top1"][at_two] > informed["top1"][at_two]
