@@ -1,7 +1,5 @@
 """Backward-compatible training pieces that need no trainer: heads, losses, projection, report."""
 
-import doctest
-import importlib
 import math
 
 import numpy as np
@@ -261,11 +259,3 @@ def test_report_rejects_bad_embedders():
         compatibility_report(x, x, {"v1": lambda a: a[:, :2], "v2": lambda a: a}, labels, labels)
     with pytest.raises(ValueError, match="shape"):
         compatibility_report(x, x, {"v1": lambda a: a[:2]}, labels, labels)
-
-
-@pytest.mark.parametrize("name", ["regfree.compat", "regfree.compat.heads",
-                                  "regfree.compat.losses", "regfree.compat.projection",
-                                  "regfree.compat.report"])
-def test_docstring_examples_run(name):
-    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0
