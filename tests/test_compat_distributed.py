@@ -7,8 +7,6 @@ history and what it saw of the frozen old head; rank 0 also writes the weights.
 
 import json
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from torch import nn
 from regfree.compat import BackwardCompatibleLoss, EmbeddingRegressionLoss
 from regfree.models import MLP
 from regfree.training import fit
+from regfree.training.distributed import launch_local
 
 # 45 samples in global batches of 8: the last batch (5 samples) splits 3/2 across the ranks
 N_TRAIN, BATCH, EPOCHS = 45, 8, 3
@@ -49,12 +48,6 @@ def train():
     return v1, v2, bct, history
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     before = torch.get_num_threads()
@@ -65,11 +58,7 @@ def one_torch_thread():
 
 def test_bct_under_two_processes_equals_one_process(tmp_path):
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
-           "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), __file__, str(out)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = launch_local(__file__, str(out), nproc_per_node=2, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     v1, v2, bct, history = train()
