@@ -506,8 +506,10 @@ def markdown(setup: Setup, rows: list[dict], sweep: Optional[dict], teachers: di
         f"Library defaults when this ran: FocalDistillationLoss(alpha={FocalDistillationLoss().alpha:g}, "
         f"beta={FocalDistillationLoss().beta:g}, temperature={FocalDistillationLoss().temperature:g}"
         f", kind='kl', weight={DEFAULT_WEIGHTS['kl']:g}); kind='logit' weight "
-        f"{DEFAULT_WEIGHTS['logit']:g}. The FD-KL row always uses these defaults; KD, FD-LM and "
-        "ELODI rows take the sweep's picks. ELODI row: uniform "
+        f"{DEFAULT_WEIGHTS['logit']:g}. "
+        + ("The FD-KL row uses these defaults; KD, FD-LM and ELODI rows take the sweep's picks."
+           if "defaults" in fd["row"] else "The FD-KL row is an explicit setting (--fd-kl).")
+        + " ELODI row: uniform "
         f"weights x margin_logit_distance(margin={setup.elodi_margin:g}, power=2).",
     ]
     if sweep:
@@ -553,6 +555,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--sweep-only", action="store_true",
                         help="sweep only: save it, then set the library defaults and rerun "
                              "with --skip-sweep")
+    parser.add_argument("--fd-kl", metavar="A,B,T,W",
+                        help="compare plain with one explicit FD-KL setting only (no sweep); "
+                             "writes pct_mnist1d_fdkl_A_B_T_W.*")
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     args = parser.parse_args(argv)
     if args.jobs < 1:
@@ -561,6 +566,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     torch.set_num_threads(1)
     setup = QUICK if args.quick else Setup()
     stem = "pct_mnist1d_quick" if args.quick else "pct_mnist1d"
+    fd_kl = None
+    if args.fd_kl:
+        try:
+            alpha, beta, temperature, weight = (float(v) for v in args.fd_kl.split(","))
+        except ValueError:
+            print("--fd-kl must be four numbers A,B,T,W", file=sys.stderr)
+            return 2
+        fd_kl = (alpha, beta, temperature, weight)
+        stem += "_fdkl_" + "_".join(f"{v:g}" for v in fd_kl)
+        args.skip_sweep = True
     workdir = ROOT / "output" / stem
     workdir.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -584,9 +599,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                       f" NFR {best['val'].nfr:.2%}")
             print(f"plain val error {sweep['plain_error']:.2%}; saved {sweep_path}")
             return 0
-    elif sweep_path.exists():
+    elif sweep_path.exists() and fd_kl is None:
         sweep = load_sweep(sweep_path)
-    configs = table_configs(setup, sweep)
+    if fd_kl is None:
+        configs = table_configs(setup, sweep)
+    else:
+        a, b, temp, w = fd_kl
+        configs = [c for s in setup.seeds for c in (Config("plain", s), Config(
+            "FD-KL", s, temperature=temp, weight=w, alpha=a, beta=b))]
     per_seed = len(configs) // len(setup.seeds)
 
     def report(results: list[dict]) -> Optional[str]:
