@@ -21,7 +21,10 @@ Run (from the repository root, 2 free cores): sweep, then set the defaults in
 regfree/pctraining/losses.py to its FD-KL pick, then the table (which reuses the saved sweep):
     OMP_NUM_THREADS=1 .venv/bin/python experiments/pct_mnist1d.py --jobs 2 --sweep-only
     OMP_NUM_THREADS=1 .venv/bin/python experiments/pct_mnist1d.py --jobs 2 --skip-sweep
-(both steps in one go: drop the two flags.) Smoke run (a minute or two):
+(both steps in one go: drop the two flags.) Plain vs one explicit FD-KL setting only, e.g.
+the demo's earlier alpha 0, beta 1, T 1, weight 0.3 (writes pct_mnist1d_fdkl_0_1_1_0.3.*):
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/pct_mnist1d.py --jobs 2 --fd-kl 0,1,1,0.3
+Smoke run (a minute or two):
     OMP_NUM_THREADS=1 .venv/bin/python experiments/pct_mnist1d.py --quick
 Writes ``experiments/results/pct_mnist1d.{md,json}`` and ``pct_mnist1d_sweep.png`` (``--quick``
 writes ``pct_mnist1d_quick.*`` instead).
