@@ -48,14 +48,6 @@ def train():
     return v1, v2, bct, history
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_bct_under_two_processes_equals_one_process(tmp_path):
     out = tmp_path / "ddp"
     done = launch_local(__file__, str(out), nproc_per_node=2, timeout=300)

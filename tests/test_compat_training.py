@@ -19,15 +19,6 @@ from regfree.models import MLP
 from regfree.training import fit
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # tiny models: extra threads only spin against other processes on a shared CPU
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def digits():
     return load_digits_split(seed=0)

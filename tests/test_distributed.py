@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_training import Projection, one_torch_thread  # noqa: F401  (tests/ is on sys.path)
+from test_training import Projection  # tests/ is on sys.path
 
 from regfree.models import MLP
 from regfree.pctraining import DistillationTerm, FocalDistillationLoss

@@ -3,7 +3,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_training import one_torch_thread  # noqa: F401  (autouse fixture, shared)
 from torch.utils.data import TensorDataset
 
 from regfree.models import MLP

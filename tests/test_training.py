@@ -21,14 +21,6 @@ from regfree.training.data import epoch_permutation, local_batches
 from regfree.training.history import EpochStats, nfr_rose_twice
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # tiny models: extra threads only spin against the other processes on a shared CPU
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 def blobs(n=120, classes=3, dim=6, seed=0):
     rng = np.random.default_rng(seed)
     centers = rng.normal(scale=2.0, size=(classes, dim))
