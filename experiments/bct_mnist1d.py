@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -51,6 +49,7 @@ from regfree.compat import (
 )
 from regfree.data import load_mnist1d
 from regfree.models import ConvNet1D
+from regfree.reporting import write_text_atomic
 from regfree.training import fit
 
 
@@ -305,15 +304,6 @@ def render(config: Config, results: dict, train_size: int, command: str,
     return "\n".join(lines)
 
 
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600
-    os.replace(tmp, path)
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
@@ -345,8 +335,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         " ".join(argv if argv is not None else sys.argv[1:])
     markdown = render(config, results, len(data.y_train), command.strip(),
                       time.perf_counter() - started)
-    write_atomically(args.out, markdown)
-    write_atomically(args.out.with_suffix(".json"),
+    write_text_atomic(args.out, markdown)
+    write_text_atomic(args.out.with_suffix(".json"),
                      json.dumps({"config": asdict(config), "results": results}, indent=1,
                                 default=float))
     print(markdown)

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -45,6 +44,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from regfree.atomic import atomic_write
 from regfree.compat import CosineClassifier
 from regfree.data import load_mnist1d
 from regfree.metrics import flip_totals, mcnemar_exact_p, wilson_interval
@@ -59,6 +59,7 @@ from regfree.pctraining import (
     uniform_weights,
 )
 from regfree.pctraining.losses import DEFAULT_WEIGHTS
+from regfree.reporting import write_text_atomic
 from regfree.training import fit, predict_logits
 
 ROOT = Path(__file__).resolve().parent
@@ -328,7 +329,7 @@ def save_sweep(sweep: dict, path: Path, command: str, minutes: float) -> None:
     raw = {"command": command, "minutes": minutes,
            "runs": [{"config": asdict(r["config"]), "val": asdict(r["val"]),
                      "seconds": r["seconds"]} for r in sweep["runs"]]}
-    _write(path, json.dumps(raw, indent=1))
+    write_text_atomic(path, json.dumps(raw, indent=1))
 
 
 def load_sweep(path: Path) -> dict:
@@ -366,10 +367,8 @@ def plot_sweep(sweep: dict, path: Path) -> None:
     ax.set_title("MNIST-1D sweep: validation error vs negative flip rate")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=120))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------- table
@@ -619,23 +618,17 @@ def main(argv: Optional[list[str]] = None) -> int:
         rows = summarise(results, data, teachers)
         minutes = (time.perf_counter() - began) / 60
         text = markdown(setup, rows, sweep, teachers, data, command, minutes)
-        _write(args.out / f"{stem}.md", text)
+        write_text_atomic(args.out / f"{stem}.md", text)
         raw = {"setup": asdict(setup), "command": command, "minutes": minutes, "rows": rows,
                "sweep": None if sweep is None else [
                    {"config": asdict(r["config"]), "val": asdict(r["val"])}
                    for r in sweep["runs"]]}
-        _write(args.out / f"{stem}.json", json.dumps(raw, indent=1, default=float))
+        write_text_atomic(args.out / f"{stem}.json", json.dumps(raw, indent=1, default=float))
         return text
 
     results = run_all(configs, setup, workdir, args.jobs, "table", on_result=report)
     print(report(results))
     return 0
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from regfree.atomic import atomic_write
 from regfree.data.arrays import DataSplit
 
 _CACHE_VERSION = 1
@@ -82,18 +82,6 @@ def load_mnist1d(num_samples: int = 12000, seed: int = 42, test_fraction: float 
     if arrays is None:
         arrays = _generate(config)
         if cache:
-            _write_atomically(path, arrays)
+            atomic_write(path, lambda handle: np.savez(handle, **arrays))
     return DataSplit(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
                      num_classes=10)
-
-
-def _write_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

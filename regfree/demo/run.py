@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -21,12 +20,14 @@ from typing import Optional
 import numpy as np
 import torch
 
+from regfree.atomic import atomic_write
 from regfree.compat import BackwardCompatibleLoss, CosineClassifier
 from regfree.data import DataSplit, load_mnist1d
 from regfree.demo.config import DemoConfig
 from regfree.metrics import mcnemar_exact_p
 from regfree.models import ConvNet1D
 from regfree.pctraining import DistillationTerm, FocalDistillationLoss, OldLogitCache
+from regfree.reporting import write_text_atomic
 from regfree.training import fit
 from regfree.upgrade import UpgradeReport, evaluate_upgrade
 
@@ -138,8 +139,6 @@ def write_outputs(config: DemoConfig, rows: list[DemoRow], reports: dict[str, Up
         report.to_html(str(out / f"report_{variant.replace('+', '_')}.html"),
                        title=f"v1 -> v2 {VARIANT_TITLES[variant]}")
     summary = {"config": asdict(config), "rows": [asdict(r) for r in rows]}
-    from regfree.reporting import write_text_atomic
-
     write_text_atomic(str(out / "summary.json"), json.dumps(summary, indent=2))
     _plot(rows, out / "demo.png")
 
@@ -169,15 +168,10 @@ def _plot(rows: list[DemoRow], path: Path) -> None:
     right.set_title("Search without backfilling")
     right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png.tmp")
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=110)
-        os.replace(tmp, path)
+        atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def conclusion(rows: list[DemoRow]) -> str:

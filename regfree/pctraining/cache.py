@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from regfree.training.checkpoint import atomic_write
+from regfree.atomic import atomic_write
 from regfree.training.data import BatchSource, TrainData
 from regfree.training.predict import predict_logits
 

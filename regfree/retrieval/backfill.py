@@ -18,6 +18,7 @@ from typing import Any, Optional, Union
 import numpy as np
 from tqdm import tqdm
 
+from regfree.atomic import atomic_write
 from regfree.retrieval._checks import Version, as_ids, as_matrix, as_numpy
 from regfree.retrieval.evaluation import evaluate
 from regfree.retrieval.gallery import Gallery
@@ -255,22 +256,5 @@ def plot_backfill_curves(curve: BackfillCurve, metric: str = "top1",
     axes.legend()
     figure.tight_layout()
     if path is not None:
-        _save_png(figure, path)
+        atomic_write(path, lambda handle: figure.savefig(handle, format="png"))
     return figure
-
-
-def _save_png(figure: Any, path: str) -> None:
-    import os
-    import tempfile
-
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".png.tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            figure.savefig(handle, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import faiss
 import numpy as np
 
+from regfree.atomic import atomic_write
 from regfree.retrieval._checks import (
     Version,
     as_ids,
@@ -361,17 +361,7 @@ class Gallery:
             "codes": self._codes,
             "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, **arrays)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda handle: np.savez(handle, **arrays), fsync=True)
         _fsync_dir(path.parent)
 
     @classmethod

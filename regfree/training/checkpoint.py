@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Optional
+from typing import Any, Optional
 
 import torch
+
+from regfree.atomic import atomic_write
 
 CHECKPOINT_FORMAT = 1
 _NAME = re.compile(r"^epoch_(\d{4,})\.pt$")
@@ -26,21 +27,6 @@ def latest_checkpoint(directory: str | os.PathLike) -> Optional[Path]:
         return None
     found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))]
     return max(found)[1] if found else None
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
-    """Call ``write(handle)`` on a temporary file next to ``path``, then rename it to ``path``;
-    on failure the temporary file is removed and ``path`` is untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
