@@ -44,6 +44,8 @@ class UpgradeReport:
         backfill: retrieval of v2 queries while v1's gallery is re-embedded, per order.
         max_nfr: the gate; ``None`` means no gate.
         class_names: names of the classes, for the page.
+        negative_flip_mask: per sample of the evaluation data (in order), True where v1 was
+            right and v2 is wrong; for comparing several v2s sample by sample.
     """
 
     flips: FlipReport
@@ -51,6 +53,7 @@ class UpgradeReport:
     backfill: Optional[BackfillCurve] = None
     max_nfr: Optional[float] = None
     class_names: Optional[list[str]] = field(default=None, repr=False)
+    negative_flip_mask: Optional[np.ndarray] = field(default=None, repr=False)
 
     @property
     def passed(self) -> bool:
@@ -242,8 +245,11 @@ def evaluate_upgrade(
     new_q = run_model(new, data, embedder=new_embedder if with_gallery else None,
                       desc="v2 on data", **common)
     flips = flip_report(old_q.labels, old_q.logits, new_q.logits)
+    labels = old_q.labels
+    negative_flips = (old_q.logits.argmax(1) == labels) & (new_q.logits.argmax(1) != labels)
     report = UpgradeReport(flips, max_nfr=max_nfr,
-                           class_names=list(class_names) if class_names is not None else None)
+                           class_names=list(class_names) if class_names is not None else None,
+                           negative_flip_mask=negative_flips)
     if not with_gallery:
         return report
 

@@ -30,6 +30,8 @@ def test_flips_match_direct_predictions_and_gate(toy):
     with torch.no_grad():
         expected = flip_report(y, old(torch.as_tensor(x)), new(torch.as_tensor(x)))
     assert report.flips.to_dict() == expected.to_dict()
+    assert report.negative_flip_mask.shape == (len(y),)
+    assert report.negative_flip_mask.mean() == expected.nfr
     assert report.compatibility is None and report.backfill is None
     assert report.passed == (expected.nfr == 0.0)
     assert evaluate_upgrade(old, new, (x, y), max_nfr=1.0, progress=False).passed
