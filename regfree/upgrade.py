@@ -12,20 +12,17 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from regfree.compat import CompatibilityReport, compatibility_report
 from regfree.metrics import FlipReport, flip_report, json_safe
 from regfree.retrieval import BackfillCurve, Gallery, backfill_curve, plan_backfill
-from regfree.training.data import BatchSource, TrainData
-from regfree.training.steps import split_outputs
-
-Embedder = Union[str, Callable[[torch.Tensor], torch.Tensor]]
+from regfree.training.data import TrainData
+from regfree.training.predict import Embedder, ModelRun, run_model
 
 OLD, NEW = "v1", "v2"
 # The backfill curve searches the gallery once per step and order; ranking all of it for mAP
@@ -99,80 +96,6 @@ class UpgradeReport:
         from regfree.reporting.upgrade_page import upgrade_page
 
         write_text_atomic(path, upgrade_page(self, title))
-
-
-@dataclass
-class ModelRun:
-    """One model's outputs over a dataset, in dataset order."""
-
-    logits: np.ndarray
-    embeddings: Optional[np.ndarray]
-    labels: np.ndarray
-
-
-def _resolve_embedder(model: nn.Module, embedder: Optional[Embedder], argument: str
-                      ) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
-    if embedder is None:
-        return None
-    if isinstance(embedder, str):
-        method = getattr(model, embedder, None)
-        if not callable(method):
-            raise ValueError(f"{argument}: the model has no method {embedder!r}")
-        return method
-    if callable(embedder):
-        return embedder
-    raise ValueError(f"{argument} must be a method name or a callable, got "
-                     f"{type(embedder).__name__}")
-
-
-@torch.no_grad()
-def run_model(model: nn.Module, data: TrainData, *, embedder: Optional[Embedder] = None,
-              device: Union[str, torch.device] = "cpu", batch_size: int = 512,
-              progress: bool = True, desc: str = "model") -> ModelRun:
-    """Logits (and embeddings) of ``model`` on every sample of ``data``, in one pass.
-
-    Args:
-        model: returns logits, ``(logits, embeddings)`` or ``{"logits": ...}``.
-        data: ``(x, y)`` arrays or a map-style Dataset of ``(x, y)``.
-        embedder: a method name of ``model`` or a callable on an input batch; ``None``: no
-            embeddings.
-        device: where to run the model.
-        batch_size: samples per forward pass.
-        progress: show a tqdm bar.
-        desc: the bar's label.
-
-    Returns:
-        A :class:`ModelRun` with float32 ``logits`` ``(N, C)``, ``embeddings`` ``(N, D)`` or
-        ``None``, and int64 ``labels``.
-
-    Example:
-        >>> from regfree.models import MLP
-        >>> x, y = np.zeros((5, 4), "float32"), np.zeros(5, "int64")
-        >>> run = run_model(MLP(4, 3, embedding_dim=8), (x, y), embedder="forward_features",
-        ...                 progress=False)
-        >>> run.logits.shape, run.embeddings.shape
-        ((5, 3), (5, 8))
-    """
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    embed_fn = _resolve_embedder(model, embedder, "embedder")
-    source = BatchSource(data, "data")
-    was_training = model.training
-    model.eval()
-    logits, embeddings, labels = [], [], []
-    try:
-        for start in tqdm(range(0, len(source), batch_size), desc=desc, unit="batch",
-                          disable=not progress, leave=False):
-            inputs, targets = source.fetch(np.arange(start, min(start + batch_size, len(source))))
-            inputs = inputs.to(device)
-            logits.append(split_outputs(model(inputs))[0].float().cpu().numpy())
-            if embed_fn is not None:
-                embeddings.append(embed_fn(inputs).float().cpu().numpy())
-            labels.append(targets.numpy())
-    finally:
-        model.train(was_training)
-    return ModelRun(np.concatenate(logits), np.concatenate(embeddings) if embed_fn else None,
-                    np.concatenate(labels).astype(np.int64))
 
 
 def evaluate_upgrade(

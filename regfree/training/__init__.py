@@ -17,7 +17,7 @@ from regfree.training.checkpoint import latest_checkpoint, load_checkpoint
 from regfree.training.data import IndexedDataset
 from regfree.training.fit import NFRRiseWarning, fit
 from regfree.training.history import EpochStats, History
-from regfree.training.predict import predict_logits
+from regfree.training.predict import ModelRun, predict_logits, run_model
 from regfree.training.steps import LossTerm, TrainStep, split_outputs
 
 __all__ = [
@@ -25,11 +25,13 @@ __all__ = [
     "History",
     "IndexedDataset",
     "LossTerm",
+    "ModelRun",
     "NFRRiseWarning",
     "TrainStep",
     "fit",
     "latest_checkpoint",
     "load_checkpoint",
     "predict_logits",
+    "run_model",
     "split_outputs",
 ]

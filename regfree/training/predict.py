@@ -1,15 +1,20 @@
-"""Batched inference over the same data forms the trainer accepts."""
+"""Batched inference (logits, and embeddings on request) over the data forms the trainer
+accepts."""
 
 from __future__ import annotations
 
-from typing import Union
+from dataclasses import dataclass
+from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from regfree.training.data import BatchSource, TrainData
 from regfree.training.steps import split_outputs
+
+Embedder = Union[str, Callable[[torch.Tensor], torch.Tensor]]
 
 
 @torch.no_grad()
@@ -37,15 +42,78 @@ def predict_logits(model: nn.Module, data: Union[TrainData, np.ndarray, torch.Te
         raise ValueError(f"batch_size must be positive, got {batch_size!r}")
     if isinstance(data, (np.ndarray, torch.Tensor)):
         data = (data, np.zeros(len(data), dtype=np.int64))
+    return run_model(model, data, device=device, batch_size=batch_size, progress=False).logits
+
+
+@dataclass
+class ModelRun:
+    """One model's outputs over a dataset, in dataset order."""
+
+    logits: np.ndarray
+    embeddings: Optional[np.ndarray]
+    labels: np.ndarray
+
+
+def _resolve_embedder(model: nn.Module, embedder: Optional[Embedder], argument: str
+                      ) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+    if embedder is None:
+        return None
+    if isinstance(embedder, str):
+        method = getattr(model, embedder, None)
+        if not callable(method):
+            raise ValueError(f"{argument}: the model has no method {embedder!r}")
+        return method
+    if callable(embedder):
+        return embedder
+    raise ValueError(f"{argument} must be a method name or a callable, got "
+                     f"{type(embedder).__name__}")
+
+
+@torch.no_grad()
+def run_model(model: nn.Module, data: TrainData, *, embedder: Optional[Embedder] = None,
+              device: Union[str, torch.device] = "cpu", batch_size: int = 512,
+              progress: bool = True, desc: str = "model") -> ModelRun:
+    """Logits (and embeddings) of ``model`` on every sample of ``data``, in one pass.
+
+    Args:
+        model: returns logits, ``(logits, embeddings)`` or ``{"logits": ...}``.
+        data: ``(x, y)`` arrays or a map-style Dataset of ``(x, y)``.
+        embedder: a method name of ``model`` or a callable on an input batch; ``None``: no
+            embeddings.
+        device: where to run the model.
+        batch_size: samples per forward pass.
+        progress: show a tqdm bar.
+        desc: the bar's label.
+
+    Returns:
+        A :class:`ModelRun` with float32 ``logits`` ``(N, C)``, ``embeddings`` ``(N, D)`` or
+        ``None``, and int64 ``labels``.
+
+    Example:
+        >>> from regfree.models import MLP
+        >>> x, y = np.zeros((5, 4), "float32"), np.zeros(5, "int64")
+        >>> run = run_model(MLP(4, 3, embedding_dim=8), (x, y), embedder="forward_features",
+        ...                 progress=False)
+        >>> run.logits.shape, run.embeddings.shape
+        ((5, 3), (5, 8))
+    """
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    embed_fn = _resolve_embedder(model, embedder, "embedder")
     source = BatchSource(data, "data")
     was_training = model.training
     model.eval()
+    logits, embeddings, labels = [], [], []
     try:
-        chunks = []
-        for start in range(0, len(source), batch_size):
-            inputs, _ = source.fetch(np.arange(start, min(start + batch_size, len(source))))
-            logits, _ = split_outputs(model(inputs.to(device)))
-            chunks.append(logits.float().cpu().numpy())
+        for start in tqdm(range(0, len(source), batch_size), desc=desc, unit="batch",
+                          disable=not progress, leave=False):
+            inputs, targets = source.fetch(np.arange(start, min(start + batch_size, len(source))))
+            inputs = inputs.to(device)
+            logits.append(split_outputs(model(inputs))[0].float().cpu().numpy())
+            if embed_fn is not None:
+                embeddings.append(embed_fn(inputs).float().cpu().numpy())
+            labels.append(targets.numpy())
     finally:
         model.train(was_training)
-    return np.concatenate(chunks).astype(np.float32, copy=False)
+    return ModelRun(np.concatenate(logits), np.concatenate(embeddings) if embed_fn else None,
+                    np.concatenate(labels).astype(np.int64))
