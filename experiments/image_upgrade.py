@@ -45,7 +45,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
             "epochs": 10},
     "new": {"arch": "resnet50", "weights": None, "embedding_dim": 128, "epochs": 10},
     "train": {"batch_size": 64, "optimizer": "sgd", "lr": 0.05, "momentum": 0.9,
-              "weight_decay": 5e-4, "amp": True, "device": "auto", "seed": 0},
+              "weight_decay": 5e-4, "amp": True, "device": "auto", "seed": 0,
+              "num_workers": 4},
     "methods": {"plain": {}, "fd": {"fd": {}}, "bct": {"bct": {"weight": 1.0}}},
     "evaluation": {"max_nfr": None, "batch_size": 256},
     "output": {"dir": "experiments/output/image_upgrade", "progress": True},
@@ -104,7 +105,7 @@ def _fit(model, data, config, epochs, terms=(), val=None, old_val_preds=None):
                scheduler=lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs),
                device=_device(train["device"]), amp=train["amp"] and _device(train["device"]) == "cuda",
                seed=train["seed"], val_data=val, old_val_preds=old_val_preds,
-               progress=config["output"]["progress"])
+               progress=config["output"]["progress"], num_workers=train["num_workers"])
 
 
 def _subset(dataset, size, seed):
@@ -164,7 +165,8 @@ def run(config: dict[str, dict[str, Any]]) -> dict[str, Any]:
     cache = OldLogitCache.open(cache_dir, num_samples=len(train_set), num_classes=num_classes)
     from regfree.upgrade import run_model
 
-    old_val_preds = run_model(old, test_set, device=device, progress=False).logits.argmax(1)
+    old_val_preds = run_model(old, test_set, device=device, progress=False,
+                              num_workers=config["train"]["num_workers"]).logits.argmax(1)
     gallery = _subset(train_plain, data_cfg["gallery_size"], seed + 1)
 
     if any("bct" in (spec or {}) for spec in config["methods"].values()) and \
@@ -195,7 +197,8 @@ def run(config: dict[str, dict[str, Any]]) -> dict[str, Any]:
                                   max_nfr=config["evaluation"]["max_nfr"],
                                   class_names=train_set.classes, device=device,
                                   batch_size=config["evaluation"]["batch_size"], seed=seed,
-                                  progress=config["output"]["progress"])
+                                  progress=config["output"]["progress"],
+                                  num_workers=config["train"]["num_workers"])
         report.to_html(str(out / f"report_{method}.html"), title=f"v1 -> v2 ({method})")
         flips, compat = report.flips, report.compatibility
         rows.append(f"| {method} | {flips.error_rate_new:.2%} | {flips.nfr:.2%} "

@@ -115,6 +115,7 @@ def evaluate_upgrade(
     batch_size: int = 512,
     seed: int = 0,
     progress: bool = True,
+    num_workers: int = 0,
 ) -> UpgradeReport:
     """Check an upgrade from ``old`` (v1) to ``new`` (v2): negative flips, and, with a gallery,
     whether v2 can search v1's gallery without backfilling it.
@@ -143,6 +144,7 @@ def evaluate_upgrade(
         batch_size: samples per forward pass.
         seed: the random backfill order's seed.
         progress: show progress bars.
+        num_workers: DataLoader worker processes reading Dataset items (0: in process).
 
     Returns:
         An :class:`UpgradeReport`.
@@ -162,7 +164,8 @@ def evaluate_upgrade(
         if not isinstance(model, nn.Module):
             raise ValueError(f"{name} must be a torch.nn.Module, got {type(model).__name__}")
     with_gallery = gallery is not None
-    common = {"device": device, "batch_size": batch_size, "progress": progress}
+    common = {"device": device, "batch_size": batch_size, "progress": progress,
+              "num_workers": num_workers}
     old_q = run_model(old, data, embedder=old_embedder if with_gallery else None,
                       desc="v1 on data", **common)
     new_q = run_model(new, data, embedder=new_embedder if with_gallery else None,

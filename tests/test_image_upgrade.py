@@ -31,7 +31,8 @@ def _config(tmp_path: Path, **overrides) -> Path:
                  "gallery_size": 9},
         "old": {"arch": "resnet18", "embedding_dim": 16, "epochs": 1},
         "new": {"arch": "resnet50", "embedding_dim": 16, "epochs": 1},
-        "train": {"batch_size": 12, "lr": 0.01, "amp": False, "device": "cpu"},
+        "train": {"batch_size": 12, "lr": 0.01, "amp": False, "device": "cpu",
+                  "num_workers": 1},  # exercises the DataLoader-worker path
         "methods": {"plain": {}, "bct+fd": {"fd": {}, "bct": {"weight": 1.0}}},
         "output": {"dir": str(tmp_path / "out"), "progress": False},
     }

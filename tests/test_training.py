@@ -107,6 +107,30 @@ def test_dataset_input_matches_array_input_and_indices_reach_terms():
     assert same_weights(a, b)
 
 
+def test_dataloader_workers_give_the_same_batches_indices_and_weights():
+    x, y = blobs(n=50)
+    dataset = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+    seen = []
+
+    class IndexCheck(nn.Module):
+        name = "index_check"
+
+        def forward(self, step):
+            seen.append(bool(torch.equal(step.inputs, torch.from_numpy(x)[step.indices])))
+            return step.logits.new_zeros(())
+
+    a, b = new_model(), new_model()
+    in_process = fit(a, dataset, epochs=2, optimizer=adam, batch_size=8, val_data=dataset,
+                     progress=False)
+    workers = fit(b, dataset, loss_terms=[IndexCheck()], epochs=2, optimizer=adam,
+                  batch_size=8, val_data=dataset, progress=False, num_workers=2)
+    assert seen and all(seen) and len(seen) == 2 * 7
+    assert same_weights(a, b)
+    assert workers.val_error == in_process.val_error
+    with pytest.raises(ValueError, match="num_workers"):
+        fit(new_model(), dataset, epochs=1, optimizer=adam, num_workers=-1, progress=False)
+
+
 def test_ready_optimizer_equals_factory():
     x, y = blobs()
     a, b = new_model(), new_model()

@@ -8,13 +8,13 @@ one process and several processes see the same global batches in the same order.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 ArrayPair = tuple[Any, Any]
 TrainData = Union[ArrayPair, Dataset]
@@ -108,10 +108,26 @@ class BatchSource:
         if self._x is not None:
             index = torch.from_numpy(np.ascontiguousarray(indices, dtype=np.int64))
             return self._x[index], self._y[index]  # type: ignore[index]
-        items = [self._dataset[int(i)] for i in indices]  # type: ignore[index]
-        inputs = default_collate([item[0] for item in items])
-        targets = torch.as_tensor(default_collate([item[1] for item in items])).long()
-        return inputs, targets
+        return _collate([self._dataset[int(i)] for i in indices])  # type: ignore[index]
+
+    def batches(self, index_batches: Iterable[np.ndarray], num_workers: int = 0,
+                pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``fetch`` of each index batch, in order. A dataset with ``num_workers > 0`` is read
+        by that many DataLoader worker processes (items are loaded ahead of the training step);
+        arrays are always sliced in this process."""
+        if self._dataset is None or num_workers == 0:
+            for indices in index_batches:
+                yield self.fetch(indices)
+            return
+        sampler = [np.asarray(b, dtype=np.int64).tolist() for b in index_batches]
+        yield from DataLoader(self._dataset, batch_sampler=sampler, num_workers=num_workers,
+                              collate_fn=_collate, pin_memory=pin_memory)
+
+
+def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor]:
+    inputs = default_collate([item[0] for item in items])
+    targets = torch.as_tensor(default_collate([item[1] for item in items])).long()
+    return inputs, targets
 
 
 def epoch_permutation(num_samples: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:

@@ -108,12 +108,12 @@ def _labels(source: BatchSource, chunk: int) -> np.ndarray:
 
 @torch.no_grad()
 def _predict_shard(model: nn.Module, source: BatchSource, ctx: ProcessContext, batch_size: int,
-                   amp: bool) -> np.ndarray:
+                   amp: bool, num_workers: int = 0) -> np.ndarray:
     """Argmax predictions on the whole of ``source``; each process computes its block."""
     shard = shard_range(len(source), ctx.rank, ctx.world_size)
     preds = [np.empty(0, dtype=np.int64)]
-    for start in range(0, len(shard), batch_size):
-        inputs, _ = source.fetch(shard[start:start + batch_size])
+    blocks = [shard[start:start + batch_size] for start in range(0, len(shard), batch_size)]
+    for inputs, _ in source.batches(blocks, num_workers):
         with _autocast(ctx.device, amp):
             logits, _ = split_outputs(model(inputs.to(ctx.device)))
         preds.append(logits.argmax(dim=1).cpu().numpy())
@@ -161,6 +161,7 @@ def fit(
     max_grad_norm: Optional[float] = None,
     amp: bool = False,
     shuffle: bool = True,
+    num_workers: int = 0,
 ) -> History:
     """Train ``model`` with cross-entropy plus ``loss_terms``; report validation flips each epoch.
 
@@ -188,7 +189,7 @@ def fit(
         model: returns logits ``(B, C)``, ``(logits, embeddings)`` or ``{"logits": ...}``.
         train_data: ``(x, y)`` arrays/tensors (sliced per batch, fastest) or a map-style Dataset
             yielding ``(x, y)`` (or ``(x, y, index)``; the index is taken from the sampler),
-            read item by item in the training process and collated with ``default_collate``.
+            read item by item (see ``num_workers``) and collated with ``default_collate``.
         loss_terms: objects following :class:`~regfree.training.LossTerm`; unique ``name`` s
             (not ``"ce"``) label their per-epoch means in the history.
         epochs: total number of epochs (with ``resume``, including those already done).
@@ -214,6 +215,11 @@ def fit(
         max_grad_norm: clip the gradient norm to this value when given.
         amp: autocast (float16 + GradScaler on CUDA, bfloat16 on CPU).
         shuffle: shuffle the training order each epoch.
+        num_workers: DataLoader worker processes that read Dataset items (training and
+            validation) ahead of the step; 0 reads them in the training process. Batches and
+            their order are the same either way; random transforms inside the Dataset draw from
+            per-worker seeds (derived from the epoch's seed), so they differ from
+            ``num_workers=0`` while staying reproducible. Arrays are always sliced in process.
 
     Returns:
         :class:`~regfree.training.History` with one :class:`~regfree.training.EpochStats` per
@@ -237,6 +243,8 @@ def fit(
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if eval_batch_size < 1:
         raise ValueError(f"eval_batch_size must be positive, got {eval_batch_size!r}")
+    if int(num_workers) != num_workers or num_workers < 0:
+        raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
     if not isinstance(model, nn.Module):
@@ -263,7 +271,7 @@ def fit(
                           seed=int(seed), checkpoint_dir=checkpoint_dir, resume=resume,
                           progress=progress, scheduler=scheduler,
                           eval_batch_size=eval_batch_size, max_grad_norm=max_grad_norm,
-                          amp=amp, shuffle=shuffle)
+                          amp=amp, shuffle=shuffle, num_workers=int(num_workers))
     finally:
         ctx.close()
 
@@ -279,7 +287,7 @@ def _train(model: nn.Module, train: BatchSource, val: Optional[BatchSource],
            batch_size: int, seed: int, checkpoint_dir: Optional[Union[str, os.PathLike]],
            resume: bool, progress: bool, scheduler: Optional[SchedulerFactory],
            eval_batch_size: int, max_grad_norm: Optional[float], amp: bool,
-           shuffle: bool) -> History:
+           shuffle: bool, num_workers: int) -> History:
     objective = _Objective(model, terms).to(ctx.device)
     opt = _build_optimizer(optimizer, objective)
     sched = scheduler(opt) if scheduler is not None else None
@@ -312,6 +320,7 @@ def _train(model: nn.Module, train: BatchSource, val: Optional[BatchSource],
             start = int(state["epoch"])
 
     names = objective.names
+    pin = ctx.device.type == "cuda"  # page-locked batches copy to the GPU asynchronously
     bar = tqdm(range(start, epochs), desc="fit", unit="epoch", initial=start, total=epochs,
                disable=not (progress and ctx.is_main))
     for epoch in bar:
@@ -320,8 +329,9 @@ def _train(model: nn.Module, train: BatchSource, val: Optional[BatchSource],
         objective.train()
         sums = torch.zeros(2 + len(names), dtype=torch.float64, device=ctx.device)
         order = epoch_permutation(len(train), seed, epoch, shuffle)
-        for local, share in local_batches(order, batch_size, ctx.rank, ctx.world_size):
-            inputs, targets = train.fetch(local)
+        plan = list(local_batches(order, batch_size, ctx.rank, ctx.world_size))
+        fetched = train.batches([local for local, _ in plan], num_workers, pin)
+        for (local, share), (inputs, targets) in zip(plan, fetched):
             inputs = inputs.to(ctx.device, non_blocking=True)
             targets = targets.to(ctx.device, non_blocking=True)
             indices = torch.from_numpy(np.ascontiguousarray(local, dtype=np.int64))
@@ -352,7 +362,7 @@ def _train(model: nn.Module, train: BatchSource, val: Optional[BatchSource],
         val_error = val_nfr = val_pfr = None
         if val is not None:
             model.eval()
-            preds = _predict_shard(model, val, ctx, eval_batch_size, amp)
+            preds = _predict_shard(model, val, ctx, eval_batch_size, amp, num_workers)
             val_error, val_nfr, val_pfr = _flip_rates(val_labels, preds, old_preds)  # type: ignore[arg-type]
         stats = EpochStats(epoch=epoch + 1, train_loss=means[0], train_ce=means[1],
                            terms=dict(zip(names, means[2:])), val_error=val_error,

@@ -72,7 +72,7 @@ def _resolve_embedder(model: nn.Module, embedder: Optional[Embedder], argument: 
 @torch.no_grad()
 def run_model(model: nn.Module, data: TrainData, *, embedder: Optional[Embedder] = None,
               device: Union[str, torch.device] = "cpu", batch_size: int = 512,
-              progress: bool = True, desc: str = "model") -> ModelRun:
+              progress: bool = True, desc: str = "model", num_workers: int = 0) -> ModelRun:
     """Logits (and embeddings) of ``model`` on every sample of ``data``, in one pass.
 
     Args:
@@ -84,6 +84,8 @@ def run_model(model: nn.Module, data: TrainData, *, embedder: Optional[Embedder]
         batch_size: samples per forward pass.
         progress: show a tqdm bar.
         desc: the bar's label.
+        num_workers: DataLoader worker processes reading a Dataset's items ahead of the model
+            (0: read in this process; arrays are always sliced in process).
 
     Returns:
         A :class:`ModelRun` with float32 ``logits`` ``(N, C)``, ``embeddings`` ``(N, D)`` or
@@ -99,15 +101,19 @@ def run_model(model: nn.Module, data: TrainData, *, embedder: Optional[Embedder]
     """
     if int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if int(num_workers) != num_workers or num_workers < 0:
+        raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
     embed_fn = _resolve_embedder(model, embedder, "embedder")
     source = BatchSource(data, "data")
     was_training = model.training
     model.eval()
     logits, embeddings, labels = [], [], []
     try:
-        for start in tqdm(range(0, len(source), batch_size), desc=desc, unit="batch",
-                          disable=not progress, leave=False):
-            inputs, targets = source.fetch(np.arange(start, min(start + batch_size, len(source))))
+        blocks = [np.arange(start, min(start + batch_size, len(source)))
+                  for start in range(0, len(source), batch_size)]
+        batches = source.batches(blocks, int(num_workers), torch.device(device).type == "cuda")
+        for inputs, targets in tqdm(batches, total=len(blocks), desc=desc, unit="batch",
+                                    disable=not progress, leave=False):
             inputs = inputs.to(device)
             logits.append(split_outputs(model(inputs))[0].float().cpu().numpy())
             if embed_fn is not None:
