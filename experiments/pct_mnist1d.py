@@ -6,19 +6,19 @@ KL (FD-KL) and logit-matching (FD-LM) distances, and an ELODI-style ensemble tea
 of several v1-architecture models, logit-difference distance, every sample weighted 1). The setup
 is the demo's (regfree/demo): cosine heads everywhere, Adam lr 3e-3 with cosine decay, batch 128.
 
-1. Sweep (scored on a validation split held out of training, mean over the sweep seeds): a
-   small grid of FD-KL alpha x temperature x weight (beta 1), FD-LM and ELODI weights, one KD
-   setting. Each family's pick: lowest validation NFR among configurations whose validation
-   error is at most ``plain + 0.5`` points. Plot of error vs NFR with the Pareto front.
-2. Table (several seeds, scored on the test split): the FD-KL row uses the library defaults of
-   :class:`regfree.pctraining.FocalDistillationLoss` (set from the sweep's pick; the output says
-   whether they still agree); KD, FD-LM and ELODI use the sweep's picks. NFR interval: Wilson
+1. Sweep (scored on the validation split, mean over the sweep seeds): a small grid of FD-KL
+   and FD-LM (alpha, beta, temperature, weight), ELODI weights and a KD setting. Each
+   family's pick: lowest validation NFR among configurations whose validation error is at most
+   ``plain + 0.5`` points. Plot of error vs NFR with the Pareto front.
+2. Table (several seeds, scored on the test split): both FD rows use the library defaults of
+   :class:`regfree.pctraining.FocalDistillationLoss` (``DEFAULTS``, set from the sweep's picks;
+   the output says whether they still agree); KD and ELODI use the sweep's picks. NFR interval: Wilson
    95% on the negative flips pooled over seeds. McNemar p vs plain: exact test on the pooled
    discordant pairs (samples where exactly one of the two models flips, for NFR; where exactly
    one is wrong, for error).
 
 Run (from the repository root, 2 free cores): sweep, then set the defaults in
-regfree/pctraining/losses.py to its FD-KL pick, then the table (which reuses the saved sweep):
+regfree/pctraining/losses.py (DEFAULTS) to its FD picks, then the table (which reuses the saved sweep):
     OMP_NUM_THREADS=1 .venv/bin/python experiments/pct_mnist1d.py --jobs 2 --sweep-only
     OMP_NUM_THREADS=1 .venv/bin/python experiments/pct_mnist1d.py --jobs 2 --skip-sweep
 (both steps in one go: drop the two flags.) Plain vs one explicit FD-KL setting only, e.g.
@@ -58,7 +58,7 @@ from regfree.pctraining import (
     margin_logit_distance,
     uniform_weights,
 )
-from regfree.pctraining.losses import DEFAULT_WEIGHTS
+from regfree.pctraining.losses import DEFAULTS
 from regfree.reporting import write_text_atomic
 from regfree.training import fit, predict_logits
 
@@ -70,8 +70,9 @@ ERROR_SLACK = 0.005  # sweep picks may cost at most 0.5 points of validation err
 class Setup:
     """The demo's setup (regfree/demo): cosine heads, Adam with cosine decay, batch 128."""
 
-    num_samples: int = 12000
-    val_size: int = 1200
+    num_samples: int = 12000  # the training draw (seed 42): its 80% train split is used
+    eval_samples: int = 20000  # an independent draw (eval_seed): half validation, half test
+    eval_seed: int = 7
     v1_width: int = 16
     v1_epochs: int = 20
     v1_fraction: float = 1 / 3
@@ -82,22 +83,24 @@ class Setup:
     lr: float = 3e-3
     ensemble_size: int = 5
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    sweep_seeds: tuple[int, ...] = (100,)
-    # a small grid around the demo's FD-KL (alpha 0, beta 1, T 1, weight 0.3); earlier setups
-    # (results/pct_mnist1d_weak_v1.md, pct_mnist1d_linear_heads.md) showed large T and weights
-    # costing error, and alpha = 1, beta = 5 no better than alpha near 0
-    alphas: tuple[float, ...] = (0.0, 0.1)
-    temperatures: tuple[float, ...] = (1.0, 4.0)
-    kl_weights: tuple[float, ...] = (0.3, 1.0)
-    kd_settings: tuple[tuple[float, float], ...] = ((1.0, 0.3),)  # (temperature, weight)
-    logit_weights: tuple[float, ...] = (0.003, 0.01)
+    sweep_seeds: tuple[int, ...] = (100, 101)
+    # (alpha, beta, T, weight) around the earlier picks, with the paper's alpha 1, beta 5; the
+    # earlier setups (results/pct_mnist1d_weak_v1.md, _linear_heads.md) showed weights x T^2
+    # much above 5 costing several points of error
+    kl_grid: tuple[tuple[float, float, float, float], ...] = (
+        (0, 1, 1, 0.3), (0, 1, 4, 0.1), (0, 1, 4, 0.3), (1, 5, 2, 0.05), (1, 5, 4, 0.01),
+        (1, 5, 4, 0.015), (1, 5, 4, 0.02), (1, 5, 8, 0.01))
+    kd_settings: tuple[tuple[float, float], ...] = ((4.0, 0.1),)  # (T, weight)
+    lm_grid: tuple[tuple[float, float, float], ...] = (  # (alpha, beta, weight)
+        (0, 1, 0.003), (0, 1, 0.01), (0, 1, 0.02), (1, 5, 0.001), (1, 5, 0.0015),
+        (1, 5, 0.002), (1, 5, 0.003))
     elodi_weights: tuple[float, ...] = (0.003, 0.01)
     elodi_margin: float = 0.5
 
 
-QUICK = Setup(num_samples=3000, val_size=300, v1_epochs=6, v2_width=24, v2_epochs=5,
-              ensemble_size=2, seeds=(0, 1), alphas=(0.0,), temperatures=(1.0,),
-              kl_weights=(0.3,), logit_weights=(0.01,), elodi_weights=(0.01,))
+QUICK = Setup(num_samples=3000, eval_samples=2000, v1_epochs=6, v2_width=24, v2_epochs=5,
+              ensemble_size=2, seeds=(0, 1), sweep_seeds=(100,), kl_grid=((0, 1, 1, 0.3),),
+              kd_settings=((1.0, 0.3),), lm_grid=((0, 1, 0.01),), elodi_weights=(0.01,))
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,8 @@ class Config:
             return "plain"
         if self.defaults:
             fd = FocalDistillationLoss(kind="kl" if self.family == "FD-KL" else "logit")
-            return (f"{self.family} defaults (a={fd.alpha:g} b={fd.beta:g} T={fd.temperature:g} "
+            temperature = f" T={fd.temperature:g}" if self.family == "FD-KL" else ""
+            return (f"{self.family} defaults (a={fd.alpha:g} b={fd.beta:g}{temperature} "
                     f"w={fd.weight:g})")
         parts = [f"{k}={v:g}" for k, v in (("a", self.alpha), ("b", self.beta),
                                           ("T", self.temperature), ("w", self.weight))
@@ -137,13 +141,16 @@ class Data:
 
 
 def load_data(setup: Setup) -> Data:
+    """Training split of one generator draw; validation and test from an independent draw, large
+    enough that an NFR of 0.5% is some fifty flips per model rather than a handful."""
     split = load_mnist1d(num_samples=setup.num_samples, seed=42)
-    order = np.random.default_rng(0).permutation(len(split.y_train))
-    val, train = np.sort(order[:setup.val_size]), np.sort(order[setup.val_size:])
-    n_v1 = int(round(len(train) * setup.v1_fraction))
-    v1_subset = np.sort(np.random.default_rng(1).permutation(len(train))[:n_v1])
-    return Data(split.x_train[train], split.y_train[train], split.x_train[val],
-                split.y_train[val], split.x_test, split.y_test, v1_subset)
+    n_v1 = int(round(len(split.y_train) * setup.v1_fraction))
+    v1_subset = np.sort(np.random.default_rng(1).permutation(len(split.y_train))[:n_v1])
+    held_out = load_mnist1d(num_samples=setup.eval_samples, seed=setup.eval_seed)
+    x = np.concatenate([held_out.x_train, held_out.x_test])
+    y = np.concatenate([held_out.y_train, held_out.y_test])
+    half = len(y) // 2
+    return Data(split.x_train, split.y_train, x[:half], y[:half], x[half:], y[half:], v1_subset)
 
 
 def optimizer_for(setup: Setup):
@@ -287,12 +294,12 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def sweep_configs(setup: Setup, seed: int) -> list[Config]:
-    """The whole grid for one seed: plain, KD, FD-KL (alpha x T x weight, beta 1), FD-LM, ELODI."""
+    """The whole grid for one seed: plain, KD, FD-KL, FD-LM, ELODI."""
     configs = [Config("plain", seed)]
     configs += [Config("KD", seed, temperature=t, weight=w) for t, w in setup.kd_settings]
-    configs += [Config("FD-KL", seed, temperature=t, weight=w, alpha=a, beta=1.0)
-                for a in setup.alphas for t in setup.temperatures for w in setup.kl_weights]
-    configs += [Config("FD-LM", seed, weight=w, alpha=0.0, beta=1.0) for w in setup.logit_weights]
+    configs += [Config("FD-KL", seed, temperature=t, weight=w, alpha=a, beta=b)
+                for a, b, t, w in setup.kl_grid]
+    configs += [Config("FD-LM", seed, weight=w, alpha=a, beta=b) for a, b, w in setup.lm_grid]
     configs += [Config("ELODI", seed, weight=w) for w in setup.elodi_weights]
     return configs
 
@@ -375,24 +382,22 @@ def plot_sweep(sweep: dict, path: Path) -> None:
 
 
 def table_configs(setup: Setup, sweep: Optional[dict]) -> list[Config]:
-    """Plain, KD, FD-KL, FD-LM, ELODI per seed. FD-KL always runs with the library defaults;
-    KD, FD-LM and ELODI take the sweep's picks (without a sweep: KD at FD-KL's default
-    temperature and weight, FD-LM with the library defaults, ELODI at the grid's first weight)."""
+    """Plain, KD, FD-KL, FD-LM, ELODI per seed. Both FD rows run with the library defaults;
+    KD and ELODI take the sweep's picks (without a sweep: KD at FD-KL's default temperature
+    and weight, ELODI at the grid's first weight)."""
     rows = []
     fd_default = FocalDistillationLoss()
     for seed in setup.seeds:
         if sweep:
-            kd, lm, el = (sweep["picks"][f]["config"] for f in ("KD", "FD-LM", "ELODI"))
+            kd, el = (sweep["picks"][f]["config"] for f in ("KD", "ELODI"))
             kd_row = Config("KD", seed, temperature=kd.temperature, weight=kd.weight)
-            fd_lm = Config("FD-LM", seed, None, lm.weight, lm.alpha, lm.beta)
             elodi_w = el.weight
         else:
             kd_row = Config("KD", seed, temperature=fd_default.temperature,
                             weight=fd_default.weight)
-            fd_lm = Config("FD-LM", seed, defaults=True)
             elodi_w = setup.elodi_weights[0]
-        rows += [Config("plain", seed), kd_row, Config("FD-KL", seed, defaults=True), fd_lm,
-                 Config("ELODI", seed, weight=elodi_w)]
+        rows += [Config("plain", seed), kd_row, Config("FD-KL", seed, defaults=True),
+                 Config("FD-LM", seed, defaults=True), Config("ELODI", seed, weight=elodi_w)]
     return rows
 
 
@@ -403,6 +408,7 @@ def summarise(results: list[dict], data: Data, teachers: dict) -> list[dict]:
     plain = {r["config"].seed: r["test"] for r in by_label["plain"]}
     y, old = data.y_test, teachers["v1_test"]
     old_ok = old == y
+    systematic = systematic_flips(y, old, list(plain.values()))
     rows = []
     for label, runs in by_label.items():
         scores = [score(y, old, r["test"]) for r in runs]
@@ -418,17 +424,42 @@ def summarise(results: list[dict], data: Data, teachers: dict) -> list[dict]:
             b_err += int(np.sum((base != y) & (r["test"] == y)))
             c_err += int(np.sum((base == y) & (r["test"] != y)))
         plain_nfr = np.mean([score(y, old, p).nfr for p in plain.values()])
+        row_flips = sum((old_ok & (r["test"] != y)).astype(np.int64) for r in runs)
+        plain_flips = sum((old_ok & (plain[r["config"].seed] != y)).astype(np.int64)
+                          for r in runs)
         rows.append({
             "row": label, "seeds": len(runs),
             "error": [s.error for s in scores], "nfr": [s.nfr for s in scores],
             "pfr": [s.pfr for s in scores], "relative_nfr": [s.relative_nfr for s in scores],
             "nfr_ci_pooled": wilson_interval(flips, total),
+            "nfr_systematic": [float(np.mean(systematic & (r["test"] != y))) for r in runs],
             "nfr_vs_plain": float(np.mean([s.nfr for s in scores]) / plain_nfr),
+            "nfr_vs_plain_ci": ratio_interval(row_flips, plain_flips),
             "mcnemar_p_nfr": mcnemar_exact_p(b_nfr, c_nfr) if label != "plain" else None,
             "mcnemar_p_error": mcnemar_exact_p(b_err, c_err) if label != "plain" else None,
             "seconds_per_run": float(np.mean([r["seconds"] for r in runs])),
         })
     return rows
+
+
+def ratio_interval(row_flips: np.ndarray, plain_flips: np.ndarray, draws: int = 2000,
+                   seed: int = 0) -> tuple[float, float]:
+    """95% paired bootstrap interval (over test samples) of sum(row flips) / sum(plain flips);
+    the arrays count each sample's negative flips over the seeds."""
+    rng = np.random.default_rng(seed)
+    n = len(row_flips)
+    ratios = []
+    for chunk in np.array_split(np.arange(draws), max(1, draws // 200)):
+        weights = rng.multinomial(n, np.full(n, 1.0 / n), size=len(chunk))
+        ratios.append((weights @ row_flips) / np.maximum(weights @ plain_flips, 1))
+    low, high = np.percentile(np.concatenate(ratios), [2.5, 97.5])
+    return float(low), float(high)
+
+
+def systematic_flips(y: np.ndarray, old: np.ndarray, plain_preds: list[np.ndarray]) -> np.ndarray:
+    """Test samples v1 gets right and every plain v2 seed gets wrong: flips that come from what
+    v2 learns from the data, not from the luck of one training run."""
+    return (old == y) & np.all([p != y for p in plain_preds], axis=0)
 
 
 def pm(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
@@ -443,7 +474,8 @@ def fmt_p(p: Optional[float]) -> str:
 
 
 def markdown(setup: Setup, rows: list[dict], sweep: Optional[dict], teachers: dict,
-             data: Data, command: str, minutes: float) -> str:
+             data: Data, command: str, minutes: float,
+             plot_name: str = "pct_mnist1d_sweep.png") -> str:
     v1 = score(data.y_test, teachers["v1_test"], teachers["v1_test"])
     ens_error = float(np.mean(teachers["ensemble_test"] != data.y_test))
     lines = [
@@ -453,16 +485,15 @@ def markdown(setup: Setup, rows: list[dict], sweep: Optional[dict], teachers: di
         "",
         "Why this setup: it is the demo's (`regfree demo`): cosine heads on v1, v2 and the "
         "ELODI members, v2 width 64, Adam lr 3e-3 with cosine decay, batch 128, v1 20 epochs on "
-        "a third of the training split. The earlier setups, with linear heads (v2 width 32, "
-        "AdamW lr 5e-3, batch 256), found focal distillation not reducing NFR (v1 at 13.6%: "
-        "FD-KL 0.98x plain's NFR, `pct_mnist1d_linear_heads.md`; v1 at 22%: "
-        "`pct_mnist1d_weak_v1.md`), while the demo on one seed showed FD-KL cutting NFR from "
-        "0.83% to 0.33% (McNemar p = 0.017). This run checks the demo's setup over several seeds "
-        "with a sweep on a held-out validation split.",
+        "a third of the training split. Validation and test come from an independent generator "
+        "draw of 10,000 samples each, so an NFR of 0.5% is about 50 flips per model; the "
+        "earlier runs (1,200 validation and 2,400 test samples, `pct_mnist1d_*.md`) counted a "
+        "handful of flips per model and their one-seed sweeps picked by noise.",
         "",
-        f"Data: mnist1d generator, {setup.num_samples} samples (seed 42): "
-        f"{len(data.y_train)} train, {len(data.y_val)} validation (sweep only), "
-        f"{len(data.y_test)} test. All models: ConvNet1D (embedding {setup.embedding_dim}) "
+        f"Data: mnist1d generator. Training: the {len(data.y_train)}-sample train split of a "
+        f"{setup.num_samples}-sample draw (seed 42). Validation (sweep only) and test: "
+        f"{len(data.y_val)} and {len(data.y_test)} samples of a {setup.eval_samples}-sample "
+        f"draw (seed {setup.eval_seed}). All models: ConvNet1D (embedding {setup.embedding_dim}) "
         f"with a CosineClassifier head (scale 16), Adam lr {setup.lr:g} with cosine decay, batch "
         f"{setup.batch_size}. v1: width {setup.v1_width}, {setup.v1_epochs} epochs on "
         f"{len(data.v1_subset)} training samples (test error "
@@ -479,38 +510,55 @@ def markdown(setup: Setup, rows: list[dict], sweep: Optional[dict], teachers: di
         "mean ± std over seeds, in %. NFR CI: Wilson 95% on negative flips pooled over seeds. "
         "McNemar p (exact, discordant pairs pooled over seeds) against plain v2 with the same "
         "seed: *NFR* counts samples that exactly one of the two models flips, *error* samples "
-        "that exactly one gets wrong. Relative NFR = NFR / ((1 - ER_v1) * ER_v2).",
+        "that exactly one gets wrong. Relative NFR = NFR / ((1 - ER_v1) * ER_v2). NFR / plain: "
+        "pooled negative flips over plain's, with a 95% paired bootstrap interval over test "
+        "samples.",
         "",
-        "| row | error | NFR | NFR 95% CI | NFR / plain | relative NFR | PFR | McNemar p (NFR) "
-        "| McNemar p (error) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| row | error | NFR | NFR 95% CI | NFR / plain [95% CI] | NFR on systematic | "
+        "relative NFR | PFR | McNemar p (NFR) | McNemar p (error) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         low, high = r["nfr_ci_pooled"]
         lines.append(
             f"| {r['row']} | {pm(r['error'])} | {pm(r['nfr'])} | [{low:.2%}, {high:.2%}] | "
-            f"{r['nfr_vs_plain']:.2f} | {pm(r['relative_nfr'], 1.0, 3)} | {pm(r['pfr'])} | "
+            f"{r['nfr_vs_plain']:.2f} [{r['nfr_vs_plain_ci'][0]:.2f}, "
+            f"{r['nfr_vs_plain_ci'][1]:.2f}] | {pm(r['nfr_systematic'])} | "
+            f"{pm(r['relative_nfr'], 1.0, 3)} | {pm(r['pfr'])} | "
             f"{fmt_p(r['mcnemar_p_nfr'])} | {fmt_p(r['mcnemar_p_error'])} |")
     plain = next(r for r in rows if r["row"] == "plain")
-    fd = next(r for r in rows if r["row"].startswith("FD-KL"))
-    d_err = (np.mean(fd["error"]) - np.mean(plain["error"])) * 100
-    ok = fd["nfr_vs_plain"] <= 0.5 and d_err <= 0.5
+    floor = np.mean(plain["nfr_systematic"])
     lines += [
         "",
-        f"Bar ({fd['row']}): NFR {np.mean(fd['nfr']):.2%} vs plain "
-        f"{np.mean(plain['nfr']):.2%} (ratio {fd['nfr_vs_plain']:.2f}, bar <= 0.50), error "
-        f"{d_err:+.2f} points (bar <= +0.50): **{'met' if ok else 'NOT met'}**. Reference: "
-        "untuned FD-KL gave ratio 0.48 at +0.8 points (12k samples, 3 seeds); Yan et al. report "
-        "about -60% NFR on ImageNet."
-        + ("" if fd["mcnemar_p_nfr"] is None or fd["mcnemar_p_nfr"] < 0.05 else
-           " FD-KL's NFR difference from plain is **not significant** (McNemar p >= 0.05)."),
+        f"*NFR on systematic*: flips on the {floor:.2%} of test samples that v1 gets right and "
+        f"all {plain['seeds']} plain seeds get wrong ({floor / np.mean(plain['nfr']):.0%} of "
+        "plain's NFR): the flips that come from what v2 learns from the data. The rest depend "
+        "on the training run (its seed), the variance that distillation toward v1 and "
+        "ensembles can remove.",
         "",
-        f"Library defaults when this ran: FocalDistillationLoss(alpha={FocalDistillationLoss().alpha:g}, "
-        f"beta={FocalDistillationLoss().beta:g}, temperature={FocalDistillationLoss().temperature:g}"
-        f", kind='kl', weight={DEFAULT_WEIGHTS['kl']:g}); kind='logit' weight "
-        f"{DEFAULT_WEIGHTS['logit']:g}. "
-        + ("The FD-KL row uses these defaults; KD, FD-LM and ELODI rows take the sweep's picks."
-           if "defaults" in fd["row"] else "The FD-KL row is an explicit setting (--fd-kl).")
+    ]
+    for fd in (r for r in rows if r["row"].startswith("FD-")):
+        d_err = (np.mean(fd["error"]) - np.mean(plain["error"])) * 100
+        ok = fd["nfr_vs_plain"] <= 0.5 and d_err <= 0.5
+        significant = fd["mcnemar_p_nfr"] is not None and fd["mcnemar_p_nfr"] < 0.05
+        lines.append(
+            f"- Bar ({fd['row']}): NFR {np.mean(fd['nfr']):.2%} vs plain "
+            f"{np.mean(plain['nfr']):.2%} (ratio {fd['nfr_vs_plain']:.2f}, bar <= 0.50), error "
+            f"{d_err:+.2f} points (bar <= +0.50): **{'met' if ok else 'NOT met'}**; the NFR "
+            f"difference from plain is {'significant' if significant else '**not significant**'}"
+            f" (McNemar p {fmt_p(fd['mcnemar_p_nfr'])}).")
+    kl, lm = DEFAULTS["kl"], DEFAULTS["logit"]
+    lines += [
+        "",
+        "Reference: untuned FD-KL gave ratio 0.48 at +0.8 points (12k samples, 3 seeds); Yan et "
+        "al. report about -60% NFR on ImageNet.",
+        "",
+        f"Library defaults when this ran: FocalDistillationLoss kind='kl': alpha {kl['alpha']:g},"
+        f" beta {kl['beta']:g}, T {kl['temperature']:g}, weight {kl['weight']:g}; kind='logit':"
+        f" alpha {lm['alpha']:g}, beta {lm['beta']:g}, weight {lm['weight']:g}. "
+        + ("Both FD rows use these defaults; KD and ELODI rows take the sweep's picks."
+           if any("defaults" in r["row"] for r in rows) else
+           "The FD-KL row is an explicit setting (--fd-kl).")
         + " ELODI row: uniform "
         f"weights x margin_logit_distance(margin={setup.elodi_margin:g}, power=2).",
     ]
@@ -522,9 +570,9 @@ def markdown(setup: Setup, rows: list[dict], sweep: Optional[dict], teachers: di
                   f"({sweep.get('minutes', 0.0):.1f} min). "
                   f"Selection: lowest validation NFR (mean over sweep seeds) among runs with "
                   f"validation error <= plain ({sweep['plain_error']:.2%}) + 0.5 points. "
-                  f"{n_seeds} seed(s) on {len(data.y_val):,} samples: differences below about "
-                  "0.5 points of error or 0.3 points of NFR are within noise. Plot: "
-                  "`pct_mnist1d_sweep.png` (error vs NFR, dashed Pareto front).",
+                  f"{n_seeds} seed(s) on {len(data.y_val):,} samples each; the seed-to-seed "
+                  "spread of plain training is the scale of noise. Plot: "
+                  f"`{plot_name}` (error vs NFR, dashed Pareto front).",
                   "",
                   "| run | val error | val NFR | Pareto | picked |", "|---|---|---|---|---|"]
         runs = sweep["runs"]
@@ -534,18 +582,21 @@ def markdown(setup: Setup, rows: list[dict], sweep: Optional[dict], teachers: di
             lines.append(f"| {r['config'].label()} | {r['val'].error:.2%} | {r['val'].nfr:.2%} | "
                          f"{'yes' if i in front else ''} | "
                          f"{'yes' if id(r['config']) in picked else ''} |")
-        kl = sweep["picks"]["FD-KL"]["config"]
-        lm = sweep["picks"]["FD-LM"]["config"]
-        same = ((kl.alpha, kl.beta, kl.temperature, kl.weight) ==
-                (FocalDistillationLoss().alpha, FocalDistillationLoss().beta,
-                 FocalDistillationLoss().temperature, DEFAULT_WEIGHTS["kl"])
-                and lm.weight == DEFAULT_WEIGHTS["logit"])
+        kl, lm = sweep["picks"]["FD-KL"]["config"], sweep["picks"]["FD-LM"]["config"]
+        same = (_matches_defaults(kl, "kl") and _matches_defaults(lm, "logit"))
         lines += ["", f"Sweep picks: {kl.label()}; {lm.label()}; "
                       f"{sweep['picks']['KD']['config'].label()}; "
                       f"{sweep['picks']['ELODI']['config'].label()}. "
                       + ("These are the library defaults." if same else
                          "**These differ from the library defaults at run time.**")]
     return "\n".join(lines) + "\n"
+
+
+def _matches_defaults(config: Config, kind: str) -> bool:
+    fd = FocalDistillationLoss(kind=kind)
+    picked = (config.alpha, config.beta, config.weight) + (
+        (config.temperature,) if kind == "kl" else ())
+    return picked == (fd.alpha, fd.beta, fd.weight) + ((fd.temperature,) if kind == "kl" else ())
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -616,8 +667,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         if len(results) % per_seed:
             return None
         rows = summarise(results, data, teachers)
+        np.savez_compressed(workdir / "test_predictions.npz", **{
+            f"{r['config'].label()} | seed {r['config'].seed}": r["test"] for r in results},
+            v1=teachers["v1_test"], y=data.y_test)
         minutes = (time.perf_counter() - began) / 60
-        text = markdown(setup, rows, sweep, teachers, data, command, minutes)
+        text = markdown(setup, rows, sweep, teachers, data, command, minutes,
+                        f"{stem}_sweep.png")
         write_text_atomic(args.out / f"{stem}.md", text)
         raw = {"setup": asdict(setup), "command": command, "minutes": minutes, "rows": rows,
                "sweep": None if sweep is None else [

@@ -17,6 +17,7 @@ from regfree.pctraining import (
     margin_logit_distance,
     uniform_weights,
 )
+from regfree.pctraining.losses import DEFAULTS
 from regfree.training import predict_logits
 
 
@@ -54,6 +55,20 @@ def test_fd_logit_matches_hand_computation():
     d0 = 0.5 * (1 + 1 + 0)  # 0.5 * ||[1,-1,0]||^2
     d1 = 0.5 * (0 + 1 + 1)  # 0.5 * ||[0,-1,-1]||^2
     assert fd(new, old, y).item() == pytest.approx(2.0 * (6 * d0 + 1 * d1) / 2)
+
+
+def test_defaults_are_per_kind_and_unset_arguments_take_their_kind_default():
+    new, old, y = case()
+    lm = DEFAULTS["logit"]
+    fd = FocalDistillationLoss(kind="logit", weight=2.0)  # weight set, alpha and beta defaulted
+    assert (fd.alpha, fd.beta, fd.weight) == (lm["alpha"], lm["beta"], 2.0)
+    d0, d1 = 1.0, 1.0  # 0.5 * ||[1,-1,0]||^2 and 0.5 * ||[0,-1,-1]||^2; sample 0 old right
+    expected = 2.0 * ((lm["alpha"] + lm["beta"]) * d0 + lm["alpha"] * d1) / 2
+    assert fd(new, old, y).item() == pytest.approx(expected)
+    kl = FocalDistillationLoss()
+    assert (kl.kind, kl.alpha, kl.beta, kl.temperature, kl.weight) == (
+        "kl", *(DEFAULTS["kl"][k] for k in ("alpha", "beta", "temperature", "weight")))
+    assert FocalDistillationLoss(kind="logit").weight == lm["weight"] != kl.weight
 
 
 def test_alpha_zero_distils_only_where_old_was_right():
