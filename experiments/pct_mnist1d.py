@@ -409,24 +409,26 @@ def summarise(results: list[dict], data: Data, teachers: dict) -> list[dict]:
     y, old = data.y_test, teachers["v1_test"]
     old_ok = old == y
     systematic = systematic_flips(y, old, list(plain.values()))
+    plain_nfr = np.mean([score(y, old, p).nfr for p in plain.values()])
     rows = []
     for label, runs in by_label.items():
         scores = [score(y, old, r["test"]) for r in runs]
         flips = sum(s.negative_flips for s in scores)
         total = sum(s.n for s in scores)
         b_nfr = c_nfr = b_err = c_err = 0
+        # per test sample: negative flips summed over the seeds, for the ratio's bootstrap
+        row_flips = np.zeros(len(y), dtype=np.int64)
+        plain_flips = np.zeros(len(y), dtype=np.int64)
         for r in runs:
             base = plain[r["config"].seed]
             flip_row = old_ok & (r["test"] != y)
             flip_plain = old_ok & (base != y)
+            row_flips += flip_row
+            plain_flips += flip_plain
             b_nfr += int(np.sum(flip_plain & ~flip_row))
             c_nfr += int(np.sum(flip_row & ~flip_plain))
             b_err += int(np.sum((base != y) & (r["test"] == y)))
             c_err += int(np.sum((base == y) & (r["test"] != y)))
-        plain_nfr = np.mean([score(y, old, p).nfr for p in plain.values()])
-        row_flips = sum((old_ok & (r["test"] != y)).astype(np.int64) for r in runs)
-        plain_flips = sum((old_ok & (plain[r["config"].seed] != y)).astype(np.int64)
-                          for r in runs)
         rows.append({
             "row": label, "seeds": len(runs),
             "error": [s.error for s in scores], "nfr": [s.nfr for s in scores],
