@@ -130,6 +130,23 @@ def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor]:
     return inputs, targets
 
 
+def check_num_workers(num_workers: Any) -> int:
+    """``num_workers`` as an int, or a ValueError naming it (DataLoader worker processes)."""
+    if int(num_workers) != num_workers or num_workers < 0:
+        raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
+    return int(num_workers)
+
+
+def index_blocks(positions: np.ndarray, size: int) -> list[np.ndarray]:
+    """``positions`` cut into consecutive blocks of ``size`` (the last may be shorter).
+
+    Example:
+        >>> [b.tolist() for b in index_blocks(np.arange(5), 2)]
+        [[0, 1], [2, 3], [4]]
+    """
+    return [positions[start:start + size] for start in range(0, len(positions), size)]
+
+
 def epoch_permutation(num_samples: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
     """The global sample order of one epoch; a pure function of ``(seed, epoch)``.
 

@@ -26,7 +26,9 @@ from regfree.training.checkpoint import (
 from regfree.training.data import (
     BatchSource,
     TrainData,
+    check_num_workers,
     epoch_permutation,
+    index_blocks,
     local_batches,
     shard_range,
 )
@@ -112,8 +114,7 @@ def _predict_shard(model: nn.Module, source: BatchSource, ctx: ProcessContext, b
     """Argmax predictions on the whole of ``source``; each process computes its block."""
     shard = shard_range(len(source), ctx.rank, ctx.world_size)
     preds = [np.empty(0, dtype=np.int64)]
-    blocks = [shard[start:start + batch_size] for start in range(0, len(shard), batch_size)]
-    for inputs, _ in source.batches(blocks, num_workers):
+    for inputs, _ in source.batches(index_blocks(shard, batch_size), num_workers):
         with _autocast(ctx.device, amp):
             logits, _ = split_outputs(model(inputs.to(ctx.device)))
         preds.append(logits.argmax(dim=1).cpu().numpy())
@@ -243,8 +244,7 @@ def fit(
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if eval_batch_size < 1:
         raise ValueError(f"eval_batch_size must be positive, got {eval_batch_size!r}")
-    if int(num_workers) != num_workers or num_workers < 0:
-        raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
+    num_workers = check_num_workers(num_workers)
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
     if not isinstance(model, nn.Module):
@@ -271,7 +271,7 @@ def fit(
                           seed=int(seed), checkpoint_dir=checkpoint_dir, resume=resume,
                           progress=progress, scheduler=scheduler,
                           eval_batch_size=eval_batch_size, max_grad_norm=max_grad_norm,
-                          amp=amp, shuffle=shuffle, num_workers=int(num_workers))
+                          amp=amp, shuffle=shuffle, num_workers=num_workers)
     finally:
         ctx.close()
 

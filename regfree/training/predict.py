@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from regfree.training.data import BatchSource, TrainData
+from regfree.training.data import BatchSource, TrainData, check_num_workers, index_blocks
 from regfree.training.steps import split_outputs
 
 Embedder = Union[str, Callable[[torch.Tensor], torch.Tensor]]
@@ -101,17 +101,15 @@ def run_model(model: nn.Module, data: TrainData, *, embedder: Optional[Embedder]
     """
     if int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if int(num_workers) != num_workers or num_workers < 0:
-        raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
+    num_workers = check_num_workers(num_workers)
     embed_fn = _resolve_embedder(model, embedder, "embedder")
     source = BatchSource(data, "data")
     was_training = model.training
     model.eval()
     logits, embeddings, labels = [], [], []
     try:
-        blocks = [np.arange(start, min(start + batch_size, len(source)))
-                  for start in range(0, len(source), batch_size)]
-        batches = source.batches(blocks, int(num_workers), torch.device(device).type == "cuda")
+        blocks = index_blocks(np.arange(len(source)), batch_size)
+        batches = source.batches(blocks, num_workers, torch.device(device).type == "cuda")
         for inputs, targets in tqdm(batches, total=len(blocks), desc=desc, unit="batch",
                                     disable=not progress, leave=False):
             inputs = inputs.to(device)
