@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from regfree.compat import CompatibilityReport, compatibility_report
-from regfree.metrics import FlipReport, flip_report, json_safe
+from regfree.metrics import FlipReport, correct_mask, flip_report, json_safe
 from regfree.retrieval import BackfillCurve, Gallery, backfill_curve, plan_backfill
 from regfree.training.data import TrainData
 from regfree.training.predict import Embedder, ModelRun, run_model
@@ -171,8 +171,8 @@ def evaluate_upgrade(
     new_q = run_model(new, data, embedder=new_embedder if with_gallery else None,
                       desc="v2 on data", **common)
     flips = flip_report(old_q.labels, old_q.logits, new_q.logits)
-    labels = old_q.labels
-    negative_flips = (old_q.logits.argmax(1) == labels) & (new_q.logits.argmax(1) != labels)
+    negative_flips = (correct_mask(old_q.labels, old_q.logits, validate=False)
+                      & ~correct_mask(old_q.labels, new_q.logits, validate=False))
     report = UpgradeReport(flips, max_nfr=max_nfr,
                            class_names=list(class_names) if class_names is not None else None,
                            negative_flip_mask=negative_flips)
