@@ -17,6 +17,7 @@ from regfree.metrics import (
     error_rate,
     flip_matrix,
     flip_report,
+    discordant_pairs,
     mcnemar_exact_p,
     negative_flip_impact,
     negative_flip_rate,
@@ -124,6 +125,27 @@ def test_mcnemar_matches_scipy_binomtest():
     for b, c in [(0, 1), (2, 10), (7, 7), (30, 12), (400, 455), (3, 20000), (51234, 50000)]:
         assert mcnemar_exact_p(b, c) == pytest.approx(binomtest(b, b + c).pvalue, rel=1e-7)
     assert mcnemar_exact_p(0, 0) == 1.0
+
+
+def test_discordant_pairs_count_each_side_and_feed_mcnemar():
+    plain = np.zeros(40, dtype=bool)
+    plain[:12] = True  # 12 flips, 2 of them shared
+    distilled = np.zeros(40, dtype=bool)
+    distilled[10:13] = True
+    assert discordant_pairs(plain, distilled) == (10, 1)
+    assert discordant_pairs(distilled, plain) == (1, 10)
+    assert mcnemar_exact_p(*discordant_pairs(plain, distilled)) == pytest.approx(
+        2 * (1 + 11) / 2**11)
+
+
+@pytest.mark.parametrize("a, b, match", [
+    (np.array([1, 0]), np.array([True, False]), "events_a"),
+    (np.array([True]), np.array([True, False]), "same samples"),
+    (np.array([True]), np.array([[True]]), "events_b"),
+])
+def test_discordant_pairs_reject_bad_input(a, b, match):
+    with pytest.raises(ValueError, match=match):
+        discordant_pairs(a, b)
 
 
 def test_wilson_interval_formula():

@@ -24,7 +24,7 @@ from regfree.atomic import atomic_write
 from regfree.compat import BackwardCompatibleLoss, CosineClassifier
 from regfree.data import DataSplit, load_mnist1d
 from regfree.demo.config import DemoConfig
-from regfree.metrics import mcnemar_exact_p
+from regfree.metrics import discordant_pairs, mcnemar_exact_p
 from regfree.models import ConvNet1D
 from regfree.pctraining import DistillationTerm, FocalDistillationLoss, OldLogitCache
 from regfree.reporting import write_text_atomic
@@ -116,9 +116,7 @@ def run_demo(config: DemoConfig) -> tuple[list[DemoRow], dict[str, UpgradeReport
         compat = report.compatibility
         vs_plain = None
         if variant != "plain":
-            only_plain = int((flips["plain"] & ~flips[variant]).sum())
-            only_variant = int((flips[variant] & ~flips["plain"]).sum())
-            vs_plain = mcnemar_exact_p(only_plain, only_variant)
+            vs_plain = mcnemar_exact_p(*discordant_pairs(flips["plain"], flips[variant]))
         rows.append(DemoRow(variant, report.flips.error_rate_new, report.flips.nfr,
                             tuple(report.flips.nfr_ci), report.flips.mcnemar_p, vs_plain,
                             compat.value("v2", "v1"), compat.value("v2", "v2"),

@@ -40,7 +40,7 @@ from regfree.metrics.report import (
     report_from_counts,
 )
 from regfree.metrics.retrieval import RetrievalScores, retrieval_scores  # noqa: F401
-from regfree.metrics.stats import mcnemar_exact_p, wilson_interval
+from regfree.metrics.stats import discordant_pairs, mcnemar_exact_p, wilson_interval
 from regfree.metrics.streaming import FlipCounter
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "backward_error_compatibility",
     "compatibility_score",
     "correct_mask",
+    "discordant_pairs",
     "error_rate",
     "flip_counts",
     "flip_matrix",

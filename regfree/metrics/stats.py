@@ -1,4 +1,4 @@
-"""Uncertainty for flip rates: Wilson interval and McNemar's exact test.
+"""Uncertainty for flip rates: Wilson interval, McNemar's exact test and its paired counts.
 
 Both are computed here from counts (no scipy.stats, whose import alone takes longer than a
 whole ``regfree report`` on 10M rows).
@@ -7,6 +7,7 @@ whole ``regfree report`` on 10M rows).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -77,3 +78,40 @@ def mcnemar_exact_p(b: int, c: int) -> float:
     terms = np.cumprod(i / (m - i + 1.0))
     cdf = math.exp(_log_binom_pmf_half(k, m)) * (1.0 + float(terms.sum()))
     return min(1.0, 2.0 * cdf)
+
+
+def discordant_pairs(events_a: Any, events_b: Any) -> tuple[int, int]:
+    """Samples where only ``a`` has the event and where only ``b`` has it: McNemar's ``(b, c)``.
+
+    Compares two models on the same samples, e.g. the negative flips of two candidate v2 models
+    against the same v1 (is one's NFR significantly lower?) or their errors.
+
+    Args:
+        events_a: boolean per sample for model a (e.g. its negative-flip mask).
+        events_b: boolean per sample for model b, same samples in the same order.
+
+    Returns:
+        ``(only_a, only_b)``; pass them to :func:`mcnemar_exact_p` for the p-value.
+
+    Example:
+        >>> plain = np.array([True, True, True, False, False])
+        >>> distilled = np.array([False, False, True, False, True])
+        >>> discordant_pairs(plain, distilled)
+        (2, 1)
+        >>> mcnemar_exact_p(*discordant_pairs(plain, distilled))
+        1.0
+    """
+    a = _boolean_vector(events_a, "events_a")
+    b = _boolean_vector(events_b, "events_b")
+    if a.shape != b.shape:
+        raise ValueError(f"events_a and events_b: must hold the same samples, got lengths "
+                         f"{a.size} and {b.size}")
+    return int(np.count_nonzero(a & ~b)), int(np.count_nonzero(b & ~a))
+
+
+def _boolean_vector(values: Any, name: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 1 or arr.dtype != np.bool_:
+        raise ValueError(f"{name}: must be a 1-D boolean array, got {arr.dtype} with shape "
+                         f"{arr.shape}")
+    return arr
