@@ -3,7 +3,9 @@
 v1 = a small ConvNet1D trained on a third of the training split; v2 = a wider ConvNet1D trained
 on all of it, with: no distillation (plain), knowledge distillation (KD), focal distillation with
 KL (FD-KL) and logit-matching (FD-LM) distances, and an ELODI-style ensemble teacher (mean logits
-of several v1-architecture models, logit-difference distance, every sample weighted 1). The setup
+of several v1-architecture models, logit-difference distance, every sample weighted 1). The table
+adds KD toward an ensemble of v2-architecture models (ELODI's paper distils such a homogeneous
+ensemble of new models), alone and on top of FD-KL. The setup
 is the demo's (regfree/demo): cosine heads everywhere, Adam lr 3e-3 with cosine decay, batch 128.
 
 1. Sweep (scored on the validation split, mean over the sweep seeds): a small grid of FD-KL
@@ -12,7 +14,8 @@ is the demo's (regfree/demo): cosine heads everywhere, Adam lr 3e-3 with cosine 
    ``plain + 0.5`` points. Plot of error vs NFR with the Pareto front.
 2. Table (several seeds, scored on the test split): both FD rows use the library defaults of
    :class:`regfree.pctraining.FocalDistillationLoss` (``DEFAULTS``, set from the sweep's picks;
-   the output says whether they still agree); KD and ELODI use the sweep's picks. NFR interval: Wilson
+   the output says whether they still agree); KD and ELODI use the sweep's picks, ens-KD
+   ``Setup.v2_ensemble_kd`` (its teacher: plain v2s of other seeds). NFR interval: Wilson
    95% on the negative flips pooled over seeds. McNemar p vs plain: exact test on the pooled
    discordant pairs (samples where exactly one of the two models flips, for NFR; where exactly
    one is wrong, for error).
@@ -35,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -96,18 +100,24 @@ class Setup:
         (0, 1, 0.003), (0, 1, 0.01), (1, 5, 0.001), (1, 5, 0.0015), (1, 5, 0.002))
     elodi_weights: tuple[float, ...] = (0.003, 0.01)
     elodi_margin: float = 0.5
+    # plain v2s of other seeds whose mean logits teach the ens-KD rows. Weight 0.5 from a
+    # one-off check on validation seeds 100-103 (not rerun by this script): alone, 0.5 beat 0.1
+    # (NFR 0.43% vs 0.53%); beside FD-KL at weight 0.01, 0.5 beat 1.0 (0.33% vs 0.36%)
+    v2_ensemble_seeds: tuple[int, ...] = (200, 201, 202, 203)
+    v2_ensemble_kd: tuple[float, float] = (4.0, 0.5)
 
 
 QUICK = Setup(num_samples=3000, eval_samples=2000, v1_epochs=6, v2_width=24, v2_epochs=5,
               ensemble_size=2, seeds=(0, 1), sweep_seeds=(100,), kl_grid=((0, 1, 1, 0.3),),
-              kd_settings=((1.0, 0.3),), lm_grid=((0, 1, 0.01),), elodi_weights=(0.01,))
+              kd_settings=((1.0, 0.3),), lm_grid=((0, 1, 0.01),), elodi_weights=(0.01,),
+              v2_ensemble_seeds=(200, 201))
 
 
 @dataclass(frozen=True)
 class Config:
     """One v2 training run."""
 
-    family: str  # plain | KD | FD-KL | FD-LM | ELODI
+    family: str  # plain | KD | FD-KL | FD-LM | ELODI | ens-KD | FD-KL+ens-KD | v2-member
     seed: int
     temperature: Optional[float] = None
     weight: Optional[float] = None
@@ -116,8 +126,10 @@ class Config:
     defaults: bool = False  # FD row built with the library defaults
 
     def label(self) -> str:
-        if self.family == "plain":
-            return "plain"
+        if self.family in ("plain", "v2-member"):
+            return self.family
+        if self.family == "FD-KL+ens-KD":
+            return f"FD-KL defaults + ens-KD T={self.temperature:g} w={self.weight:g}"
         if self.defaults:
             fd = FocalDistillationLoss(kind="kl" if self.family == "FD-KL" else "logit")
             temperature = f" T={fd.temperature:g}" if self.family == "FD-KL" else ""
@@ -192,9 +204,20 @@ def build_teachers(setup: Setup, data: Data, workdir: Path) -> dict:
     return out
 
 
+V2_ENSEMBLE_CACHE = "v2_ensemble_cache"
+
+
 def make_term(config: Config, setup: Setup, workdir: Path, num_samples: int):
-    if config.family == "plain":
+    if config.family in ("plain", "v2-member"):
         return []
+    if config.family in ("ens-KD", "FD-KL+ens-KD"):
+        cache = OldLogitCache.open(workdir / V2_ENSEMBLE_CACHE, num_samples=num_samples,
+                                   num_classes=10)
+        loss = KnowledgeDistillationLoss(temperature=config.temperature, weight=config.weight,
+                                         name="kd_v2_ensemble")
+        fd = (make_term(Config("FD-KL", config.seed, defaults=True), setup, workdir, num_samples)
+              if config.family == "FD-KL+ens-KD" else [])
+        return fd + [DistillationTerm(loss, cache)]
     teacher_dir = workdir / ("ensemble_cache" if config.family == "ELODI" else "v1_cache")
     cache = OldLogitCache.open(teacher_dir, num_samples=num_samples, num_classes=10)
     if config.family == "KD":
@@ -229,9 +252,32 @@ def run_v2(job: tuple[Config, Setup, str]) -> dict:
         epochs=setup.v2_epochs, optimizer=optimizer_for(setup),
         scheduler=scheduler_for(setup.v2_epochs), batch_size=setup.batch_size,
         seed=config.seed, progress=False)
+    if config.family == "v2-member":
+        torch.save(model.state_dict(), member_path(Path(workdir), config.seed))
     return {"config": config, "seconds": time.perf_counter() - began,
             "val": predict_logits(model, data.x_val).argmax(1),
             "test": predict_logits(model, data.x_test).argmax(1)}
+
+
+def member_path(workdir: Path, seed: int) -> Path:
+    return workdir / "v2_members" / f"seed{seed}.pt"
+
+
+def build_v2_ensemble(setup: Setup, data: Data, workdir: Path, jobs: int, teachers: dict) -> None:
+    """Train the plain v2s of ``setup.v2_ensemble_seeds`` and cache their mean training logits
+    (the ens-KD teacher); adds the ensemble's test predictions to ``teachers``."""
+    (workdir / "v2_members").mkdir(parents=True, exist_ok=True)
+    members = [Config("v2-member", s) for s in setup.v2_ensemble_seeds]
+    results = run_all(members, setup, workdir, jobs, "v2 ensemble")
+    models = []
+    for config in members:
+        model = cosine_model(setup.v2_width, setup, config.seed)
+        model.load_state_dict(torch.load(member_path(workdir, config.seed)))
+        models.append(model)
+    OldLogitCache.build(models, (data.x_train, data.y_train), workdir / V2_ENSEMBLE_CACHE)
+    teachers["v2_ensemble_test"] = np.mean([predict_logits(m, data.x_test) for m in models],
+                                           axis=0).argmax(1)
+    teachers["v2_ensemble_minutes"] = sum(r["seconds"] for r in results) / 60
 
 
 def run_all(configs: list[Config], setup: Setup, workdir: Path, jobs: int,
@@ -339,11 +385,20 @@ def save_sweep(sweep: dict, path: Path, command: str, minutes: float) -> None:
     write_text_atomic(path, json.dumps(raw, indent=1))
 
 
-def load_sweep(path: Path) -> dict:
-    raw = json.loads(path.read_text())
-    runs = [{"config": Config(**r["config"]), "val": Scores(**r["val"]), "seconds": r["seconds"]}
-            for r in raw["runs"]]
-    return {**with_picks(runs), "command": raw["command"], "minutes": raw["minutes"]}
+def load_sweep(sweep_path: Path, results_path: Path) -> Optional[dict]:
+    """The saved sweep: the work folder's, else the one recorded in the results JSON (a fresh
+    clone has only that), else None."""
+    if sweep_path.exists():
+        raw = json.loads(sweep_path.read_text())
+        runs, command, minutes = raw["runs"], raw["command"], raw["minutes"]
+    elif results_path.exists() and json.loads(results_path.read_text()).get("sweep_command"):
+        raw = json.loads(results_path.read_text())
+        runs, command, minutes = raw["sweep"], raw["sweep_command"], raw["sweep_minutes"]
+    else:
+        return None
+    runs = [{"config": Config(**r["config"]), "val": Scores(**r["val"]),
+             "seconds": r.get("seconds", 0.0)} for r in runs]
+    return {**with_picks(runs), "command": command, "minutes": minutes}
 
 
 def plot_sweep(sweep: dict, path: Path) -> None:
@@ -382,9 +437,9 @@ def plot_sweep(sweep: dict, path: Path) -> None:
 
 
 def table_configs(setup: Setup, sweep: Optional[dict]) -> list[Config]:
-    """Plain, KD, FD-KL, FD-LM, ELODI per seed. Both FD rows run with the library defaults;
-    KD and ELODI take the sweep's picks (without a sweep: KD at FD-KL's default temperature
-    and weight, ELODI at the grid's first weight)."""
+    """Plain, KD, FD-KL, FD-LM, ELODI, ens-KD and FD-KL + ens-KD per seed. FD terms use the
+    library defaults; KD and ELODI take the sweep's picks (without a sweep: KD at FD-KL's
+    default temperature and weight, ELODI at the grid's first weight)."""
     rows = []
     fd_default = FocalDistillationLoss()
     for seed in setup.seeds:
@@ -396,8 +451,11 @@ def table_configs(setup: Setup, sweep: Optional[dict]) -> list[Config]:
             kd_row = Config("KD", seed, temperature=fd_default.temperature,
                             weight=fd_default.weight)
             elodi_w = setup.elodi_weights[0]
+        ens_t, ens_w = setup.v2_ensemble_kd
         rows += [Config("plain", seed), kd_row, Config("FD-KL", seed, defaults=True),
-                 Config("FD-LM", seed, defaults=True), Config("ELODI", seed, weight=elodi_w)]
+                 Config("FD-LM", seed, defaults=True), Config("ELODI", seed, weight=elodi_w),
+                 Config("ens-KD", seed, temperature=ens_t, weight=ens_w),
+                 Config("FD-KL+ens-KD", seed, temperature=ens_t, weight=ens_w, defaults=True)]
     return rows
 
 
@@ -483,7 +541,7 @@ def markdown(setup: Setup, rows: list[dict], sweep: Optional[dict], teachers: di
     lines = [
         "# Positive-congruent training on MNIST-1D",
         "",
-        f"Command: {command} ({minutes:.1f} min on this machine, 2 cores).",
+        f"Command: {command} ({minutes:.1f} min on this machine, 2 cores; CPU: {cpu_name()}).",
         "",
         "Why this setup: it is the demo's (`regfree demo`: cosine heads on v1, v2 and the "
         "ELODI members, Adam lr 3e-3 with cosine decay, batch 128, v1 20 epochs on a third of "
@@ -507,7 +565,7 @@ def markdown(setup: Setup, rows: list[dict], sweep: Optional[dict], teachers: di
         f"(v1 and {setup.ensemble_size - 1} more seeds; test error {ens_error:.2%}). "
         f"v2: width {setup.v2_width}, {setup.v2_epochs} epochs on all training samples. "
         "Old logits come from "
-        "OldLogitCache (v1 never runs during v2 training).",
+        "OldLogitCache (v1 never runs during v2 training)." + v2_ensemble_note(setup, teachers, data),
         "",
         f"## Test results ({rows[0]['seeds']} seeds of v2; NFR, PFR against v1)"
         + ("" if rows[0]["seeds"] == len(setup.seeds) else
@@ -562,7 +620,7 @@ def markdown(setup: Setup, rows: list[dict], sweep: Optional[dict], teachers: di
         f"Library defaults when this ran: FocalDistillationLoss kind='kl': alpha {kl['alpha']:g},"
         f" beta {kl['beta']:g}, T {kl['temperature']:g}, weight {kl['weight']:g}; kind='logit':"
         f" alpha {lm['alpha']:g}, beta {lm['beta']:g}, weight {lm['weight']:g}. "
-        + ("Both FD rows use these defaults; KD and ELODI rows take the sweep's picks."
+        + ("The FD rows use these defaults; KD and ELODI rows take the sweep's picks."
            if any("defaults" in r["row"] for r in rows) else
            "The FD-KL row is an explicit setting (--fd-kl).")
         + " ELODI row: uniform "
@@ -596,6 +654,31 @@ def markdown(setup: Setup, rows: list[dict], sweep: Optional[dict], teachers: di
                       + ("These are the library defaults." if same else
                          "**These differ from the library defaults at run time.**")]
     return "\n".join(lines) + "\n"
+
+
+def v2_ensemble_note(setup: Setup, teachers: dict, data: Data) -> str:
+    if "v2_ensemble_test" not in teachers:
+        return ""
+    ens = score(data.y_test, teachers["v1_test"], teachers["v2_ensemble_test"])
+    t, w = setup.v2_ensemble_kd
+    return (f" ens-KD teacher: mean logits of {len(setup.v2_ensemble_seeds)} plain v2s (seeds "
+            f"{', '.join(map(str, setup.v2_ensemble_seeds))}; as a model: test error "
+            f"{ens.error:.2%}, NFR {ens.nfr:.2%}), distilled with KD (T {t:g}, weight {w:g}) on "
+            f"every sample; it costs {len(setup.v2_ensemble_seeds)} extra v2 trainings "
+            f"({teachers['v2_ensemble_minutes']:.1f} CPU-min).")
+
+
+def cpu_name() -> str:
+    """The CPU model and its widest vector extension: CPUs that round differently train
+    different models from the same seed, so a rerun elsewhere moves each row like a new seed."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown"
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                  if line.startswith("model name")), platform.processor() or "unknown")
+    vector = next((ext for ext in ("avx512f", "avx2") if f" {ext}" in info), "no AVX2")
+    return f"{model}, {vector}"
 
 
 def _matches_defaults(config: Config, kind: str) -> bool:
@@ -667,9 +750,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                       f" NFR {best['val'].nfr:.2%}")
             print(f"plain val error {sweep['plain_error']:.2%}; saved {sweep_path}")
             return 0
-    elif sweep_path.exists() and fd_kl is None:
-        sweep = load_sweep(sweep_path)
+    elif fd_kl is None:
+        sweep = load_sweep(sweep_path, args.out / f"{stem}.json")
     if fd_kl is None:
+        print(f"training the {len(setup.v2_ensemble_seeds)}-model v2 ensemble ...", flush=True)
+        build_v2_ensemble(setup, data, workdir, args.jobs, teachers)
         configs = table_configs(setup, sweep)
     else:
         a, b, temp, w = fd_kl
@@ -689,10 +774,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         text = markdown(setup, rows, sweep, teachers, data, command, minutes,
                         f"{stem}_sweep.png")
         write_text_atomic(args.out / f"{stem}.md", text)
-        raw = {"setup": asdict(setup), "command": command, "minutes": minutes, "rows": rows,
+        raw = {"setup": asdict(setup), "command": command, "minutes": minutes,
+               "cpu": cpu_name(), "rows": rows,
                "sweep": None if sweep is None else [
                    {"config": asdict(r["config"]), "val": asdict(r["val"])}
-                   for r in sweep["runs"]]}
+                   for r in sweep["runs"]],
+               "sweep_command": None if sweep is None else sweep["command"],
+               "sweep_minutes": None if sweep is None else sweep["minutes"]}
         write_text_atomic(args.out / f"{stem}.json", json.dumps(raw, indent=1, default=float))
         return text
 
