@@ -2,8 +2,10 @@
 focal distillation running v1 live, through :func:`regfree.training.fit`.
 
 Same v2 model, data, batch size and seed for all three; the variants are interleaved over
-several rounds so that load on a shared machine hits them alike; the median seconds per step
-of each and its ratio to plain are printed (and the spread over rounds).
+several rounds so that load on a shared machine hits them alike. Printed: the median seconds
+per step of each (and its spread over rounds), and the ratio to plain as the median of the
+per-round ratios with their interquartile range: a step takes about 12 ms here, and pairing
+each round's runs cancels the drift of a shared machine better than a ratio of medians.
 
 Run:
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_training.py
@@ -37,7 +39,7 @@ def seconds_per_step(model_seed: int, data, terms, epochs: int, batch_size: int)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args()
@@ -59,15 +61,16 @@ def main() -> None:
             for name, terms in variants.items():
                 times[name].append(seconds_per_step(0, data, terms(), args.epochs,
                                                     args.batch_size))
-    plain = np.median(times["plain CE"])
     print(f"ConvNet1D width 32, batch {args.batch_size}, {len(data[1])} mnist1d samples, "
           f"{args.epochs} epochs per measurement, {args.rounds} interleaved rounds, 1 thread")
-    print("| variant | ms / step (median) | min-max over rounds | ratio to plain |")
+    print("| variant | ms / step (median) | min-max over rounds | ratio to plain, per round: "
+          "median [IQR] |")
     print("|---|---|---|---|")
     for name, values in times.items():
-        med = np.median(values)
-        print(f"| {name} | {med * 1e3:.2f} | {min(values) * 1e3:.2f}-{max(values) * 1e3:.2f} "
-              f"| {med / plain:.3f}x |")
+        ratios = np.asarray(values) / np.asarray(times["plain CE"])
+        low, mid, high = np.percentile(ratios, [25, 50, 75])
+        print(f"| {name} | {np.median(values) * 1e3:.2f} | {min(values) * 1e3:.2f}-"
+              f"{max(values) * 1e3:.2f} | {mid:.3f}x [{low:.3f}, {high:.3f}] |")
 
 
 if __name__ == "__main__":

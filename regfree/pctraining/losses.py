@@ -68,7 +68,7 @@ class DistillationLoss(nn.Module):
         self.distance = distance
         self.weight = float(weight)
         self.name = name
-        self._last: dict[str, torch.Tensor] = {}
+        self._last: tuple[torch.Tensor, ...] = ()
 
     def forward(self, new_logits: torch.Tensor, old_logits: torch.Tensor,
                 targets: torch.Tensor) -> torch.Tensor:
@@ -84,14 +84,9 @@ class DistillationLoss(nn.Module):
             weights = self.weighting(old, targets).to(new.dtype) * known.to(new.dtype)
             distances = self.distance(new, old)
             value = self.weight * (weights * distances).mean()
-        with torch.no_grad():
-            n_known = known.sum().clamp(min=1)
-            self._last = {
-                "distilled_share": known.float().mean(),
-                "old_correct_share": (old_correct(old, targets) & known).sum() / n_known,
-                "mean_weight": weights.sum() / n_known,
-                "mean_distance": (distances * known).sum() / n_known,
-            }
+        # kept, not reduced: last_stats does the reductions only when someone asks (each is a
+        # small op, and a training step is only a few hundred of them)
+        self._last = (old, targets, known, weights.detach(), distances.detach())
         return value
 
     def loss(self, new_logits: torch.Tensor, old_logits: torch.Tensor,
@@ -102,7 +97,16 @@ class DistillationLoss(nn.Module):
     @property
     def last_stats(self) -> dict[str, float]:
         """Statistics of the last call (empty before the first)."""
-        return {key: float(value) for key, value in self._last.items()}
+        if not self._last:
+            return {}
+        old, targets, known, weights, distances = self._last
+        n_known = float(known.sum().clamp(min=1))
+        return {
+            "distilled_share": float(known.float().mean()),
+            "old_correct_share": float((old_correct(old, targets) & known).sum()) / n_known,
+            "mean_weight": float(weights.sum()) / n_known,
+            "mean_distance": float((distances * known).sum()) / n_known,
+        }
 
 
 class FocalDistillationLoss(DistillationLoss):
