@@ -12,7 +12,7 @@ is the demo's (regfree/demo): cosine heads everywhere, Adam lr 3e-3 with cosine 
    and FD-LM (alpha, beta, temperature, weight), ELODI weights and a KD setting. Each
    family's pick: lowest validation NFR among configurations whose validation error is at most
    ``plain + 0.5`` points. Plot of error vs NFR with the Pareto front.
-2. Table (several seeds, scored on the test split): both FD rows use the library defaults of
+2. Table (several seeds, scored on the test split): the FD rows use the library defaults of
    :class:`regfree.pctraining.FocalDistillationLoss` (``DEFAULTS``, set from the sweep's picks;
    the output says whether they still agree); KD and ELODI use the sweep's picks, ens-KD
    ``Setup.v2_ensemble_kd`` (its teacher: plain v2s of other seeds). NFR interval: Wilson
@@ -388,12 +388,13 @@ def save_sweep(sweep: dict, path: Path, command: str, minutes: float) -> None:
 def load_sweep(sweep_path: Path, results_path: Path) -> Optional[dict]:
     """The saved sweep: the work folder's, else the one recorded in the results JSON (a fresh
     clone has only that), else None."""
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
     if sweep_path.exists():
         raw = json.loads(sweep_path.read_text())
         runs, command, minutes = raw["runs"], raw["command"], raw["minutes"]
-    elif results_path.exists() and json.loads(results_path.read_text()).get("sweep_command"):
-        raw = json.loads(results_path.read_text())
-        runs, command, minutes = raw["sweep"], raw["sweep_command"], raw["sweep_minutes"]
+    elif results.get("sweep_command"):
+        runs, command = results["sweep"], results["sweep_command"]
+        minutes = results["sweep_minutes"]
     else:
         return None
     runs = [{"config": Config(**r["config"]), "val": Scores(**r["val"]),
