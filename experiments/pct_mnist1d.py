@@ -388,15 +388,15 @@ def save_sweep(sweep: dict, path: Path, command: str, minutes: float) -> None:
 def load_sweep(sweep_path: Path, results_path: Path) -> Optional[dict]:
     """The saved sweep: the work folder's, else the one recorded in the results JSON (a fresh
     clone has only that), else None."""
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
     if sweep_path.exists():
         raw = json.loads(sweep_path.read_text())
         runs, command, minutes = raw["runs"], raw["command"], raw["minutes"]
-    elif results.get("sweep_command"):
+    else:
+        results = json.loads(results_path.read_text()) if results_path.exists() else {}
+        if not results.get("sweep_command"):
+            return None
         runs, command = results["sweep"], results["sweep_command"]
         minutes = results["sweep_minutes"]
-    else:
-        return None
     runs = [{"config": Config(**r["config"]), "val": Scores(**r["val"]),
              "seconds": r.get("seconds", 0.0)} for r in runs]
     return {**with_picks(runs), "command": command, "minutes": minutes}
