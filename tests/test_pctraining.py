@@ -12,13 +12,14 @@ from regfree.pctraining import (
     FocalDistillationLoss,
     IndexedDataset,
     KnowledgeDistillationLoss,
+    NoisyDistillationTerm,
     OldLogitCache,
     fit,
     margin_logit_distance,
     uniform_weights,
 )
 from regfree.pctraining.losses import DEFAULTS
-from regfree.training import predict_logits
+from regfree.training import TrainStep, predict_logits
 
 
 def np_softmax(z):
@@ -256,3 +257,58 @@ def test_distillation_pulls_new_model_towards_old_predictions():
             optimizer=lambda p: torch.optim.Adam(p, lr=3e-2))
         agreement.append((predict_logits(new, x).argmax(1) == old_pred).mean())
     assert agreement[1] > agreement[0] + 0.15
+
+
+def test_noisy_term_distils_on_the_same_perturbed_batch_for_both_models():
+    x, y = data(n=8)
+    inputs, targets = torch.from_numpy(x), torch.from_numpy(y)
+    old, new = model(1), model(2)
+    std = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    term = NoisyDistillationTerm(FocalDistillationLoss(weight=1.0), old, noise_std=std)
+    step = TrainStep(inputs, targets, torch.arange(8), new(inputs), model=new)
+    torch.manual_seed(3)
+    value = term(step)
+    torch.manual_seed(3)
+    noisy = inputs + std * torch.randn_like(inputs)
+    expected = FocalDistillationLoss(weight=1.0)(new(noisy), old(noisy).detach(), targets)
+    torch.testing.assert_close(value, expected)
+    assert not torch.allclose(expected, FocalDistillationLoss(weight=1.0)(
+        new(inputs), old(inputs).detach(), targets))
+    value.backward()
+    assert all(p.grad is not None for p in new.parameters())
+    assert all(p.grad is None for p in old.parameters())
+    assert term.name == "fd_kl_noisy"
+
+
+def test_noisy_term_without_noise_trains_like_the_live_term_and_noise_repeats_by_seed():
+    x, y = data(n=64)
+    v1 = model(1)
+
+    def train(term):
+        new = model(7)
+        fit(new, (x, y), loss_terms=[term], epochs=2, batch_size=16, seed=4, progress=False,
+            optimizer=lambda p: torch.optim.Adam(p, lr=1e-2))
+        return torch.cat([p.detach().ravel() for p in new.parameters()])
+
+    loss = dict(alpha=1.0, beta=5.0, weight=1.0)
+    live = train(DistillationTerm(FocalDistillationLoss(**loss), v1))
+    silent = train(NoisyDistillationTerm(FocalDistillationLoss(**loss), v1, noise_std=0.0))
+    torch.testing.assert_close(silent, live, rtol=1e-4, atol=1e-5)
+    noisy = [train(NoisyDistillationTerm(FocalDistillationLoss(**loss), v1, noise_std=0.5))
+             for _ in range(2)]
+    assert torch.equal(noisy[0], noisy[1])
+    assert (noisy[0] - live).abs().max() > 1e-3
+
+
+def test_noisy_term_refuses_a_cache_bad_noise_and_a_step_without_model(tmp_path):
+    x, y = data()
+    cache = OldLogitCache.build(model(1), (x, y), tmp_path)
+    with pytest.raises(ValueError, match="live old model"):
+        NoisyDistillationTerm(FocalDistillationLoss(), cache, noise_std=0.1)
+    for bad in (-0.1, float("nan"), torch.tensor([0.1, -1.0])):
+        with pytest.raises(ValueError, match="noise_std"):
+            NoisyDistillationTerm(FocalDistillationLoss(), model(1), noise_std=bad)
+    term = NoisyDistillationTerm(FocalDistillationLoss(), model(1), noise_std=0.1)
+    inputs = torch.from_numpy(x)
+    with pytest.raises(ValueError, match="step.model"):
+        term(TrainStep(inputs, torch.from_numpy(y), torch.arange(40), model(2)(inputs)))

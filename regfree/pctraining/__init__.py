@@ -24,7 +24,7 @@ from regfree.pctraining.losses import (
     FocalDistillationLoss,
     KnowledgeDistillationLoss,
 )
-from regfree.pctraining.term import DistillationTerm
+from regfree.pctraining.term import DistillationTerm, NoisyDistillationTerm
 from regfree.pctraining.weighting import focal_weights, old_correct, uniform_weights
 from regfree.training import History, IndexedDataset, NFRRiseWarning, fit
 
@@ -36,6 +36,7 @@ __all__ = [
     "IndexedDataset",
     "KnowledgeDistillationLoss",
     "NFRRiseWarning",
+    "NoisyDistillationTerm",
     "OldLogitCache",
     "fit",
     "focal_weights",

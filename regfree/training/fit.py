@@ -65,7 +65,7 @@ class _Objective(nn.Module):
                 epoch: int) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         logits, embeddings = split_outputs(self.model(inputs))
         ce = F.cross_entropy(logits.float(), targets)
-        step = TrainStep(inputs, targets, indices, logits, embeddings, epoch=epoch)
+        step = TrainStep(inputs, targets, indices, logits, embeddings, epoch=epoch, model=self.model)
         values = []
         for name, term in zip(self.names, self.terms):
             value = term(step)

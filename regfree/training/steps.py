@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Protocol, runtime_checkable
 
 import torch
+from torch import nn
 
 
 @dataclass
@@ -27,6 +28,9 @@ class TrainStep:
         logits: the new model's logits, shape ``(B, C)``.
         embeddings: the new model's embeddings ``(B, D)`` when the model returns them.
         epoch: 0-based index of the current epoch (for schedules inside a loss term).
+        model: the model being trained (the bare module, also under DistributedDataParallel),
+            for terms that need its outputs on other inputs, such as perturbed copies of the
+            batch; calling it inside a term adds to the same backward pass.
     """
 
     inputs: torch.Tensor
@@ -35,6 +39,7 @@ class TrainStep:
     logits: torch.Tensor
     embeddings: Optional[torch.Tensor] = None
     epoch: int = 0
+    model: Optional[nn.Module] = None
 
 
 @runtime_checkable
