@@ -15,7 +15,7 @@ import torch
 from test_training import Projection  # tests/ is on sys.path
 
 from regfree.models import MLP
-from regfree.pctraining import DistillationTerm, FocalDistillationLoss
+from regfree.pctraining import DistillationTerm, FocalDistillationLoss, NoisyDistillationTerm
 from regfree.training import fit, latest_checkpoint, load_checkpoint
 from regfree.training.distributed import launch_local
 
@@ -36,7 +36,11 @@ def train(checkpoint_dir):
     teacher = MLP(6, num_classes=3, hidden=8, embedding_dim=4)
     model = MLP(6, num_classes=3, hidden=16, embedding_dim=8)
     scale = Projection()  # a trainable loss-term parameter: its gradient is averaged too
-    terms = [DistillationTerm(FocalDistillationLoss(alpha=1.0, beta=2.0), teacher), scale]
+    # zero noise keeps the noisy term deterministic: it checks that a term calling step.model
+    # inside the DDP-wrapped step gets its gradients averaged like the model's own loss
+    noisy = NoisyDistillationTerm(FocalDistillationLoss(alpha=0.0, beta=1.0, weight=0.5),
+                                  teacher, noise_std=0.0)
+    terms = [DistillationTerm(FocalDistillationLoss(alpha=1.0, beta=2.0), teacher), scale, noisy]
     train_data, val_data = tiny_data()
     old_val_preds = teacher(torch.from_numpy(val_data[0])).argmax(1).numpy()
     history = fit(model, train_data, loss_terms=terms, epochs=EPOCHS, batch_size=BATCH,

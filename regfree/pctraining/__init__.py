@@ -3,7 +3,8 @@
 Losses are a per-sample weighting times a distance (:mod:`~regfree.pctraining.weighting`,
 :mod:`~regfree.pctraining.distances`); :class:`OldLogitCache` runs v1 once; a
 :class:`DistillationTerm` plugs a loss into the shared trainer :func:`fit` (from
-:mod:`regfree.training`, re-exported here).
+:mod:`regfree.training`, re-exported here); a :class:`NoisyDistillationTerm` distils the live
+v1 on noisy copies of each batch as well.
 
 Example:
     >>> import numpy as np, torch
