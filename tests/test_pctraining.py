@@ -312,3 +312,6 @@ def test_noisy_term_refuses_a_cache_bad_noise_and_a_step_without_model(tmp_path)
     inputs = torch.from_numpy(x)
     with pytest.raises(ValueError, match="step.model"):
         term(TrainStep(inputs, torch.from_numpy(y), torch.arange(40), model(2)(inputs)))
+    with pytest.raises(ValueError, match="floating point"):
+        term(TrainStep(inputs.long(), torch.from_numpy(y), torch.arange(40), model(2)(inputs),
+                       model=model(2)))

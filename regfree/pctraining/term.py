@@ -100,7 +100,7 @@ class NoisyDistillationTerm(DistillationTerm):
     Models with batch statistics (BatchNorm) also update them on the noisy batch.
 
     Args:
-        loss: e.g. ``FocalDistillationLoss(weight=0.01)``.
+        loss: e.g. ``FocalDistillationLoss(weight=0.02)``.
         teacher: the old model or a sequence of old models (logits averaged). A cache cannot
             serve here: it only holds logits of the clean training samples.
         noise_std: the noise's standard deviation: a float, or a tensor that broadcasts against
@@ -114,7 +114,7 @@ class NoisyDistillationTerm(DistillationTerm):
         >>> from regfree.pctraining import FocalDistillationLoss
         >>> from regfree.training import fit
         >>> x, y = np.random.default_rng(0).normal(size=(32, 4)).astype("float32"), np.arange(32) % 2
-        >>> noisy = NoisyDistillationTerm(FocalDistillationLoss(weight=0.01), MLP(4, num_classes=2),
+        >>> noisy = NoisyDistillationTerm(FocalDistillationLoss(weight=0.02), MLP(4, num_classes=2),
         ...                               noise_std=0.3 * torch.from_numpy(x.std(axis=0)))
         >>> h = fit(MLP(4, num_classes=2), (x, y), loss_terms=[noisy], epochs=1,
         ...         optimizer=lambda p: torch.optim.Adam(p), progress=False)
@@ -137,6 +137,9 @@ class NoisyDistillationTerm(DistillationTerm):
         if step.model is None:
             raise ValueError(f"loss term {self.name!r} needs step.model (the model being trained);"
                              " regfree.training.fit provides it")
+        if not step.inputs.is_floating_point():
+            raise ValueError(f"loss term {self.name!r} adds noise to the inputs, which must be "
+                             f"floating point; got {step.inputs.dtype}")
         noisy = step.inputs + self.noise_std.to(step.inputs.dtype) * torch.randn_like(step.inputs)
         new_logits, _ = split_outputs(step.model(noisy))
         return self.loss(new_logits, self.live_teacher_logits(noisy), step.targets)
