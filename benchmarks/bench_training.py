@@ -1,7 +1,8 @@
 """Time per training step: plain cross-entropy vs focal distillation with cached old logits vs
-focal distillation running v1 live, through :func:`regfree.training.fit`.
+focal distillation running v1 live, and cached FD plus noisy FD (v1 live on a noisy copy of each
+batch, the recipe's costliest term), through :func:`regfree.training.fit`.
 
-Same v2 model, data, batch size and seed for all three; the variants are interleaved over
+Same v2 model, data, batch size and seed for all of them; the variants are interleaved over
 several rounds so that load on a shared machine hits them alike. Printed: the median seconds
 per step of each (and its spread over rounds), and the ratio to plain as the median of the
 per-round ratios with their interquartile range: a step takes about 12 ms here, and pairing
@@ -23,7 +24,12 @@ import torch
 
 from regfree.data import load_mnist1d
 from regfree.models import ConvNet1D
-from regfree.pctraining import DistillationTerm, FocalDistillationLoss, OldLogitCache
+from regfree.pctraining import (
+    DistillationTerm,
+    FocalDistillationLoss,
+    NoisyDistillationTerm,
+    OldLogitCache,
+)
 from regfree.training import fit
 
 
@@ -48,12 +54,16 @@ def main() -> None:
     data = (split.x_train, split.y_train)
     torch.manual_seed(123)
     v1 = ConvNet1D(width=16, embedding_dim=32)
+    noise_std = 0.3 * torch.from_numpy(split.x_train.std(axis=0))
     with tempfile.TemporaryDirectory() as folder:
         cache = OldLogitCache.build(v1, data, Path(folder) / "v1")
         variants = {
             "plain CE": lambda: [],
             "FD, cached v1 logits": lambda: [DistillationTerm(FocalDistillationLoss(), cache)],
             "FD, v1 run live": lambda: [DistillationTerm(FocalDistillationLoss(), v1)],
+            "FD cached + noisy FD (v1 live)": lambda: [
+                DistillationTerm(FocalDistillationLoss(), cache),
+                NoisyDistillationTerm(FocalDistillationLoss(weight=0.01), v1, noise_std)],
         }
         seconds_per_step(0, data, [], 1, args.batch_size)  # warm-up (lazy imports, allocator)
         times: dict[str, list[float]] = {name: [] for name in variants}
