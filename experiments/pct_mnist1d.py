@@ -28,6 +28,9 @@ regfree/pctraining/losses.py (DEFAULTS) to its FD picks, then the table (which r
 (both steps in one go: drop the two flags.) Plain vs one explicit FD-KL setting only, e.g.
 the demo's earlier alpha 0, beta 1, T 1, weight 0.3 (writes pct_mnist1d_fdkl_0_1_1_0.3.*):
     OMP_NUM_THREADS=1 .venv/bin/python experiments/pct_mnist1d.py --jobs 2 --fd-kl 0,1,1,0.3
+The validation check that chose the noisy FD rows' setting (Setup.noisy_fd; about 30 min,
+writes pct_mnist1d_noisy_check.md):
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/pct_mnist1d.py --jobs 2 --noisy-check
 Smoke run (a minute or two):
     OMP_NUM_THREADS=1 .venv/bin/python experiments/pct_mnist1d.py --quick
 Writes ``experiments/results/pct_mnist1d.{md,json}`` and ``pct_mnist1d_sweep.png`` (``--quick``
@@ -109,18 +112,18 @@ class Setup:
     v2_ensemble_kd: tuple[float, float] = (4.0, 0.5)
     # noisy FD (NoisyDistillationTerm with live v1): noise std as a fraction of each input
     # feature's training std, and the FocalDistillationLoss weight (its other arguments at the
-    # kl defaults). From a one-off check on validation seeds 100-103 (not rerun by this script;
-    # plain: 1.86% error, 0.593% NFR), FD-KL defaults + ens-KD + noisy FD at (noise, weight):
-    # (0.3, 0.005) 1.46% / 0.295%, (0.3, 0.01) 1.53% / 0.287%, (0.3, 0.02) 1.64% / 0.280%,
-    # (0.5, 0.01) 1.54% / 0.300%; the sweep's rule (lowest NFR within +0.5 points) takes
-    # (0.3, 0.02). Without ens-KD, noisy FD at 0.005 cost +0.87 points (alpha 0: +0.85)
+    # kl defaults). Chosen by the sweep's rule from noisy_grid on the check seeds (--noisy-check,
+    # results/pct_mnist1d_noisy_check.md); the table's noisy rows use noisy_fd
     noisy_fd: tuple[float, float] = (0.3, 0.02)
+    noisy_grid: tuple[tuple[float, float], ...] = ((0.3, 0.005), (0.3, 0.01), (0.3, 0.02),
+                                                   (0.5, 0.01))
+    check_seeds: tuple[int, ...] = (100, 101, 102, 103)
 
 
 QUICK = Setup(num_samples=3000, eval_samples=2000, v1_epochs=6, v2_width=24, v2_epochs=5,
               ensemble_size=2, seeds=(0, 1), sweep_seeds=(100,), kl_grid=((0, 1, 1, 0.3),),
               kd_settings=((1.0, 0.3),), lm_grid=((0, 1, 0.01),), elodi_weights=(0.01,),
-              v2_ensemble_seeds=(200, 201))
+              v2_ensemble_seeds=(200, 201), noisy_grid=((0.3, 0.02),), check_seeds=(100,))
 
 
 @dataclass(frozen=True)
@@ -712,6 +715,74 @@ def noisy_fd_note(setup: Setup) -> str:
             "toward v1 there; one more forward and backward pass of v2 per step.")
 
 
+# ---------------------------------------------------------------- noisy FD check
+
+
+def noisy_check_configs(setup: Setup) -> list[Config]:
+    """Per check seed: plain, FD-KL + ens-KD + noisy FD at every ``noisy_grid`` point, and
+    FD-KL + noisy FD without ens-KD at the grid's first point."""
+    ens_t, ens_w = setup.v2_ensemble_kd
+    configs = []
+    for seed in setup.check_seeds:
+        configs.append(Config("plain", seed))
+        configs += [Config("FD-KL+ens-KD+noisy", seed, temperature=ens_t, weight=ens_w,
+                           defaults=True, noise=noise, noise_weight=w)
+                    for noise, w in setup.noisy_grid]
+        noise, w = setup.noisy_grid[0]
+        configs.append(Config("FD-KL+noisy", seed, defaults=True, noise=noise, noise_weight=w))
+    return configs
+
+
+def noisy_check_markdown(setup: Setup, results: list[dict], data: Data, teachers: dict,
+                         command: str, minutes: float) -> str:
+    """Validation (for the pick) and test scores of the check, averaged over its seeds."""
+    by_label: dict[str, list[dict]] = {}
+    for r in results:
+        by_label.setdefault(r["config"].label(), []).append(r)
+    runs = []
+    for group in by_label.values():
+        split_scores = {split: mean_scores([score(y, teachers[f"v1_{split}"], r[split])
+                                            for r in group])
+                        for split, y in (("val", data.y_val), ("test", data.y_test))}
+        runs.append({"config": group[0]["config"], **split_scores})
+    plain = next(r for r in runs if r["config"].family == "plain")
+    picked = pick([r for r in runs if r["config"].family == "FD-KL+ens-KD+noisy"],
+                  plain["val"].error)["config"]
+    lines = [
+        "# Noisy focal distillation: choosing its setting (validation check)",
+        "",
+        f"Command: {command} ({minutes:.1f} min on this machine, 2 cores; CPU: {cpu_name()}).",
+        "",
+        f"Setup as in `pct_mnist1d.md`; seeds {', '.join(map(str, setup.check_seeds))} (not the "
+        "table's). Noise: each input feature's training std times the given factor. Selection "
+        "(the sweep's rule): lowest validation NFR among FD-KL defaults + ens-KD + noisy FD "
+        "settings within +0.5 points of plain's validation error. Test columns for reference "
+        "only. Mean over seeds, in %.",
+        "",
+        "| run | val error | val NFR | test error | test NFR | test NFR / plain |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        lines.append(f"| {r['config'].label()} | {r['val'].error:.2%} | {r['val'].nfr:.3%} | "
+                     f"{r['test'].error:.2%} | {r['test'].nfr:.3%} | "
+                     f"{r['test'].nfr / plain['test'].nfr:.2f} |")
+    chosen = (picked.noise, picked.noise_weight)
+    lines += ["", f"Pick: noise {chosen[0]:g}, weight {chosen[1]:g}. "
+              + ("This is `Setup.noisy_fd`, which the table uses."
+                 if chosen == setup.noisy_fd else
+                 f"**`Setup.noisy_fd` is {setup.noisy_fd}: it differs from the pick.**")]
+    return "\n".join(lines) + "\n"
+
+
+def run_noisy_check(setup: Setup, data: Data, teachers: dict, workdir: Path, jobs: int,
+                    out: Path, stem: str, command: str, began: float) -> None:
+    results = run_all(noisy_check_configs(setup), setup, workdir, jobs, "noisy FD check")
+    text = noisy_check_markdown(setup, results, data, teachers, command,
+                                (time.perf_counter() - began) / 60)
+    write_text_atomic(out / f"{stem}_noisy_check.md", text)
+    print(text)
+
+
 def cpu_name() -> str:
     """The CPU model and its widest vector extension: CPUs that round differently train
     different models from the same seed, so a rerun elsewhere moves each row like a new seed."""
@@ -741,6 +812,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--sweep-only", action="store_true",
                         help="sweep only: save it, then set the library defaults and rerun "
                              "with --skip-sweep")
+    parser.add_argument("--noisy-check", action="store_true",
+                        help="only the validation check that chooses Setup.noisy_fd; writes "
+                             "pct_mnist1d_noisy_check.md")
     parser.add_argument("--fd-kl", metavar="A,B,T,W",
                         help="compare plain with one explicit FD-KL setting only (no sweep); "
                              "writes pct_mnist1d_fdkl_A_B_T_W.*")
@@ -751,6 +825,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.jobs < 1:
         print("--jobs must be >= 1", file=sys.stderr)
+        return 2
+    if args.noisy_check and (args.sweep_only or args.skip_sweep or args.fd_kl):
+        print("--noisy-check runs alone: drop --sweep-only, --skip-sweep and --fd-kl",
+              file=sys.stderr)
         return 2
     if args.v2_width is not None and args.v2_width < 1:
         print("--v2-width must be >= 1", file=sys.stderr)
@@ -782,6 +860,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     data = load_data(setup)
     print(f"training v1 and a {setup.ensemble_size}-model ensemble ...", flush=True)
     teachers = build_teachers(setup, data, workdir)
+    if args.noisy_check:
+        print(f"training the {len(setup.v2_ensemble_seeds)}-model v2 ensemble ...", flush=True)
+        build_v2_ensemble(setup, data, workdir, args.jobs, teachers)
+        run_noisy_check(setup, data, teachers, workdir, args.jobs, args.out, stem, command, began)
+        return 0
     sweep = None
     if not args.skip_sweep:
         sweep = run_sweep(setup, data, teachers, workdir, args.jobs)

@@ -111,18 +111,18 @@ class NoisyDistillationTerm(DistillationTerm):
             MNIST-1D).
         name: label in the training history (default: the loss's name + ``"_noisy"``).
 
-    Example:
-        >>> import numpy as np
+    Example (in training, pass it to :func:`fit` beside the clean-input term:
+    ``loss_terms=[fd, noisy]``; here one step by hand):
         >>> from regfree.models import MLP
         >>> from regfree.pctraining import FocalDistillationLoss
-        >>> from regfree.training import fit
-        >>> x, y = np.random.default_rng(0).normal(size=(32, 4)).astype("float32"), np.arange(32) % 2
-        >>> noisy = NoisyDistillationTerm(FocalDistillationLoss(weight=0.02), MLP(4, num_classes=2),
-        ...                               noise_std=0.3 * torch.from_numpy(x.std(axis=0)))
-        >>> h = fit(MLP(4, num_classes=2), (x, y), loss_terms=[noisy], epochs=1,
-        ...         optimizer=lambda p: torch.optim.Adam(p), progress=False)
-        >>> h.term("fd_kl_noisy")[0] > 0
-        True
+        >>> from regfree.training import TrainStep
+        >>> x, y = torch.randn(8, 4), torch.arange(8) % 2
+        >>> v1, v2 = MLP(4, num_classes=2), MLP(4, num_classes=2)
+        >>> noisy = NoisyDistillationTerm(FocalDistillationLoss(weight=0.02), teacher=v1,
+        ...                               noise_std=0.3 * x.std(dim=0))
+        >>> value = noisy(TrainStep(x, y, torch.arange(8), v2(x), model=v2))
+        >>> value.dim(), value.requires_grad, noisy.name
+        (0, True, 'fd_kl_noisy')
     """
 
     def __init__(self, loss: DistillationLoss, teacher: Union[nn.Module, Sequence[nn.Module]],
