@@ -471,9 +471,10 @@ def plot_sweep(sweep: dict, path: Path) -> None:
 
 
 def table_configs(setup: Setup, sweep: Optional[dict]) -> list[Config]:
-    """Plain, KD, FD-KL, FD-LM, ELODI, ens-KD, FD-KL + ens-KD, and the last two with noisy FD,
-    per seed. FD terms use the library defaults, noisy FD ``Setup.noisy_fd``; KD and ELODI take the sweep's picks (without a sweep: KD at FD-KL's
-    default temperature and weight, ELODI at the grid's first weight)."""
+    """Plain, KD, FD-KL, FD-LM, ELODI, ens-KD, FD-KL + ens-KD, and FD-KL with noisy FD without
+    and with ens-KD, per seed. FD terms use the library defaults, noisy FD ``Setup.noisy_fd``;
+    KD and ELODI take the sweep's picks (without a sweep: KD at FD-KL's default temperature and
+    weight, ELODI at the grid's first weight)."""
     rows = []
     fd_default = FocalDistillationLoss()
     for seed in setup.seeds:
