@@ -315,3 +315,19 @@ def test_noisy_term_refuses_a_cache_bad_noise_and_a_step_without_model(tmp_path)
     with pytest.raises(ValueError, match="floating point"):
         term(TrainStep(inputs.long(), torch.from_numpy(y), torch.arange(40), model(2)(inputs),
                        model=model(2)))
+
+
+def test_noisy_term_resumes_to_the_same_weights(tmp_path):
+    x, y = data(n=48)
+    v1 = model(1)
+
+    def run(epochs, **checkpoints):
+        new = model(7)
+        term = NoisyDistillationTerm(FocalDistillationLoss(weight=1.0), v1, noise_std=0.5)
+        fit(new, (x, y), loss_terms=[term], epochs=epochs, batch_size=16, seed=2,
+            progress=False, optimizer=lambda p: torch.optim.Adam(p, lr=1e-2), **checkpoints)
+        return torch.cat([p.detach().ravel() for p in new.parameters()])
+
+    straight = run(3)
+    run(1, checkpoint_dir=tmp_path)
+    assert torch.equal(run(3, checkpoint_dir=tmp_path, resume=True), straight)
