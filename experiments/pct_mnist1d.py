@@ -40,6 +40,7 @@ writes ``pct_mnist1d_quick.*`` instead).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing
 import platform
@@ -349,6 +350,14 @@ class Scores:
     n: int
 
 
+def group_by_label(results: list[dict]) -> dict[str, list[dict]]:
+    """Runs of the same configuration (all its seeds) under the configuration's label."""
+    groups: dict[str, list[dict]] = {}
+    for r in results:
+        groups.setdefault(r["config"].label(), []).append(r)
+    return groups
+
+
 def score(y: np.ndarray, old: np.ndarray, new: np.ndarray) -> Scores:
     t = flip_totals(y, old, new)
     return Scores(t.error_rate_new, t.nfr, t.pfr, t.relative_nfr, t.negative_flips, t.n)
@@ -394,9 +403,7 @@ def run_sweep(setup: Setup, data: Data, teachers: dict, workdir: Path, jobs: int
     """Every grid point on every sweep seed; validation scores averaged over the seeds."""
     configs = [c for s in setup.sweep_seeds for c in sweep_configs(setup, s)]
     results = run_all(configs, setup, workdir, jobs, "sweep")
-    by_label: dict[str, list[dict]] = {}
-    for r in results:
-        by_label.setdefault(r["config"].label(), []).append(r)
+    by_label = group_by_label(results)
     runs = [{"config": group[0]["config"],
              "val": mean_scores([score(data.y_val, teachers["v1_val"], r["val"]) for r in group]),
              "seconds": float(np.mean([r["seconds"] for r in group]))}
@@ -499,9 +506,7 @@ def table_configs(setup: Setup, sweep: Optional[dict]) -> list[Config]:
 
 
 def summarise(results: list[dict], data: Data, teachers: dict) -> list[dict]:
-    by_label: dict[str, list[dict]] = {}
-    for r in results:
-        by_label.setdefault(r["config"].label(), []).append(r)
+    by_label = group_by_label(results)
     plain = {r["config"].seed: r["test"] for r in by_label["plain"]}
     y, old = data.y_test, teachers["v1_test"]
     old_ok = old == y
@@ -737,9 +742,7 @@ def noisy_check_configs(setup: Setup) -> list[Config]:
 def noisy_check_markdown(setup: Setup, results: list[dict], data: Data, teachers: dict,
                          command: str, minutes: float) -> str:
     """Validation (for the pick) and test scores of the check, averaged over its seeds."""
-    by_label: dict[str, list[dict]] = {}
-    for r in results:
-        by_label.setdefault(r["config"].label(), []).append(r)
+    by_label = group_by_label(results)
     runs = []
     for group in by_label.values():
         split_scores = {split: mean_scores([score(y, teachers[f"v1_{split}"], r[split])
@@ -784,6 +787,7 @@ def run_noisy_check(setup: Setup, data: Data, teachers: dict, workdir: Path, job
     print(text)
 
 
+@functools.cache  # asked for by every partial report; /proc/cpuinfo does not change
 def cpu_name() -> str:
     """The CPU model and its widest vector extension: CPUs that round differently train
     different models from the same seed, so a rerun elsewhere moves each row like a new seed."""
