@@ -48,17 +48,17 @@ def image_folder(root: Path, classes=("cat", "dog"), per_class: int = 3, size: i
     return root
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_data():
     return blobs
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_model():
     return mlp
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_image_folder():
     return image_folder
 
