@@ -69,9 +69,10 @@ def digits():
     return load_digits_split(seed=0)
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="session")
 def one_torch_thread():
-    # tiny models: extra threads only spin against the other processes on a 2-core machine
+    # tiny models: extra threads only spin against the other processes on a 2-core machine.
+    # Session scope, so module fixtures that train (set up before any function fixture) get it too.
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
