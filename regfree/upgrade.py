@@ -26,7 +26,7 @@ from regfree.training.predict import Embedder, ModelRun, run_model
 
 OLD, NEW = "v1", "v2"
 # The backfill curve searches the gallery once per step and order; ranking all of it for mAP
-# at every step costs ~10x a top-100 search, so the curve reports mAP@100.
+# at every step costs far more than a top-100 search, so the curve reports mAP@100.
 BACKFILL_MAP_K = 100
 
 

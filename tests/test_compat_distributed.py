@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import blobs, mlp  # tests/ is on sys.path, also under torchrun
 from torch import nn
 
 from regfree.compat import BackwardCompatibleLoss, EmbeddingRegressionLoss
-from regfree.models import MLP
 from regfree.training import fit
 from regfree.training.distributed import launch_local
 
@@ -25,11 +25,8 @@ N_TRAIN, BATCH, EPOCHS = 45, 8, 3
 
 
 def old_model_and_data():
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(N_TRAIN, 6)).astype(np.float32)
-    y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0.5).astype(np.int64)
-    torch.manual_seed(0)
-    v1 = MLP(6, num_classes=3, hidden=8, embedding_dim=4, return_embeddings=True)
+    x, y = blobs(N_TRAIN, seed=1)
+    v1 = mlp(0, hidden=8, embedding_dim=4, return_embeddings=True)
     return v1, x, y
 
 
@@ -37,8 +34,7 @@ def train():
     v1, x, y = old_model_and_data()
     # an embedding cache indexed by dataset position (5-d, the size of v2's native embedding)
     cache = np.random.default_rng(2).normal(size=(N_TRAIN, 5)).astype(np.float32)
-    torch.manual_seed(1)
-    v2 = MLP(6, num_classes=3, hidden=16, embedding_dim=5, return_embeddings=True)
+    v2 = mlp(1, embedding_dim=5, return_embeddings=True)
     bct = BackwardCompatibleLoss(v1.head, weight=0.5, projection=nn.Linear(5, 4))
     start = bct.projection.weight.detach().clone()
     l2 = EmbeddingRegressionLoss(cache, weight=0.1)
@@ -59,7 +55,7 @@ def test_bct_under_two_processes_equals_one_process(tmp_path):
         assert rank["old_head_unchanged"] and rank["old_head_grads"] == [None, None]
         for epoch in rank["history"]["epochs"]:
             epoch.pop("seconds")
-    assert ranks[0]["history"] == ranks[1]["history"]
+    assert ranks[0]["history"] == ranks[1]["history"]  # all-reduced: the same bits on every rank
     for one, two in zip(history.to_dict()["epochs"], ranks[0]["history"]["epochs"]):
         assert one["train_loss"] == pytest.approx(two["train_loss"], rel=1e-5)
         assert one["terms"] == pytest.approx(two["terms"], rel=1e-5)

@@ -14,14 +14,7 @@ from regfree.compat import (
     embedder,
     extend_head,
 )
-from regfree.data import load_digits_split
-from regfree.models import MLP
 from regfree.training import fit
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_digits_split(seed=0)
 
 
 def embed(model, inputs, space="native"):
@@ -32,18 +25,18 @@ def _adam(params):
     return torch.optim.Adam(params, lr=1e-2)
 
 
-def _model(seed, hidden=32, dim=16, num_classes=10, cosine=False):
-    torch.manual_seed(seed)
-    model = MLP(64, num_classes=num_classes, hidden=hidden, embedding_dim=dim,
-                return_embeddings=True)
-    if cosine:
-        model.head = CosineClassifier(dim, num_classes, scale=10.0)
+# v2 in these tests: an MLP on the 64 digit pixels that returns (logits, embeddings)
+V2 = dict(in_dim=64, classes=10, hidden=32, embedding_dim=16, return_embeddings=True)
+
+
+def _cosine_head(model, num_classes):
+    model.head = CosineClassifier(model.embedding_dim, num_classes, scale=10.0)
     return model
 
 
 @pytest.fixture(scope="module")
-def v1(digits):
-    model = _model(0, hidden=16)
+def v1(digits, make_model):
+    model = make_model(0, **{**V2, "hidden": 16})
     fit(model, (digits.x_train[:600], digits.y_train[:600]), epochs=8, batch_size=64,
         optimizer=_adam, seed=0, progress=False)
     return model
@@ -54,10 +47,11 @@ def _old_head_accuracy(head, embeddings, labels):
         return float((head(torch.as_tensor(embeddings)).argmax(1).numpy() == labels).mean())
 
 
-def test_old_head_is_untouched_by_training_and_bct_makes_v2_readable_by_it(digits, v1):
+def test_old_head_is_untouched_by_training_and_bct_makes_v2_readable_by_it(digits, v1,
+                                                                           make_model):
     before = {name: p.detach().clone() for name, p in v1.head.named_parameters()}
     bct = BackwardCompatibleLoss(v1.head, weight=1.0)
-    v2 = _model(1)
+    v2 = make_model(1, **V2)
     v2_before = [p.detach().clone() for p in v2.parameters()]
     history = fit(v2, (digits.x_train, digits.y_train), loss_terms=[bct], epochs=4,
                   batch_size=64, optimizer=_adam, seed=1, progress=False)
@@ -71,7 +65,7 @@ def test_old_head_is_untouched_by_training_and_bct_makes_v2_readable_by_it(digit
     assert len(history.epochs) == 4 and "bct" in history.epochs[-1].terms
     assert history.epochs[-1].terms["bct"] < history.epochs[0].terms["bct"]
 
-    independent = _model(1)
+    independent = make_model(1, **V2)
     fit(independent, (digits.x_train, digits.y_train), epochs=4, batch_size=64,
         optimizer=_adam, seed=1, progress=False)
     compatible = _old_head_accuracy(v1.head, embed(v2, digits.x_test), digits.y_test)
@@ -87,16 +81,17 @@ def test_old_head_is_untouched_by_training_and_bct_makes_v2_readable_by_it(digit
     assert report.value("v2", "v1") > independent_report.value("v2", "v1") + 0.3
 
 
-def test_projection_in_the_loss_is_optimised_by_the_trainer(digits, v1):
+def test_projection_in_the_loss_is_optimised_by_the_trainer(digits, v1, make_model):
     projection = nn.Linear(24, 16)
     start = projection.weight.detach().clone()
     bct = BackwardCompatibleLoss(v1.head, weight=1.0, projection=projection)
-    v2 = _model(2, dim=24)
+    v2 = make_model(2, **{**V2, "embedding_dim": 24})
     fit(v2, (digits.x_train, digits.y_train), loss_terms=[bct], epochs=4, batch_size=64,
         optimizer=_adam, seed=2, progress=False)
     assert not torch.equal(projection.weight.detach(), start)
     served = ProjectedModel(v2, bct.projection)
-    native, projected = embed(served, digits.x_test), embed(served, digits.x_test, space="compatible")
+    native = embed(served, digits.x_test)
+    projected = embed(served, digits.x_test, space="compatible")
     assert native.shape == (len(digits.y_test), 24) and projected.shape == (len(digits.y_test), 16)
     assert _old_head_accuracy(v1.head, projected, digits.y_test) > 0.85
     report = compatibility_report(
@@ -107,8 +102,9 @@ def test_projection_in_the_loss_is_optimised_by_the_trainer(digits, v1):
     assert report.value("v2", "v1") > 0.5 and report.value("v2", "v2") > 0.8
 
 
-def test_projected_model_trains_its_projection_with_bct_on_the_projected_output(digits, v1):
-    wrapped = ProjectedModel(_model(3, dim=24), projection=16)
+def test_projected_model_trains_its_projection_with_bct_on_the_projected_output(
+        digits, v1, make_model):
+    wrapped = ProjectedModel(make_model(3, **{**V2, "embedding_dim": 24}), projection=16)
     start = wrapped.projection.weight.detach().clone()
     fit(wrapped, (digits.x_train, digits.y_train), epochs=4, batch_size=64, optimizer=_adam,
         loss_terms=[BackwardCompatibleLoss(v1.head)], seed=3, progress=False)
@@ -117,14 +113,14 @@ def test_projected_model_trains_its_projection_with_bct_on_the_projected_output(
     assert _old_head_accuracy(v1.head, projected, digits.y_test) > 0.85
 
 
-def test_l2_regression_pulls_v2_onto_v1_embeddings(digits, v1):
+def test_l2_regression_pulls_v2_onto_v1_embeddings(digits, v1, make_model):
     cache = embed(v1, digits.x_train)
-    v2 = _model(4)
+    v2 = make_model(4, **V2)
     history = fit(v2, (digits.x_train, digits.y_train), epochs=4, batch_size=64,
                   loss_terms=[EmbeddingRegressionLoss(cache, weight=1.0)], optimizer=_adam,
                   seed=4, progress=False)
     assert history.epochs[-1].terms["l2"] < history.epochs[0].terms["l2"]
-    independent = _model(4)
+    independent = make_model(4, **V2)
     fit(independent, (digits.x_train, digits.y_train), epochs=4, batch_size=64,
         optimizer=_adam, seed=4, progress=False)
     old = embed(v1, digits.x_test)
@@ -133,16 +129,16 @@ def test_l2_regression_pulls_v2_onto_v1_embeddings(digits, v1):
     assert distance < 0.25 * unrelated
 
 
-def test_extended_head_lets_v2_place_unseen_classes_in_v1_space(digits):
+def test_extended_head_lets_v2_place_unseen_classes_in_v1_space(digits, make_model):
     seen = digits.y_train < 8
-    v1 = _model(5, hidden=16, num_classes=8, cosine=True)
+    v1 = _cosine_head(make_model(5, **{**V2, "hidden": 16, "classes": 8}), 8)
     fit(v1, (digits.x_train[seen], digits.y_train[seen]), epochs=8, batch_size=64,
         optimizer=_adam, seed=5, progress=False)
     extended = extend_head(v1.head, embed(v1, digits.x_train), digits.y_train, num_classes=10)
     unseen = digits.y_test >= 8
     accuracy = {}
     for name, terms in (("independent", []), ("bct", [BackwardCompatibleLoss(extended)])):
-        v2 = _model(6, cosine=True)
+        v2 = _cosine_head(make_model(6, **V2), 10)
         fit(v2, (digits.x_train, digits.y_train), epochs=4, batch_size=64, optimizer=_adam,
             loss_terms=terms, seed=6, progress=False)
         accuracy[name] = _old_head_accuracy(extended, embed(v2, digits.x_test[unseen]),

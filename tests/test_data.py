@@ -22,9 +22,9 @@ def test_mnist1d_is_deterministic_and_cached(tmp_path, monkeypatch):
 
 
 def test_mnist1d_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="num_samples"):
+    with pytest.raises(ValueError, match="num_samples must be an integer >= 10"):
         load_mnist1d(num_samples=5)
-    with pytest.raises(ValueError, match="test_fraction"):
+    with pytest.raises(ValueError, match=r"test_fraction must be in \(0, 1\)"):
         load_mnist1d(test_fraction=1.5)
 
 
@@ -34,5 +34,5 @@ def test_digits_split_and_subset():
     assert split.x_train.max() <= 1.0 and split.x_train.min() >= 0.0
     sub = split.subset_train(50, seed=1)
     assert sub.x_train.shape == (50, 64)
-    with pytest.raises(ValueError, match="size"):
+    with pytest.raises(ValueError, match=r"size must be in \[1, "):
         split.subset_train(0)

@@ -3,19 +3,9 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from regfree.data.images import CifarFolder, dataset_labels, load_image_dataset
 from regfree.models import ResNetEmbedder, build_model
-
-
-def _write_image_folder(root, classes=("cat", "dog"), per_class=3, size=20):
-    rng = np.random.default_rng(0)
-    for name in classes:
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{i}.png")
 
 
 def _write_cifar10(root, n_train=6, n_test=4):
@@ -32,8 +22,8 @@ def _write_cifar10(root, n_train=6, n_test=4):
     return folder
 
 
-def test_image_folder_loads_tensors_and_labels(tmp_path):
-    _write_image_folder(tmp_path)
+def test_image_folder_loads_tensors_and_labels(tmp_path, make_image_folder):
+    make_image_folder(tmp_path, classes=("cat", "dog"), per_class=3, size=20)
     ds = load_image_dataset(tmp_path, image_size=16, train=False)
     image, label = ds[0]
     assert image.shape == (3, 16, 16) and label == 0
@@ -52,11 +42,11 @@ def test_cifar_folder_reads_user_batches(tmp_path):
 
 
 def test_image_loaders_reject_bad_paths(tmp_path):
-    with pytest.raises(ValueError, match="root"):
+    with pytest.raises(ValueError, match="missing is not a folder"):
         load_image_dataset(tmp_path / "missing")
-    with pytest.raises(ValueError, match="root"):
+    with pytest.raises(ValueError, match="is not a CIFAR-format folder"):
         CifarFolder(tmp_path)
-    with pytest.raises(ValueError, match="layout"):
+    with pytest.raises(ValueError, match="layout must be 'auto', 'imagefolder' or 'cifar'"):
         load_image_dataset(tmp_path, layout="zip")
 
 
@@ -71,9 +61,9 @@ def test_resnet_embedder_loads_local_weights_and_projects(tmp_path):
     assert torch.equal(model.backbone.conv1.weight, reference.conv1.weight)
     logits, emb = model(torch.zeros(2, 3, 32, 32))
     assert logits.shape == (2, 4) and emb.shape == (2, 16)
-    with pytest.raises(ValueError, match="weights"):
+    with pytest.raises(ValueError, match="does not match the architecture"):
         ResNetEmbedder("resnet50", 4, weights=str(path))
-    with pytest.raises(ValueError, match="name"):
+    with pytest.raises(ValueError, match="name must be 'convnet1d', 'mlp' or one of"):
         build_model("vgg", 4)
 
 

@@ -5,12 +5,10 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from regfree.models import MLP
 from regfree.pctraining import (
     DistillationLoss,
     DistillationTerm,
     FocalDistillationLoss,
-    IndexedDataset,
     KnowledgeDistillationLoss,
     NoisyDistillationTerm,
     OldLogitCache,
@@ -19,7 +17,7 @@ from regfree.pctraining import (
     uniform_weights,
 )
 from regfree.pctraining.losses import DEFAULTS
-from regfree.training import TrainStep, predict_logits
+from regfree.training import IndexedDataset, TrainStep, predict_logits
 
 
 def np_softmax(z):
@@ -47,7 +45,6 @@ def test_fd_kl_matches_hand_computation():
     d = [4.0 * np_kl(OLD[i], NEW[i], 2.0) for i in range(2)]
     expected = 0.3 * ((0.5 + 2.0) * d[0] + 0.5 * d[1]) / 2
     assert fd(new, old, y).item() == pytest.approx(expected, rel=1e-5)
-    assert fd.loss(new, old, y).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_fd_logit_matches_hand_computation():
@@ -157,32 +154,21 @@ def test_custom_distance_composes_without_a_new_class():
 
 def test_bad_arguments_are_refused():
     new, old, y = case()
-    with pytest.raises(ValueError, match="kind"):
+    with pytest.raises(ValueError, match="kind must be 'kl', 'logit' or a callable"):
         FocalDistillationLoss(kind="l1")
-    with pytest.raises(ValueError, match="temperature"):
+    with pytest.raises(ValueError, match="temperature must be > 0"):
         FocalDistillationLoss(temperature=0)
-    with pytest.raises(ValueError, match="alpha and beta"):
+    with pytest.raises(ValueError, match="alpha and beta must be >= 0 and not both 0"):
         FocalDistillationLoss(alpha=0, beta=0)
-    with pytest.raises(ValueError, match="more than new_logits"):
+    with pytest.raises(ValueError, match="old_logits has 3 classes, more than new_logits"):
         FocalDistillationLoss()(new[:, :2], old, y)
-    with pytest.raises(ValueError, match="targets"):
+    with pytest.raises(ValueError, match=r"targets must be \(2,\), got \(1,\)"):
         FocalDistillationLoss()(new, old, y[:1])
 
 
-def data(n=40, dim=4, classes=3, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, dim)).astype(np.float32)
-    return x, (np.arange(n) % classes).astype(np.int64)
-
-
-def model(seed, classes=3):
-    torch.manual_seed(seed)
-    return MLP(4, num_classes=classes, hidden=8, embedding_dim=8)
-
-
-def test_cache_round_trip_and_ensemble(tmp_path):
-    x, y = data()
-    v1, other = model(1), model(2)
+def test_cache_round_trip_and_ensemble(tmp_path, make_data, make_model):
+    x, y = make_data(40)
+    v1, other = make_model(1), make_model(2)
     cache = OldLogitCache.build(v1, (x, y), tmp_path / "c", batch_size=16)
     assert not list((tmp_path / "c").glob("*.tmp"))
     reopened = OldLogitCache.open(tmp_path / "c", data=(x, y), num_classes=3)
@@ -195,40 +181,44 @@ def test_cache_round_trip_and_ensemble(tmp_path):
     # Within one cache, lookups and predictions read the same stored array: exact.
     np.testing.assert_array_equal(reopened.lookup(np.arange(40)).numpy(), cache.logits)
     np.testing.assert_array_equal(cache.predictions(), np.asarray(cache.logits).argmax(1))
+    # Across the two batch sizes only argmaxes are exact, and only away from near-ties.
+    top_two = np.sort(expected, axis=1)[:, -2:]
+    assert (top_two[:, 1] - top_two[:, 0]).min() > 1e-4
     np.testing.assert_array_equal(cache.predictions(), expected.argmax(1))
     ensemble = OldLogitCache.build([v1, other], (x, y), tmp_path / "e")
     np.testing.assert_allclose(ensemble.lookup(np.arange(40)).numpy(),
-                               (expected + predict_logits(other, x)) / 2, rtol=1e-6)
+                               (expected + predict_logits(other, x)) / 2, rtol=1e-6, atol=1e-7)
     assert ensemble.meta["ensemble_size"] == 2
-    with pytest.raises(ValueError, match="indices"):
+    with pytest.raises(ValueError, match=r"indices must be in \[0, 40\)"):
         cache.lookup([40])
 
 
-def test_cache_refuses_other_data(tmp_path):
-    x, y = data()
-    OldLogitCache.build(model(1), (x, y), tmp_path)
-    with pytest.raises(ValueError, match="built for 40 samples"):
+def test_cache_refuses_other_data(tmp_path, make_data, make_model):
+    x, y = make_data(40)
+    OldLogitCache.build(make_model(1), (x, y), tmp_path)
+    with pytest.raises(ValueError, match="was built for 40 samples"):
         OldLogitCache.open(tmp_path, data=(x[:30], y[:30]))
-    with pytest.raises(ValueError, match="built for 40 samples"):
+    with pytest.raises(ValueError, match="was built for 40 samples"):
         OldLogitCache.open(tmp_path, num_samples=41)
-    with pytest.raises(ValueError, match="num_classes=10"):
+    with pytest.raises(ValueError, match="has 3 classes, expected num_classes=10"):
         OldLogitCache.open(tmp_path, num_classes=10)
-    with pytest.raises(ValueError, match="other data"):
+    with pytest.raises(ValueError, match="was built for other data"):
         OldLogitCache.open(tmp_path, data=(x, y[::-1].copy()))
     with pytest.raises(ValueError, match="no old-logit cache"):
         OldLogitCache.open(tmp_path / "missing")
 
 
-def test_cached_and_live_teacher_train_the_same_and_teacher_stays_frozen(tmp_path):
-    x, y = data(n=64)
-    v1 = model(1)
+def test_cached_and_live_teacher_train_the_same_and_teacher_stays_frozen(tmp_path, make_data,
+                                                                         make_model):
+    x, y = make_data(64)
+    v1 = make_model(1)
     v1_before = [p.clone() for p in v1.parameters()]
     cache = OldLogitCache.build(v1, (x, y), tmp_path)
     dataset = IndexedDataset(TensorDataset(torch.from_numpy(x), torch.from_numpy(y)))
     fd = dict(alpha=1.0, beta=5.0, temperature=4.0, kind="kl", weight=1.0)
     runs = []
     for teacher, train_data in ((cache, (x, y)), (v1, dataset)):
-        new = model(7)
+        new = make_model(7)
         start = [p.clone() for p in new.parameters()]
         term = DistillationTerm(FocalDistillationLoss(**fd), teacher=teacher)
         history = fit(new, train_data, loss_terms=[term], epochs=3, batch_size=16,
@@ -245,17 +235,17 @@ def test_cached_and_live_teacher_train_the_same_and_teacher_stays_frozen(tmp_pat
     assert all(v > 0 and math.isfinite(v) for v in ha.term("fd_kl"))
 
 
-def test_distillation_pulls_new_model_towards_old_predictions():
-    x, y = data(n=90)
+def test_distillation_pulls_new_model_towards_old_predictions(make_data, make_model):
+    x, y = make_data(90)
     rng = np.random.default_rng(3)
     y_noisy = np.where(rng.random(90) < 0.5, (y + 1) % 3, y)  # labels the teacher disagrees with
-    teacher = model(1)
+    teacher = make_model(1)
     fit(teacher, (x, y), epochs=30, batch_size=30, progress=False,
         optimizer=lambda p: torch.optim.Adam(p, lr=3e-2))
     old_pred = predict_logits(teacher, x).argmax(1)
     agreement = []
     for weight in (0.0, 5.0):
-        new = model(5)
+        new = make_model(5)
         terms = [DistillationTerm(KnowledgeDistillationLoss(temperature=1.0, weight=weight),
                                   teacher)] if weight else []
         fit(new, (x, y_noisy), loss_terms=terms, epochs=30, batch_size=30, progress=False,
@@ -264,11 +254,11 @@ def test_distillation_pulls_new_model_towards_old_predictions():
     assert agreement[1] > agreement[0] + 0.15
 
 
-def test_noisy_term_distils_on_the_same_perturbed_batch_for_both_models():
-    x, y = data(n=8)
+def test_noisy_term_distils_on_the_same_perturbed_batch_for_both_models(make_data, make_model):
+    x, y = make_data(8)
     inputs, targets = torch.from_numpy(x), torch.from_numpy(y)
-    old, new = model(1), model(2)
-    std = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    old, new = make_model(1), make_model(2)
+    std = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
     term = NoisyDistillationTerm(FocalDistillationLoss(weight=1.0), old, noise_std=std)
     step = TrainStep(inputs, targets, torch.arange(8), new(inputs), model=new)
     torch.manual_seed(3)
@@ -285,12 +275,13 @@ def test_noisy_term_distils_on_the_same_perturbed_batch_for_both_models():
     assert term.name == "fd_kl_noisy"
 
 
-def test_noisy_term_without_noise_trains_like_the_live_term_and_noise_repeats_by_seed():
-    x, y = data(n=64)
-    v1 = model(1)
+def test_noisy_term_without_noise_trains_like_the_live_term_and_noise_repeats_by_seed(
+        make_data, make_model):
+    x, y = make_data(64)
+    v1 = make_model(1)
 
     def train(term):
-        new = model(7)
+        new = make_model(7)
         fit(new, (x, y), loss_terms=[term], epochs=2, batch_size=16, seed=4, progress=False,
             optimizer=lambda p: torch.optim.Adam(p, lr=1e-2))
         return torch.cat([p.detach().ravel() for p in new.parameters()])
@@ -305,29 +296,30 @@ def test_noisy_term_without_noise_trains_like_the_live_term_and_noise_repeats_by
     assert (noisy[0] - live).abs().max() > 1e-3
 
 
-def test_noisy_term_refuses_a_cache_bad_noise_and_a_step_without_model(tmp_path):
-    x, y = data()
-    cache = OldLogitCache.build(model(1), (x, y), tmp_path)
-    with pytest.raises(ValueError, match="live old model"):
+def test_noisy_term_refuses_a_cache_bad_noise_and_a_step_without_model(tmp_path, make_data,
+                                                                       make_model):
+    x, y = make_data(40)
+    cache = OldLogitCache.build(make_model(1), (x, y), tmp_path)
+    with pytest.raises(ValueError, match="teacher must be a live old model"):
         NoisyDistillationTerm(FocalDistillationLoss(), cache, noise_std=0.1)
     for bad in (-0.1, float("nan"), torch.tensor([0.1, -1.0])):
-        with pytest.raises(ValueError, match="noise_std"):
-            NoisyDistillationTerm(FocalDistillationLoss(), model(1), noise_std=bad)
-    term = NoisyDistillationTerm(FocalDistillationLoss(), model(1), noise_std=0.1)
+        with pytest.raises(ValueError, match="noise_std must be finite and >= 0"):
+            NoisyDistillationTerm(FocalDistillationLoss(), make_model(1), noise_std=bad)
+    term = NoisyDistillationTerm(FocalDistillationLoss(), make_model(1), noise_std=0.1)
     inputs = torch.from_numpy(x)
-    with pytest.raises(ValueError, match="step.model"):
-        term(TrainStep(inputs, torch.from_numpy(y), torch.arange(40), model(2)(inputs)))
-    with pytest.raises(ValueError, match="floating point"):
-        term(TrainStep(inputs.long(), torch.from_numpy(y), torch.arange(40), model(2)(inputs),
-                       model=model(2)))
+    with pytest.raises(ValueError, match=r"needs step\.model"):
+        term(TrainStep(inputs, torch.from_numpy(y), torch.arange(40), make_model(2)(inputs)))
+    with pytest.raises(ValueError, match="which must be floating point"):
+        term(TrainStep(inputs.long(), torch.from_numpy(y), torch.arange(40), make_model(2)(inputs),
+                       model=make_model(2)))
 
 
-def test_noisy_term_resumes_to_the_same_weights(tmp_path):
-    x, y = data(n=48)
-    v1 = model(1)
+def test_noisy_term_resumes_to_the_same_weights(tmp_path, make_data, make_model):
+    x, y = make_data(48)
+    v1 = make_model(1)
 
     def run(epochs, **checkpoints):
-        new = model(7)
+        new = make_model(7)
         term = NoisyDistillationTerm(FocalDistillationLoss(weight=1.0), v1, noise_std=0.5)
         fit(new, (x, y), loss_terms=[term], epochs=epochs, batch_size=16, seed=2,
             progress=False, optimizer=lambda p: torch.optim.Adam(p, lr=1e-2), **checkpoints)

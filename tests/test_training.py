@@ -6,7 +6,6 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from regfree.models import MLP
 from regfree.training import (
     History,
     IndexedDataset,
@@ -19,19 +18,6 @@ from regfree.training import (
 )
 from regfree.training.data import epoch_permutation, local_batches
 from regfree.training.history import EpochStats, nfr_rose_twice
-
-
-def blobs(n=120, classes=3, dim=6, seed=0):
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(scale=2.0, size=(classes, dim))
-    y = rng.integers(0, classes, size=n)
-    x = (centers[y] + rng.normal(size=(n, dim))).astype(np.float32)
-    return x, y.astype(np.int64)
-
-
-def new_model(seed=0, classes=3):
-    torch.manual_seed(seed)
-    return MLP(6, num_classes=classes, hidden=16, embedding_dim=8)
 
 
 def adam(params):
@@ -53,9 +39,9 @@ class ConstantTerm(nn.Module):
         return step.logits.sum() * 0 + 0.25
 
 
-def test_fit_learns_and_records_each_term():
-    x, y = blobs()
-    model = new_model()
+def test_fit_learns_and_records_each_term(make_data, make_model):
+    x, y = make_data()
+    model = make_model()
     history = fit(model, (x, y), loss_terms=[ConstantTerm()], epochs=6, optimizer=adam,
                   batch_size=32, val_data=(x, y), old_val_preds=y, progress=False)
     assert isinstance(history, History) and len(history) == 6
@@ -72,9 +58,9 @@ def test_fit_learns_and_records_each_term():
         history.term("missing")
 
 
-def test_same_seed_same_weights_and_callers_rng_untouched():
-    x, y = blobs()
-    a, b, c = new_model(), new_model(), new_model()
+def test_same_seed_same_weights_and_callers_rng_untouched(make_data, make_model):
+    x, y = make_data()
+    a, b, c = make_model(), make_model(), make_model()
     torch.manual_seed(123)
     before = torch.random.get_rng_state()
     fit(a, (x, y), epochs=2, optimizer=adam, batch_size=16, seed=5, progress=False)
@@ -85,8 +71,8 @@ def test_same_seed_same_weights_and_callers_rng_untouched():
     assert not same_weights(a, c)
 
 
-def test_dataset_input_matches_array_input_and_indices_reach_terms():
-    x, y = blobs(n=50)
+def test_dataset_input_matches_array_input_and_indices_reach_terms(make_data, make_model):
+    x, y = make_data(n=50)
     seen = []
 
     class IndexCheck(nn.Module):
@@ -98,7 +84,7 @@ def test_dataset_input_matches_array_input_and_indices_reach_terms():
             seen.append(bool(torch.equal(step.inputs, expected)))
             return step.logits.new_zeros(())
 
-    a, b = new_model(), new_model()
+    a, b = make_model(), make_model()
     fit(a, (x, y), loss_terms=[IndexCheck()], epochs=2, optimizer=adam, batch_size=8,
         progress=False)
     dataset = IndexedDataset(TensorDataset(torch.from_numpy(x), torch.from_numpy(y)))
@@ -107,8 +93,8 @@ def test_dataset_input_matches_array_input_and_indices_reach_terms():
     assert same_weights(a, b)
 
 
-def test_dataloader_workers_give_the_same_batches_indices_and_weights():
-    x, y = blobs(n=50)
+def test_dataloader_workers_give_the_same_batches_indices_and_weights(make_data, make_model):
+    x, y = make_data(n=50)
     dataset = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
     seen = []
 
@@ -119,7 +105,7 @@ def test_dataloader_workers_give_the_same_batches_indices_and_weights():
             seen.append(bool(torch.equal(step.inputs, torch.from_numpy(x)[step.indices])))
             return step.logits.new_zeros(())
 
-    a, b = new_model(), new_model()
+    a, b = make_model(), make_model()
     in_process = fit(a, dataset, epochs=2, optimizer=adam, batch_size=8, val_data=dataset,
                      progress=False)
     workers = fit(b, dataset, loss_terms=[IndexCheck()], epochs=2, optimizer=adam,
@@ -127,13 +113,13 @@ def test_dataloader_workers_give_the_same_batches_indices_and_weights():
     assert seen and all(seen) and len(seen) == 2 * 7
     assert same_weights(a, b)
     assert workers.val_error == in_process.val_error
-    with pytest.raises(ValueError, match="num_workers"):
-        fit(new_model(), dataset, epochs=1, optimizer=adam, num_workers=-1, progress=False)
+    with pytest.raises(ValueError, match="num_workers must be a non-negative integer"):
+        fit(make_model(), dataset, epochs=1, optimizer=adam, num_workers=-1, progress=False)
 
 
-def test_ready_optimizer_equals_factory():
-    x, y = blobs()
-    a, b = new_model(), new_model()
+def test_ready_optimizer_equals_factory(make_data, make_model):
+    x, y = make_data()
+    a, b = make_model(), make_model()
     fit(a, (x, y), epochs=2, optimizer=adam, batch_size=32, progress=False)
     fit(b, (x, y), epochs=2, optimizer=torch.optim.Adam(b.parameters(), lr=1e-2),
         batch_size=32, progress=False)
@@ -153,19 +139,19 @@ class Projection(nn.Module):
         return ((step.logits * self.scale) ** 2).mean() * 1e-3
 
 
-def test_resume_continues_to_identical_weights(tmp_path):
-    x, y = blobs()
+def test_resume_continues_to_identical_weights(tmp_path, make_data, make_model):
+    x, y = make_data()
     sched = lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)  # noqa: E731
-    straight, term_a = new_model(), Projection()
+    straight, term_a = make_model(), Projection()
     full = fit(straight, (x, y), loss_terms=[term_a], epochs=4, optimizer=adam, batch_size=16,
                val_data=(x, y), old_val_preds=y, scheduler=sched, seed=3, progress=False)
 
-    interrupted, term_b = new_model(), Projection()
+    interrupted, term_b = make_model(), Projection()
     fit(interrupted, (x, y), loss_terms=[term_b], epochs=2, optimizer=adam, batch_size=16,
         val_data=(x, y), old_val_preds=y, scheduler=sched, seed=3, progress=False,
         checkpoint_dir=tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_0001.pt", "epoch_0002.pt"]
-    resumed, term_c = new_model(seed=99), Projection()  # different init: resume must overwrite
+    resumed, term_c = make_model(seed=99), Projection()  # different init: resume must overwrite
     history = fit(resumed, (x, y), loss_terms=[term_c], epochs=4, optimizer=adam, batch_size=16,
                   val_data=(x, y), old_val_preds=y, scheduler=sched, seed=3, progress=False,
                   checkpoint_dir=tmp_path, resume=True)
@@ -175,14 +161,14 @@ def test_resume_continues_to_identical_weights(tmp_path):
     assert latest_checkpoint(tmp_path).name == "epoch_0004.pt"
     state = load_checkpoint(latest_checkpoint(tmp_path))
     assert state["epoch"] == 4 and len(state["history"]["epochs"]) == 4
-    with pytest.raises(ValueError, match="seed"):
-        fit(new_model(), (x, y), loss_terms=[Projection()], epochs=5, optimizer=adam,
+    with pytest.raises(ValueError, match="was trained with seed=3, this call has 4"):
+        fit(make_model(), (x, y), loss_terms=[Projection()], epochs=5, optimizer=adam,
             batch_size=16, seed=4, progress=False, checkpoint_dir=tmp_path, resume=True)
 
 
-def test_resume_without_checkpoint_starts_fresh(tmp_path):
-    x, y = blobs(n=40)
-    a, b = new_model(), new_model()
+def test_resume_without_checkpoint_starts_fresh(tmp_path, make_data, make_model):
+    x, y = make_data(n=40)
+    a, b = make_model(), make_model()
     fit(a, (x, y), epochs=1, optimizer=adam, batch_size=16, progress=False)
     fit(b, (x, y), epochs=1, optimizer=adam, batch_size=16, progress=False,
         checkpoint_dir=tmp_path / "new", resume=True)
@@ -200,10 +186,10 @@ class TurnAgainstLabels(nn.Module):
         return [0.0, 1.0, 3.0, 10.0][step.epoch] * nn.functional.cross_entropy(step.logits, wrong)
 
 
-def test_nfr_warning_fires_when_nfr_rises_two_epochs_in_a_row():
-    x, y = blobs(n=150)
+def test_nfr_warning_fires_when_nfr_rises_two_epochs_in_a_row(make_data, make_model):
+    x, y = make_data(n=150)
     with pytest.warns(NFRRiseWarning, match="rose two epochs in a row") as caught:
-        history = fit(new_model(), (x, y), loss_terms=[TurnAgainstLabels()], epochs=4,
+        history = fit(make_model(), (x, y), loss_terms=[TurnAgainstLabels()], epochs=4,
                       optimizer=adam, batch_size=32, val_data=(x, y), old_val_preds=y,
                       progress=False)
     nfr = history.val_nfr
@@ -211,7 +197,7 @@ def test_nfr_warning_fires_when_nfr_rises_two_epochs_in_a_row():
     assert len(caught) == 1 + (nfr[0] < nfr[1] < nfr[2])
     with warnings.catch_warnings():
         warnings.simplefilter("error", NFRRiseWarning)
-        fit(new_model(), (x, y), loss_terms=[TurnAgainstLabels()], epochs=4, optimizer=adam,
+        fit(make_model(), (x, y), loss_terms=[TurnAgainstLabels()], epochs=4, optimizer=adam,
             batch_size=32, val_data=(x, y), progress=False)  # no v1 predictions: no NFR, no warning
 
 
@@ -243,9 +229,9 @@ def test_sample_order_and_batch_slices():
     assert share == 0.0 and last.tolist() == [4]
 
 
-def test_predict_logits_matches_model():
-    x, _ = blobs(n=30)
-    model = new_model()
+def test_predict_logits_matches_model(make_data, make_model):
+    x, _ = make_data(n=30)
+    model = make_model()
     model.train()
     logits = predict_logits(model, x, batch_size=7)
     assert logits.dtype == np.float32 and logits.shape == (30, 3)
@@ -254,23 +240,23 @@ def test_predict_logits_matches_model():
     assert model.training
 
 
-def test_bad_arguments_name_the_argument():
-    x, y = blobs(n=20)
-    model = new_model()
+def test_bad_arguments_name_the_argument(make_data, make_model):
+    x, y = make_data(n=20)
+    model = make_model()
     base = dict(epochs=1, optimizer=adam, progress=False)
-    with pytest.raises(ValueError, match="epochs"):
+    with pytest.raises(ValueError, match="epochs must be a positive integer"):
         fit(model, (x, y), **{**base, "epochs": 0})
-    with pytest.raises(ValueError, match="optimizer"):
+    with pytest.raises(ValueError, match="optimizer must be a torch.optim.Optimizer"):
         fit(model, (x, y), **{**base, "optimizer": "adam"})
-    with pytest.raises(ValueError, match="old_val_preds"):
+    with pytest.raises(ValueError, match="old_val_preds has 5 entries but val_data has 20"):
         fit(model, (x, y), val_data=(x, y), old_val_preds=y[:5], **base)
     with pytest.raises(ValueError, match="old_val_preds needs val_data"):
         fit(model, (x, y), old_val_preds=y, **base)
-    with pytest.raises(ValueError, match="train_data"):
+    with pytest.raises(ValueError, match="train_data: x has 20 samples but y has 3"):
         fit(model, (x, y[:3]), **base)
-    with pytest.raises(ValueError, match="unique names"):
+    with pytest.raises(ValueError, match="loss_terms need unique names"):
         fit(model, (x, y), loss_terms=[ConstantTerm(), ConstantTerm()], **base)
-    with pytest.raises(ValueError, match="resume"):
+    with pytest.raises(ValueError, match="resume=True needs checkpoint_dir"):
         fit(model, (x, y), resume=True, **base)
 
     class VectorTerm(nn.Module):

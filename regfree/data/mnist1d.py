@@ -1,8 +1,8 @@
 """MNIST-1D from the ``mnist1d`` package's generator, cached on disk by its configuration.
 
-The generator is slow (about 0.7 ms a sample) and deterministic for a seed, so the arrays are
-kept in ``$REGFREE_CACHE_DIR`` (default ``~/.cache/regfree``) after the first call. The
-package's download path is never used.
+The generator is slow (it builds the samples one by one in a Python loop) and deterministic for a
+seed, so the arrays are kept in ``$REGFREE_CACHE_DIR`` (default ``~/.cache/regfree``) after the
+first call. The package's download path is never used.
 """
 
 from __future__ import annotations

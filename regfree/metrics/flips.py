@@ -1,4 +1,4 @@
-"""Scalar flip metrics between an old and a new model (formulas in DESIGN.md).
+"""Scalar flip metrics between an old and a new model (formulas in docs/design.md).
 
 Every metric is a ratio of four counts (:class:`FlipTotals`), so the one-shot functions, the
 report and the streaming counter share the same formulas.

@@ -27,16 +27,13 @@ from regfree.pctraining.losses import (
 )
 from regfree.pctraining.term import DistillationTerm, NoisyDistillationTerm
 from regfree.pctraining.weighting import focal_weights, old_correct, uniform_weights
-from regfree.training import History, IndexedDataset, NFRRiseWarning, fit
+from regfree.training import fit
 
 __all__ = [
     "DistillationLoss",
     "DistillationTerm",
     "FocalDistillationLoss",
-    "History",
-    "IndexedDataset",
     "KnowledgeDistillationLoss",
-    "NFRRiseWarning",
     "NoisyDistillationTerm",
     "OldLogitCache",
     "fit",

@@ -88,14 +88,12 @@ class NoisyDistillationTerm(DistillationTerm):
     Each step draws ``noisy = inputs + noise_std * N(0, 1)``, runs the live old model(s) and the
     model being trained (``step.model``) on it, and returns ``loss(new, old, targets)``; with a
     :class:`FocalDistillationLoss` the focal weights follow the old model's correctness on the
-    perturbed input. Matching the old model around each training sample, not only on it, took
-    negative flips below the floor that distillation on the clean training set reaches in
-    experiments/pct_mnist1d.py: beside FD-KL (defaults) and KD from an ensemble of plain new
-    models, noisy FD at ``0.3 *`` each feature's std and weight 0.02 cut test NFR to 0.37x plain's
-    at 0.17 points less error, where FD-KL alone gave 0.62x at +0.46 (5 seeds each; without the
-    ensemble term noisy FD cost 1.9 points of error). Teaching on views that teacher and student
-    share is the "consistent teaching" of Beyer et al., "Knowledge distillation: a good teacher
-    is patient and consistent" (CVPR 2022).
+    perturbed input. Matching the old model around each training sample, not only on it, takes
+    negative flips below the floor that distillation on the clean training set reaches (the
+    comparison is in ``experiments/results/pct_mnist1d.md``); it pays off beside KD from an
+    ensemble of plain new models, which wins back the error the noise costs. Teaching on views
+    that teacher and student share is the "consistent teaching" of Beyer et al., "Knowledge
+    distillation: a good teacher is patient and consistent" (CVPR 2022).
 
     It costs a second forward and backward pass of the new model and a forward pass of the old
     one per step. The noise comes from torch's global generator, which :func:`fit` reseeds every
@@ -107,8 +105,8 @@ class NoisyDistillationTerm(DistillationTerm):
         teacher: the old model or a sequence of old models (logits averaged). A cache cannot
             serve here: it only holds logits of the clean training samples.
         noise_std: the noise's standard deviation: a float, or a tensor that broadcasts against
-            a batch of inputs, such as ``0.3 * x_train.std(axis=0)`` (the setting measured on
-            MNIST-1D).
+            a batch of inputs, such as ``0.3 * x_train.std(axis=0)`` (the setting
+            ``experiments/pct_mnist1d.py`` uses).
         name: label in the training history (default: the loss's name + ``"_noisy"``).
 
     Example (in training, pass it to :func:`fit` beside the clean-input term:

@@ -9,7 +9,6 @@ one process and several processes see the same global batches in the same order.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, Union
 
 import numpy as np
@@ -45,18 +44,6 @@ class IndexedDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, Any, int]:
         item = self.dataset[index]
         return item[0], item[1], int(index)
-
-
-@dataclass
-class Batch:
-    """One process's share of a global batch."""
-
-    inputs: torch.Tensor
-    targets: torch.Tensor
-    indices: torch.Tensor
-    #: share of the global batch this process holds (``len(local) / len(global)``); 0 for a
-    #: placeholder batch given to a process that got no samples of a short last batch.
-    share: float
 
 
 class BatchSource:
