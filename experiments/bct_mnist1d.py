@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -36,11 +35,11 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+from common import command_line, mean_std
 from torch import nn
 
 from regfree.compat import (
     BackwardCompatibleLoss,
-    CosineClassifier,
     EmbeddingRegressionLoss,
     ProjectedModel,
     compatibility_report,
@@ -48,9 +47,9 @@ from regfree.compat import (
     extend_head,
 )
 from regfree.data import load_mnist1d
-from regfree.models import ConvNet1D
+from regfree.models import ConvNet1D, cosine_convnet1d
 from regfree.reporting import write_text_atomic
-from regfree.training import fit
+from regfree.training import fit_adam_cosine
 
 
 @dataclass(frozen=True)
@@ -90,20 +89,18 @@ class Data:
 
 
 def make_model(config: Config, width: int, dim: int, num_classes: int, seed: int) -> ConvNet1D:
-    torch.manual_seed(seed)
-    model = ConvNet1D(num_classes=num_classes, width=width, embedding_dim=dim,
-                      return_embeddings=True)
     if config.head == "cosine":
-        model.head = CosineClassifier(dim, num_classes, scale=config.cosine_scale)
-    return model
+        return cosine_convnet1d(width, dim, num_classes=num_classes, scale=config.cosine_scale,
+                                seed=seed, return_embeddings=True)
+    torch.manual_seed(seed)
+    return ConvNet1D(num_classes=num_classes, width=width, embedding_dim=dim,
+                     return_embeddings=True)
 
 
 def train(config: Config, model: nn.Module, x: np.ndarray, y: np.ndarray, seed: int,
           terms=()) -> nn.Module:
-    fit(model, (x, y), loss_terms=list(terms), epochs=config.epochs,
-        optimizer=lambda params: torch.optim.Adam(params, lr=config.lr),
-        scheduler=lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.epochs),
-        batch_size=config.batch_size, seed=seed, progress=False)
+    fit_adam_cosine(model, (x, y), loss_terms=list(terms), epochs=config.epochs, lr=config.lr,
+                    batch_size=config.batch_size, seed=seed, progress=False)
     return model
 
 
@@ -208,14 +205,6 @@ def run_seed(config: Config, data: Data, seed: int) -> dict[str, object]:
 # ---------------------------------------------------------------- tables
 
 
-def _mean_std(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
-    array = np.asarray(values, dtype=float)
-    if np.isnan(array).all():
-        return "n/a"
-    array = array[~np.isnan(array)] * scale
-    return f"{array.mean():.{digits}f} ± {array.std(ddof=1) if len(array) > 1 else 0.0:.{digits}f}"
-
-
 def pair_table(per_seed: list[dict[str, dict[str, float]]], label: str) -> list[str]:
     rows = list(per_seed[0])
     header = [label, "old/old top-1", "new/old top-1", "new/new top-1", "gain top-1",
@@ -225,7 +214,7 @@ def pair_table(per_seed: list[dict[str, dict[str, float]]], label: str) -> list[
         values = [seed_rows[row] for seed_rows in per_seed]
 
         def col(key: str, scale: float = 100.0, digits: int = 1, values=values) -> str:
-            return _mean_std([v[key] for v in values], scale, digits)
+            return mean_std([v[key] for v in values], scale, digits)
 
         met = sum(v["new/old top1"] > v["old/old top1"] for v in values)
         lines.append("| " + " | ".join([
@@ -291,9 +280,9 @@ def render(config: Config, results: dict, train_size: int, command: str,
         lines += ["Over all seeds (top-1, %):", "",
                   "| query \\ gallery | v1 | v2 | v3 |", "|---|---|---|---|"]
         for i in range(3):
-            cells = [_mean_std(list(matrices[:, i, j])) if j <= i else "" for j in range(3)]
+            cells = [mean_std(list(matrices[:, i, j]), digits=1) if j <= i else "" for j in range(3)]
             lines.append(f"| v{i + 1} | " + " | ".join(cells) + " |")
-        lines += ["", f"AC(top-1) = {_mean_std(acs, 1.0, 2)}, AM(top-1) = {_mean_std(ams)}%", ""]
+        lines += ["", f"AC(top-1) = {mean_std(acs, 1.0, 2)}, AM(top-1) = {mean_std(ams, digits=1)}%", ""]
     if "edge" in results:
         lines += [f"## Edge/cloud: a large v1 (width {config.v2_width}) embeds the gallery, a "
                   f"small v2 (width {config.edge_width}) queries it", "",
@@ -331,9 +320,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         for study, value in run_seed(config, data, seed).items():
             results[study].append(value)
         print(f"seed {seed}: {time.perf_counter() - t0:.0f}s", flush=True)
-    command = "OMP_NUM_THREADS=1 .venv/bin/python experiments/bct_mnist1d.py " + \
-        " ".join(argv if argv is not None else sys.argv[1:])
-    markdown = render(config, results, len(data.y_train), command.strip(),
+    markdown = render(config, results, len(data.y_train), command_line("bct_mnist1d.py", argv),
                       time.perf_counter() - started)
     write_text_atomic(args.out, markdown)
     write_text_atomic(args.out.with_suffix(".json"),

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import yaml
 from torch.utils.data import Subset
 
@@ -36,6 +34,7 @@ from regfree.models import build_model
 from regfree.pctraining import DistillationTerm, FocalDistillationLoss, OldLogitCache
 from regfree.reporting import write_text_atomic
 from regfree.training import fit
+from regfree.training.distributed import ProcessContext, setup_process
 from regfree.upgrade import evaluate_upgrade
 
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -117,22 +116,14 @@ def _subset(dataset, size, seed):
     return subset
 
 
-def _is_main() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def run(config: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Train v1 and every v2 of ``config['methods']``; evaluate; write the outputs."""
+def run(config: dict[str, dict[str, Any]], ctx: ProcessContext) -> dict[str, Any]:
+    """Train v1 and every v2 of ``config['methods']``; evaluate; write the outputs. ``ctx``: this
+    process (rank, world size) from :func:`~regfree.training.distributed.setup_process`."""
     data_cfg, train_cfg = config["data"], config["train"]
     out = Path(config["output"]["dir"])
     seed = int(train_cfg["seed"])
     device = _device(train_cfg["device"])
-    if _is_main():
+    if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
     load = {"layout": data_cfg["layout"], "image_size": data_cfg["image_size"]}
     train_set = load_image_dataset(data_cfg["train"], train=True, **load)
@@ -153,15 +144,15 @@ def run(config: dict[str, dict[str, Any]]) -> dict[str, Any]:
     else:
         size = max(1, int(len(train_set) * data_cfg["old_fraction"]))
         _fit(old, _subset(train_set, size, seed), config, old_cfg["epochs"])
-        if _is_main():
+        if ctx.is_main:
             torch.save(old.state_dict(), out / "v1.pt")
     old = old.to(device).eval()
 
     cache_dir = out / "v1_logits"
-    if _is_main():
+    if ctx.is_main:
         OldLogitCache.build(old, train_plain, cache_dir, device=device,
                             batch_size=config["evaluation"]["batch_size"])
-    _barrier()
+    ctx.barrier()
     cache = OldLogitCache.open(cache_dir, num_samples=len(train_set), num_classes=num_classes)
     from regfree.upgrade import run_model
 
@@ -190,7 +181,7 @@ def run(config: dict[str, dict[str, Any]]) -> dict[str, Any]:
         began = time.perf_counter()
         history = _fit(new, train_set, config, new_cfg["epochs"], terms, test_set, old_val_preds)
         seconds = time.perf_counter() - began
-        if not _is_main():
+        if not ctx.is_main:
             continue
         torch.save(new.state_dict(), out / f"v2_{method}.pt")
         report = evaluate_upgrade(old, new.to(device), test_set, gallery=gallery,
@@ -208,13 +199,13 @@ def run(config: dict[str, dict[str, Any]]) -> dict[str, Any]:
         results[method] = {"upgrade": report.to_dict(), "train_seconds": seconds,
                            "history": history.to_dict(),
                            "passed": report.passed}
-    _barrier()
-    if _is_main():
+    ctx.barrier()
+    if ctx.is_main:
         table = ["| v2 method | error | NFR [95% CI] | McNemar p | top-1 v1/v1 | top-1 v2/v1 "
                  "(no backfill) | top-1 v2/v2 | s/epoch |", "|---" * 8 + "|", *rows]
         header = (f"v1 {old_cfg['arch']} (error {np.mean(old_val_preds != test_labels):.2%} on "
                   f"{len(test_labels)} test images) -> v2 {config['new']['arch']}; device "
-                  f"{device}, {dist.get_world_size() if dist.is_initialized() else 1} process(es)")
+                  f"{device}, {ctx.world_size} process(es)")
         write_text_atomic(str(out / "summary.md"), header + "\n\n" + "\n".join(table) + "\n")
         write_text_atomic(str(out / "summary.json"), json.dumps(
             {"config": config, "results": results}, indent=2, default=str))
@@ -232,16 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as error:
         sys.stderr.write(f"image_upgrade: error: {error}\n")
         return 2
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if _device(config["train"]["device"]) == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    ctx = setup_process(_device(config["train"]["device"]))  # joins torchrun's group, if any
     try:
-        results = run(config)
+        results = run(config, ctx)
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        ctx.close()
     return 0 if all(r["passed"] for r in results.values()) else 1
 
 

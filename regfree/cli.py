@@ -184,7 +184,6 @@ def _run_demo(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
     from regfree.demo import DemoConfig
-    from regfree.demo.run import main as demo_main
 
     values = {f.name: getattr(args, f.name) for f in fields(DemoConfig) if f.name != "progress"}
     try:
@@ -192,6 +191,8 @@ def _run_demo(args: argparse.Namespace) -> int:
         config.validate()
     except ValueError as err:
         raise CliError(str(err)) from None
+    from regfree.demo.run import main as demo_main  # torch: only once the knobs are valid
+
     return demo_main(config)
 
 

@@ -61,6 +61,42 @@ class ConvNet1D(_EmbeddingClassifier):
         return self.features(x)
 
 
+def cosine_convnet1d(width: int, embedding_dim: int, *, num_classes: int = 10,
+                     scale: float = 16.0, seed: int | None = None,
+                     return_embeddings: bool = False) -> ConvNet1D:
+    """A :class:`ConvNet1D` whose head is a :class:`~regfree.compat.CosineClassifier`.
+
+    The model the mnist1d demo, experiments and notebook train: galleries search by cosine
+    similarity, so a cosine head makes the class live in the embedding's direction.
+
+    Args:
+        width: channels of the convolutions.
+        embedding_dim: size of the embedding before the head.
+        num_classes: output classes.
+        scale: the cosine head's fixed temperature.
+        seed: when given, ``torch.manual_seed(seed)`` first, so the same seed builds the same
+            initial weights.
+        return_embeddings: ``forward`` returns ``(logits, embeddings)`` instead of logits.
+
+    Returns:
+        The model, in training mode.
+
+    Example:
+        >>> model = cosine_convnet1d(8, 16, seed=0)
+        >>> type(model.head).__name__, model(torch.zeros(2, 40)).shape
+        ('CosineClassifier', torch.Size([2, 10]))
+    """
+    from regfree.compat.heads import CosineClassifier  # compat imports the trainer: keep lazy
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = ConvNet1D(num_classes=num_classes, width=width, embedding_dim=embedding_dim,
+                      return_embeddings=return_embeddings)
+    # built after the linear head it replaces, so a seed gives the weights it always gave
+    model.head = CosineClassifier(embedding_dim, num_classes, scale=scale)
+    return model
+
+
 class MLP(_EmbeddingClassifier):
     """A two-layer perceptron for flat features (sklearn digits: 64 inputs).
 

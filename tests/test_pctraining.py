@@ -12,12 +12,11 @@ from regfree.pctraining import (
     KnowledgeDistillationLoss,
     NoisyDistillationTerm,
     OldLogitCache,
-    fit,
     margin_logit_distance,
     uniform_weights,
 )
 from regfree.pctraining.losses import DEFAULTS
-from regfree.training import IndexedDataset, TrainStep, predict_logits
+from regfree.training import IndexedDataset, TrainStep, fit, predict_logits
 
 
 def np_softmax(z):

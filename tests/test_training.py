@@ -12,12 +12,14 @@ from regfree.training import (
     NFRRiseWarning,
     TrainStep,
     fit,
+    fit_adam_cosine,
     latest_checkpoint,
     load_checkpoint,
     predict_logits,
 )
 from regfree.training.data import epoch_permutation, local_batches
 from regfree.training.history import EpochStats, nfr_rose_twice
+from regfree.training.options import FitOptions
 
 
 def adam(params):
@@ -267,3 +269,31 @@ def test_bad_arguments_name_the_argument(make_data, make_model):
 
     with pytest.raises(ValueError, match="'vector' must return a scalar"):
         fit(model, (x, y), loss_terms=[VectorTerm()], **base)
+
+
+def test_fit_adam_cosine_is_fit_with_adam_and_a_cosine_schedule(make_data, make_model):
+    x, y = make_data()
+    by_hand, recipe = make_model(), make_model()
+    expected = fit(by_hand, (x, y), epochs=3, batch_size=32, seed=4, progress=False,
+                   optimizer=lambda p: torch.optim.Adam(p, lr=5e-3),
+                   scheduler=lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, 3))
+    got = fit_adam_cosine(recipe, (x, y), epochs=3, lr=5e-3, batch_size=32, seed=4,
+                          progress=False)
+    # same process, same shapes, same operations: the same numbers exactly
+    assert [e.train_loss for e in got.epochs] == [e.train_loss for e in expected.epochs]
+    assert [e.lr for e in got.epochs] == pytest.approx([5e-3 * 0.75, 5e-3 * 0.25, 0.0])
+    for a, b in zip(by_hand.parameters(), recipe.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(TypeError, match="fit_adam_cosine sets optimizer itself; call fit"):
+        fit_adam_cosine(make_model(), (x, y), epochs=1, lr=1e-3, optimizer=adam)
+
+
+def test_fit_options_check_and_normalise_what_fit_was_given():
+    options = FitOptions(epochs=2.0, optimizer=adam, batch_size=16.0, seed=np.int64(3))
+    assert (options.epochs, options.batch_size, options.seed) == (2, 16, 3)
+    assert type(options.seed) is int
+    assert options.resume_key(100) == {"seed": 3, "batch_size": 16, "num_samples": 100}
+    with pytest.raises(ValueError, match=r"batch_size must be a positive integer, got 2\.5"):
+        FitOptions(epochs=1, optimizer=adam, batch_size=2.5)
+    with pytest.raises(ValueError, match="resume=True needs checkpoint_dir"):
+        FitOptions(epochs=1, optimizer=adam, resume=True)

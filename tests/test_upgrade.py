@@ -110,30 +110,6 @@ def test_upgrade_page_has_all_sections(toy, tmp_path):
     assert page.count("data:image/png;base64,") == 3
 
 
-def test_demo_cli_runs_end_to_end_on_tiny_settings(tmp_path):
-    out = tmp_path / "demo"
-    result = subprocess.run(
-        [sys.executable, "-m", "regfree.cli", "demo", "--samples", "300", "--old-epochs", "1",
-         "--new-epochs", "1", "--new-width", "8", "--output", str(out), "--no-progress"],
-        capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    summary = json.loads((out / "summary.json").read_text())
-    assert [row["variant"] for row in summary["rows"]] == ["plain", "pc", "bct+pc"]
-    for row in summary["rows"]:
-        assert 0.0 <= row["nfr_ci"][0] <= row["nfr"] <= row["nfr_ci"][1] <= 1.0
-    assert {p.name for p in out.iterdir()} == {
-        "summary.json", "demo.png", "report_plain.html", "report_pc.html", "report_bct_pc.html"}
-    assert "Plain v2 cuts the error" in result.stdout
-
-
-def test_demo_cli_rejects_bad_knobs_in_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "regfree.cli", "demo", "--samples", "5",
-                             "--output", str(tmp_path / "x")], capture_output=True, text=True)
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and "samples" in result.stderr
-    assert "Traceback" not in result.stderr and not (tmp_path / "x").exists()
-
-
 def test_top_level_api_is_lazy_so_metrics_and_report_stay_torch_free():
     code = ("import sys, regfree, regfree.metrics, regfree.cli; regfree.cli.build_parser(); "
             "assert 'torch' not in sys.modules, 'torch imported'; "

@@ -2,13 +2,14 @@
 
 Losses are a per-sample weighting times a distance (:mod:`~regfree.pctraining.weighting`,
 :mod:`~regfree.pctraining.distances`); :class:`OldLogitCache` runs v1 once; a
-:class:`DistillationTerm` plugs a loss into the shared trainer :func:`fit` (from
-:mod:`regfree.training`, re-exported here); a :class:`NoisyDistillationTerm` distils the live
+:class:`DistillationTerm` plugs a loss into the shared trainer
+:func:`regfree.training.fit`; a :class:`NoisyDistillationTerm` distils the live
 v1 on noisy copies of each batch as well.
 
 Example:
     >>> import numpy as np, torch
     >>> from regfree.models import MLP
+    >>> from regfree.training import fit
     >>> x, y = np.random.default_rng(0).normal(size=(32, 4)).astype("float32"), np.arange(32) % 2
     >>> v1 = MLP(4, num_classes=2)
     >>> term = DistillationTerm(FocalDistillationLoss(), teacher=v1)
@@ -27,7 +28,6 @@ from regfree.pctraining.losses import (
 )
 from regfree.pctraining.term import DistillationTerm, NoisyDistillationTerm
 from regfree.pctraining.weighting import focal_weights, old_correct, uniform_weights
-from regfree.training import fit
 
 __all__ = [
     "DistillationLoss",
@@ -36,7 +36,6 @@ __all__ = [
     "KnowledgeDistillationLoss",
     "NoisyDistillationTerm",
     "OldLogitCache",
-    "fit",
     "focal_weights",
     "kl_distance",
     "logit_distance",

@@ -18,6 +18,7 @@ from regfree.training.data import IndexedDataset
 from regfree.training.fit import NFRRiseWarning, fit
 from regfree.training.history import EpochStats, History
 from regfree.training.predict import ModelRun, predict_logits, run_model
+from regfree.training.recipes import fit_adam_cosine
 from regfree.training.steps import LossTerm, TrainStep, split_outputs
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "NFRRiseWarning",
     "TrainStep",
     "fit",
+    "fit_adam_cosine",
     "latest_checkpoint",
     "load_checkpoint",
     "predict_logits",

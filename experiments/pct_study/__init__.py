@@ -1,0 +1,6 @@
+"""The positive-congruent training study behind ``experiments/pct_mnist1d.py``.
+
+``settings`` (the setup and its data), ``recipes`` (term specs: which loss terms a v2 run trains
+with), ``runner`` (training runs, in worker processes), ``analysis`` (scores, sweep picks,
+the table's statistics), ``report`` (markdown and plot); the script is the command line.
+"""

@@ -1,0 +1,289 @@
+"""The epoch loop behind :func:`regfree.training.fit`: steps, validation, checkpoints, resume."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from regfree.metrics import error_rate, flip_totals
+from regfree.training.checkpoint import (
+    checkpoint_path,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from regfree.training.data import (
+    BatchSource,
+    epoch_permutation,
+    index_blocks,
+    local_batches,
+    shard_range,
+)
+from regfree.training.distributed import ProcessContext
+from regfree.training.history import EpochStats, History, nfr_rose_twice
+from regfree.training.options import FitOptions, OptimizerSpec
+from regfree.training.steps import LossTerm, TrainStep, split_outputs
+
+
+class NFRRiseWarning(UserWarning):
+    """Validation negative flip rate against v1 rose two epochs in a row."""
+
+
+def term_name(term: Any) -> str:
+    """The label of a loss term in the history: its ``name``, else its class name."""
+    return str(getattr(term, "name", None) or type(term).__name__)
+
+
+@dataclass
+class FitData:
+    """What :func:`fit` trains and validates on, checked and ready for the loop."""
+
+    train: BatchSource
+    val: Optional[BatchSource]
+    val_labels: Optional[np.ndarray]
+    old_preds: Optional[np.ndarray]  # v1's classes on ``val``, for validation flips
+    terms: list[LossTerm]
+
+
+class _Objective(nn.Module):
+    """Model + loss terms as one module, so DDP reduces the gradients of trainable loss-term
+    parameters (e.g. a learned projection) together with the model's."""
+
+    def __init__(self, model: nn.Module, terms: Sequence[LossTerm]) -> None:
+        super().__init__()
+        self.model = model
+        self.term_modules = nn.ModuleList([t for t in terms if isinstance(t, nn.Module)])
+        self.terms = list(terms)
+        self.names = [term_name(t) for t in terms]
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor,
+                epoch: int) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        logits, embeddings = split_outputs(self.model(inputs))
+        ce = F.cross_entropy(logits.float(), targets)
+        step = TrainStep(inputs, targets, indices, logits, embeddings, epoch=epoch, model=self.model)
+        values = []
+        for name, term in zip(self.names, self.terms):
+            value = term(step)
+            if not isinstance(value, torch.Tensor) or value.dim() != 0:
+                raise ValueError(f"loss term {name!r} must return a scalar tensor, "
+                                 f"got {type(value).__name__} {getattr(value, 'shape', '')}")
+            values.append(value.float())
+        total = ce + sum(values) if values else ce
+        return total, ce, values
+
+    def trainable_term_states(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {name: term.state_dict() for name, term in zip(self.names, self.terms)
+                if isinstance(term, nn.Module) and any(p.requires_grad for p in term.parameters())}
+
+
+@dataclass
+class _Session:
+    """The state one training run carries from epoch to epoch."""
+
+    model: nn.Module
+    objective: _Objective
+    runner: nn.Module  # the objective, wrapped in DDP under several processes
+    opt: torch.optim.Optimizer
+    sched: Any
+    scaler: Optional[torch.amp.GradScaler]
+    ctx: ProcessContext
+    options: FitOptions
+    history: History
+    start: int = 0  # first epoch to run (after a resume, the epochs already done)
+
+
+def _derived_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def _build_optimizer(optimizer: OptimizerSpec, objective: _Objective) -> torch.optim.Optimizer:
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return optimizer
+    if not callable(optimizer):
+        raise ValueError("optimizer must be a torch.optim.Optimizer or a factory "
+                         f"params -> Optimizer, got {type(optimizer).__name__}")
+    params = [p for p in objective.parameters() if p.requires_grad]
+    built = optimizer(params)
+    if not isinstance(built, torch.optim.Optimizer):
+        raise ValueError(f"optimizer factory must return a torch.optim.Optimizer, "
+                         f"got {type(built).__name__}")
+    return built
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext()
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _start(model: nn.Module, terms: list[LossTerm], ctx: ProcessContext,
+           options: FitOptions) -> _Session:
+    objective = _Objective(model, terms).to(ctx.device)
+    opt = _build_optimizer(options.optimizer, objective)
+    sched = options.scheduler(opt) if options.scheduler is not None else None
+    cuda_amp = options.amp and ctx.device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if cuda_amp else None
+    runner: nn.Module = objective
+    if ctx.distributed:
+        ids = [ctx.device] if ctx.device.type == "cuda" else None
+        runner = nn.parallel.DistributedDataParallel(objective, device_ids=ids)
+    return _Session(model, objective, runner, opt, sched, scaler, ctx, options, History())
+
+
+def _restore(session: _Session, num_samples: int) -> None:
+    """Load the latest checkpoint of ``checkpoint_dir`` into the session (none: start fresh)."""
+    found = latest_checkpoint(session.options.checkpoint_dir)  # type: ignore[arg-type]
+    if found is None:
+        return
+    state = load_checkpoint(found, map_location=session.ctx.device)
+    for key, value in session.options.resume_key(num_samples).items():
+        if state["config"].get(key) != value:
+            raise ValueError(f"resume: {found} was trained with {key}="
+                             f"{state['config'].get(key)!r}, this call has {value!r}")
+    session.model.load_state_dict(state["model"])
+    objective = session.objective
+    for name, term_state in state["loss_terms"].items():
+        objective.terms[objective.names.index(name)].load_state_dict(term_state)
+    session.opt.load_state_dict(state["optimizer"])
+    if session.sched is not None and state.get("scheduler") is not None:
+        session.sched.load_state_dict(state["scheduler"])
+    if session.scaler is not None and state.get("scaler") is not None:
+        session.scaler.load_state_dict(state["scaler"])
+    session.history = History.from_dict(state["history"])
+    session.start = int(state["epoch"])
+
+
+def _run_epoch(session: _Session, train: BatchSource, epoch: int) -> list[float]:
+    """One pass over ``train``; returns the mean total loss, CE and each term's mean."""
+    ctx, options, opt, scaler = session.ctx, session.options, session.opt, session.scaler
+    torch.manual_seed(_derived_seed(options.seed, epoch, ctx.rank, 1))
+    session.objective.train()
+    sums = torch.zeros(2 + len(session.objective.names), dtype=torch.float64, device=ctx.device)
+    order = epoch_permutation(len(train), options.seed, epoch, options.shuffle)
+    plan = list(local_batches(order, options.batch_size, ctx.rank, ctx.world_size))
+    pin = ctx.device.type == "cuda"  # page-locked batches copy to the GPU asynchronously
+    fetched = train.batches([local for local, _ in plan], options.num_workers, pin)
+    for (local, share), (inputs, targets) in zip(plan, fetched):
+        inputs = inputs.to(ctx.device, non_blocking=True)
+        targets = targets.to(ctx.device, non_blocking=True)
+        indices = torch.from_numpy(np.ascontiguousarray(local, dtype=np.int64))
+        with _autocast(ctx.device, options.amp):
+            total, ce, values = session.runner(inputs, targets, indices, epoch)
+        # weight by this process's share so DDP's gradient average is the global-batch mean
+        scaled = total * (share * ctx.world_size)
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(scaled).backward()
+            scaler.unscale_(opt)
+        else:
+            scaled.backward()
+        if options.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(session.objective.parameters(), options.max_grad_norm)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        count = len(local) if share > 0 else 0
+        sums += torch.stack([total.detach(), ce.detach(), *[v.detach() for v in values]]
+                            ).double() * count
+    if session.sched is not None:
+        session.sched.step()
+    return [s / len(train) for s in ctx.sum(sums.tolist())]
+
+
+@torch.no_grad()
+def _predict_shard(model: nn.Module, source: BatchSource, ctx: ProcessContext, batch_size: int,
+                   amp: bool, num_workers: int = 0) -> np.ndarray:
+    """Argmax predictions on the whole of ``source``; each process computes its block."""
+    shard = shard_range(len(source), ctx.rank, ctx.world_size)
+    preds = [np.empty(0, dtype=np.int64)]
+    for inputs, _ in source.batches(index_blocks(shard, batch_size), num_workers):
+        with _autocast(ctx.device, amp):
+            logits, _ = split_outputs(model(inputs.to(ctx.device)))
+        preds.append(logits.argmax(dim=1).cpu().numpy())
+    return np.concatenate(ctx.gather(np.concatenate(preds)))
+
+
+def _validate(session: _Session, data: FitData
+              ) -> tuple[Optional[float], Optional[float], Optional[float]]:
+    """Validation error, NFR and PFR against v1 (None where the inputs are missing)."""
+    if data.val is None:
+        return None, None, None
+    options = session.options
+    session.model.eval()
+    preds = _predict_shard(session.model, data.val, session.ctx, options.eval_batch_size,
+                           options.amp, options.num_workers)
+    labels = data.val_labels
+    if data.old_preds is None:
+        return error_rate(labels, preds, validate=False), None, None
+    totals = flip_totals(labels, data.old_preds, preds, validate=False)
+    return totals.error_rate_new, totals.nfr, totals.pfr
+
+
+def _checkpoint(session: _Session, epochs_done: int, num_samples: int) -> None:
+    """Rank 0 writes ``epoch_NNNN.pt`` (atomic rename); every rank waits for it."""
+    if session.ctx.is_main:
+        sched, scaler = session.sched, session.scaler
+        save_checkpoint(checkpoint_path(session.options.checkpoint_dir, epochs_done), {
+            "epoch": epochs_done, "config": session.options.resume_key(num_samples),
+            "model": session.model.state_dict(), "optimizer": session.opt.state_dict(),
+            "scheduler": sched.state_dict() if sched is not None else None,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "loss_terms": session.objective.trainable_term_states(),
+            "history": session.history.to_dict(),
+        })
+    session.ctx.barrier()
+
+
+def _postfix(stats: EpochStats) -> dict[str, str]:
+    postfix = {"loss": f"{stats.train_loss:.4f}"}
+    if stats.val_error is not None:
+        postfix["val_err"] = f"{stats.val_error:.2%}"
+    if stats.val_nfr is not None:
+        postfix["nfr"] = f"{stats.val_nfr:.2%}"
+    return postfix
+
+
+def train(model: nn.Module, data: FitData, ctx: ProcessContext, options: FitOptions) -> History:
+    """Run the epochs ``fit`` asked for (after restoring a checkpoint when resuming)."""
+    session = _start(model, data.terms, ctx, options)
+    if options.resume:
+        _restore(session, len(data.train))
+    bar = tqdm(range(session.start, options.epochs), desc="fit", unit="epoch",
+               initial=session.start, total=options.epochs,
+               disable=not (options.progress and ctx.is_main))
+    for epoch in bar:
+        began = time.perf_counter()
+        means = _run_epoch(session, data.train, epoch)
+        val_error, val_nfr, val_pfr = _validate(session, data)
+        stats = EpochStats(epoch=epoch + 1, train_loss=means[0], train_ce=means[1],
+                           terms=dict(zip(session.objective.names, means[2:])),
+                           val_error=val_error, val_nfr=val_nfr, val_pfr=val_pfr,
+                           lr=float(session.opt.param_groups[0]["lr"]),
+                           seconds=time.perf_counter() - began)
+        session.history.epochs.append(stats)
+        if ctx.is_main and nfr_rose_twice(session.history.val_nfr):
+            a, b, c = session.history.val_nfr[-3:]
+            warnings.warn(  # stacklevel 3: the line that called fit
+                f"validation NFR against v1 rose two epochs in a row ({a:.2%} -> {b:.2%} -> "
+                f"{c:.2%} at epoch {epoch + 1}): the new model keeps adding errors where v1 was "
+                "right; consider early stopping or a stronger distillation term",
+                NFRRiseWarning, stacklevel=3)
+        bar.set_postfix(_postfix(stats))
+        if options.checkpoint_dir is not None:
+            _checkpoint(session, epoch + 1, len(data.train))
+    bar.close()
+    model.eval()
+    return session.history

@@ -1,0 +1,83 @@
+"""The PCT study's term specs (experiments/pct_study): labels, families, records, and the runs
+of the table, without training anything."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+
+from pct_study.analysis import noisy_check_runs, table_runs  # noqa: E402
+from pct_study.recipes import (  # noqa: E402
+    Elodi,
+    FocalDistillation,
+    KnowledgeDistillation,
+    NoisyFocalDistillation,
+    Run,
+    run_from_record,
+)
+from pct_study.settings import QUICK  # noqa: E402
+
+from regfree.pctraining import FocalDistillationLoss  # noqa: E402
+
+
+def test_table_runs_are_the_nine_recipes_per_seed_with_their_labels_and_families():
+    runs = table_runs(QUICK, sweep=None)
+    assert len(runs) == 9 * len(QUICK.seeds)
+    fd = FocalDistillationLoss()
+    lm = FocalDistillationLoss(kind="logit")
+    first = runs[:9]
+    assert [r.label() for r in first] == [
+        "plain",
+        f"KD T={fd.temperature:g} w={fd.weight:g}",
+        f"FD-KL defaults (a={fd.alpha:g} b={fd.beta:g} T={fd.temperature:g} w={fd.weight:g})",
+        f"FD-LM defaults (a={lm.alpha:g} b={lm.beta:g} w={lm.weight:g})",
+        "ELODI w=0.01",
+        "ens-KD T=4 w=0.5",
+        "FD-KL defaults + ens-KD T=4 w=0.5",
+        "FD-KL defaults + noisy FD 0.3 std w=0.02",
+        "FD-KL defaults + ens-KD T=4 w=0.5 + noisy FD 0.3 std w=0.02",
+    ]
+    assert [r.family for r in first] == [
+        "plain", "KD", "FD-KL", "FD-LM", "ELODI", "ens-KD", "FD-KL+ens-KD", "FD-KL+noisy",
+        "FD-KL+ens-KD+noisy"]
+    assert {r.seed for r in runs} == set(QUICK.seeds)
+
+
+def test_noisy_check_runs_plain_the_grid_and_one_without_ens_kd():
+    runs = noisy_check_runs(QUICK)
+    assert [r.family for r in runs] == ["plain", "FD-KL+ens-KD+noisy", "FD-KL+noisy"]
+    assert runs[1].spec(NoisyFocalDistillation) == NoisyFocalDistillation(*QUICK.noisy_grid[0])
+
+
+@pytest.mark.parametrize("run", [
+    Run(3),
+    Run(3, (FocalDistillation("kl", 1, 5, 4, 0.01),)),
+    Run(3, (FocalDistillation("logit", 0, 1, weight=0.003),)),
+    Run(3, (FocalDistillation("kl"), KnowledgeDistillation(4.0, 0.5, "v2 ensemble"),
+            NoisyFocalDistillation(0.3, 0.02))),
+    Run(3, (Elodi(0.003),)),
+])
+def test_a_run_survives_its_json_record(run):
+    assert run_from_record(run.record()) == run
+
+
+def test_flat_records_of_earlier_result_files_still_read():
+    legacy = {"family": "FD-LM", "seed": 100, "temperature": None, "weight": 0.003,
+              "alpha": 0.0, "beta": 1.0, "defaults": False, "noise": None, "noise_weight": None}
+    run = run_from_record(legacy)
+    assert run == Run(100, (FocalDistillation("logit", 0.0, 1.0, None, 0.003),))
+    assert run.label() == "FD-LM a=0 b=1 w=0.003"
+    assert run_from_record({"family": "KD", "seed": 1, "temperature": 4.0, "weight": 0.1}
+                           ).label() == "KD T=4 w=0.1"
+    with pytest.raises(ValueError, match="cannot read a run of family 'FD-KL\\+noisy'"):
+        run_from_record({"family": "FD-KL+noisy", "seed": 1})
+
+
+def test_the_library_defaults_are_recognised():
+    d = FocalDistillationLoss()
+    assert FocalDistillation("kl", d.alpha, d.beta, d.temperature, d.weight
+                             ).matches_library_defaults()
+    assert not FocalDistillation("kl", d.alpha, d.beta, d.temperature, d.weight * 2
+                                 ).matches_library_defaults()
