@@ -23,9 +23,10 @@ def _clustered(n, dim=16, clusters=8, seed=0):
     return (centres[rng.integers(clusters, size=n)] + rng.normal(size=(n, dim))).astype(np.float32)
 
 
-def _build(kind, metric="cosine", n=400, dim=16, seed=0, ids=None):
+def _build(kind, similarity="cosine", n=400, dim=16, seed=0, ids=None):
     x = _clustered(n, dim, seed=seed)
-    gallery = Gallery(dim, metric=metric, index=kind, device="cpu", nlist=8, nprobe=8)
+    gallery = Gallery(dim, similarity=similarity, index_type=kind, device="cpu", nlist=8,
+                      nprobe=8)
     gallery.train(x)
     gallery.add(x, np.arange(n) * 7 + 3 if ids is None else ids, version="v1")
     return gallery, x
@@ -61,8 +62,8 @@ def test_flat_search_equals_numpy_brute_force_with_ties(metric):
     vectors = np.concatenate([base, base[:50], 2 * base[50:80]])  # exact and cosine ties
     row_ids = rng.integers(0, 2**62, size=len(vectors))  # large 64-bit ids
     assert np.unique(row_ids).size == len(vectors)
-    gallery = Gallery(12, metric=metric, index="flat", device="cpu")
-    gallery.add(vectors, row_ids, "v1")
+    gallery = Gallery(12, similarity=metric, index_type="flat", device="cpu")
+    gallery.add(vectors, row_ids, version="v1")
     queries = np.concatenate([rng.normal(size=(20, 12)), base[:10]]).astype(np.float32)
     scores, ids = gallery.search(queries, k=15)
     assert scores.shape == ids.shape == (30, 15) and ids.dtype == np.int64
@@ -98,12 +99,12 @@ def test_versions_replace_and_remove_counts(kind):
     all_ids = gallery.ids()
     assert len(gallery) == 300 and gallery.versions() == {"v1": 300}
     backfilled = all_ids[:120]
-    gallery.replace(backfilled, x[:120] * -1.0, version="v2")
+    gallery.replace(x[:120] * -1.0, backfilled, version="v2")
     assert gallery.versions() == {"v1": 180, "v2": 120} and len(gallery) == 300
     assert gallery.index.ntotal == 300
     assert set(gallery.ids("v2").tolist()) == set(backfilled.tolist())
     assert gallery.version_of(all_ids[[0, 200]]) == ["v2", "v1"]
-    gallery.replace(backfilled[:20], x[:20], version=3)
+    gallery.replace(x[:20], backfilled[:20], version=3)
     assert gallery.versions() == {"v1": 180, "v2": 100, 3: 20}
     gallery.remove(all_ids[200:])
     assert gallery.versions() == {"v1": 80, "v2": 100, 3: 20} and len(gallery) == 200
@@ -120,12 +121,12 @@ def test_versions_replace_and_remove_counts(kind):
 @pytest.mark.parametrize("kind", INDEX_TYPES)
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
 def test_save_load_round_trip_searches_identically(tmp_path, kind, metric):
-    gallery, x = _build(kind, metric=metric, n=300)
-    gallery.replace(gallery.ids()[:50], x[:50] + 0.5, version="v2")
+    gallery, x = _build(kind, similarity=metric, n=300)
+    gallery.replace(x[:50] + 0.5, gallery.ids()[:50], version="v2")
     path = tmp_path / "sub" / "gallery.bin"
     gallery.save(path)
     loaded = Gallery.load(path)
-    assert (loaded.dim, loaded.metric, loaded.index_type) == (16, metric, kind)
+    assert (loaded.dim, loaded.similarity, loaded.index_type) == (16, metric, kind)
     assert loaded.versions() == gallery.versions() == {"v1": 250, "v2": 50}
     np.testing.assert_array_equal(loaded.ids(), gallery.ids())
     assert loaded.params == gallery.params
@@ -140,20 +141,20 @@ def test_save_load_round_trip_searches_identically(tmp_path, kind, metric):
 
 def test_search_pads_missing_results_and_accepts_tensors():
     gallery = Gallery(4, device="cpu")
-    gallery.add(torch.eye(4)[:3], torch.tensor([5, 6, 7]), "v1")
+    gallery.add(torch.eye(4)[:3], torch.tensor([5, 6, 7]), version="v1")
     scores, ids = gallery.search(torch.eye(4)[:1], k=5)
     assert ids[0, 0] == 5 and set(ids[0, 1:3].tolist()) == {6, 7}  # 6 and 7 tie at cosine 0
     assert ids[0, 3:].tolist() == [-1, -1]
     assert np.isneginf(scores[0, 3:]).all() and scores[0, 0] == pytest.approx(1.0)
-    l2 = Gallery(4, metric="l2", device="cpu")
-    l2.add(np.eye(4), [1, 2, 3, 4], 1)
+    l2 = Gallery(4, similarity="l2", device="cpu")
+    l2.add(np.eye(4), [1, 2, 3, 4], version=1)
     scores, ids = l2.search(np.zeros((1, 4)), k=6)
     assert np.isposinf(scores[0, 4:]).all() and scores[0, 0] == pytest.approx(1.0)
 
 
 def test_add_does_not_modify_the_callers_array():
     x = np.full((2, 3), 2.0, dtype=np.float32)
-    Gallery(3, device="cpu").add(x, [0, 1], "v1")
+    Gallery(3, device="cpu").add(x, [0, 1], version="v1")
     assert (x == 2.0).all()
 
 
@@ -161,29 +162,29 @@ def test_bad_input_raises_clear_value_errors(tmp_path):
     gallery, x = _build("flat", n=50)
     known = gallery.ids()
     cases = [
-        (lambda: gallery.add(np.ones((2, 5)), [1000, 1001], "v1"), "dimension 5.*expects 16"),
+        (lambda: gallery.add(np.ones((2, 5)), [1000, 1001], version="v1"), "dimension 5.*expects 16"),
         (lambda: gallery.search(np.ones((1, 3)), 2), "queries has dimension 3"),
-        (lambda: gallery.add(np.full((1, 16), np.nan), [1000], "v1"), "NaN or inf"),
-        (lambda: gallery.add(np.full((1, 16), np.inf), [1000], "v1"), "NaN or inf"),
+        (lambda: gallery.add(np.full((1, 16), np.nan), [1000], version="v1"), "NaN or inf"),
+        (lambda: gallery.add(np.full((1, 16), np.inf), [1000], version="v1"), "NaN or inf"),
         (lambda: gallery.search(np.full((1, 16), np.nan), 2), "queries contains NaN"),
-        (lambda: gallery.add(np.ones((2, 16)), [1000, 1000], "v1"), "ids contains duplicates"),
-        (lambda: gallery.add(np.ones((1, 16)), known[:1], "v1"), "already in the gallery"),
-        (lambda: gallery.replace([999_999], np.ones((1, 16)), "v2"), "unknown ids.*999999"),
-        (lambda: gallery.replace(known[[0, 0]], np.ones((2, 16)), "v2"), "duplicates"),
+        (lambda: gallery.add(np.ones((2, 16)), [1000, 1000], version="v1"), "ids contains duplicates"),
+        (lambda: gallery.add(np.ones((1, 16)), known[:1], version="v1"), "already in the gallery"),
+        (lambda: gallery.replace(np.ones((1, 16)), [999_999], version="v2"), "unknown ids.*999999"),
+        (lambda: gallery.replace(np.ones((2, 16)), known[[0, 0]], version="v2"), "duplicates"),
         (lambda: gallery.remove([999_999]), "unknown ids"),
         (lambda: gallery.remove([]), "ids is empty"),
-        (lambda: gallery.add(np.ones((0, 16)), [], "v1"), "embeddings is empty"),
+        (lambda: gallery.add(np.ones((0, 16)), [], version="v1"), "embeddings is empty"),
         (lambda: gallery.search(np.ones((0, 16)), 2), "queries is empty"),
-        (lambda: gallery.add(np.ones((2, 16)), [2000], "v1"), "1 entries but there are 2"),
-        (lambda: gallery.add(np.ones((1, 16)), [-5], "v1"), "non-negative"),
-        (lambda: gallery.add(np.ones((1, 16)), [1.5], "v1"), "must be integers"),
-        (lambda: gallery.add(np.ones(16), [2000], "v1"), "2-D"),
-        (lambda: gallery.add(np.zeros((1, 16)), [2000], "v1"), "zero vector"),
-        (lambda: gallery.add(np.ones((1, 16)), [2000], None), "version must be a str or int"),
+        (lambda: gallery.add(np.ones((2, 16)), [2000], version="v1"), "1 entries but there are 2"),
+        (lambda: gallery.add(np.ones((1, 16)), [-5], version="v1"), "non-negative"),
+        (lambda: gallery.add(np.ones((1, 16)), [1.5], version="v1"), "must be integers"),
+        (lambda: gallery.add(np.ones(16), [2000], version="v1"), "2-D"),
+        (lambda: gallery.add(np.zeros((1, 16)), [2000], version="v1"), "zero vector"),
+        (lambda: gallery.add(np.ones((1, 16)), [2000], version=None), "version must be a str or int"),
         (lambda: gallery.search(np.ones((1, 16)), 0), "k must be a positive integer"),
         (lambda: Gallery(0), "dim must be a positive integer"),
-        (lambda: Gallery(4, metric="dot"), "metric must be one of"),
-        (lambda: Gallery(4, index="lsh"), "index must be one of"),
+        (lambda: Gallery(4, similarity="dot"), "similarity must be one of"),
+        (lambda: Gallery(4, index_type="lsh"), "index_type must be one of"),
         (lambda: Gallery(4, device="tpu"), "device must be"),
     ]
     for call, message in cases:
@@ -193,17 +194,17 @@ def test_bad_input_raises_clear_value_errors(tmp_path):
 
 
 def test_untrained_ivf_is_refused():
-    gallery = Gallery(8, index="ivf", device="cpu", nlist=16)
+    gallery = Gallery(8, index_type="ivf", device="cpu", nlist=16)
     x = _clustered(100, dim=8)
     assert not gallery.is_trained
     with pytest.raises(ValueError, match="untrained"):
-        gallery.add(x, np.arange(100), "v1")
+        gallery.add(x, np.arange(100), version="v1")
     with pytest.raises(ValueError, match="untrained"):
         gallery.search(x[:1], 3)
     with pytest.raises(ValueError, match="at least nlist=16"):
         gallery.train(x[:10])
     gallery.train(x)
-    gallery.add(x, np.arange(100), "v1")
+    gallery.add(x, np.arange(100), version="v1")
     with pytest.raises(ValueError, match="already holds items"):
         gallery.train(x)
 
@@ -228,11 +229,12 @@ _SAVER = textwrap.dedent("""
     from regfree.retrieval import Gallery
     path = sys.argv[1]
     small = Gallery(32, device="cpu")
-    small.add(np.random.default_rng(0).normal(size=(100, 32)), np.arange(100), "v1")
+    small.add(np.random.default_rng(0).normal(size=(100, 32)), np.arange(100), version="v1")
     small.save(path)
     print("saved", flush=True)
     big = Gallery(32, device="cpu")
-    big.add(np.random.default_rng(1).normal(size=(400_000, 32)), np.arange(400_000), "v2")
+    big.add(np.random.default_rng(1).normal(size=(400_000, 32)), np.arange(400_000),
+            version="v2")
     print("saving", flush=True)
     while True:  # keep rewriting the file until killed
         big.save(path)
