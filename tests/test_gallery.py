@@ -1,5 +1,7 @@
 """Gallery: exact search against numpy, approximate indexes, ids, versions, persistence, bad input."""
 
+import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from regfree.retrieval import Gallery
+from regfree.retrieval import Gallery, index_types
 
 INDEX_TYPES = ("flat", "hnsw", "ivf")
 
@@ -221,6 +223,123 @@ def test_load_rejects_files_that_are_not_galleries(tmp_path):
         Gallery.load(other)
     with pytest.raises(FileNotFoundError):
         Gallery.load(tmp_path / "missing.bin")
+
+
+
+def _exhaustive_hnsw(n=500, dim=16, similarity="cosine", seed=0):
+    """An hnsw gallery whose search visits every node (efSearch above its size), so its results
+    are exact and comparable with a fresh build's whatever the graph looks like."""
+    x = _clustered(n, dim, seed=seed)
+    gallery = Gallery(dim, similarity=similarity, index_type="hnsw", device="cpu", hnsw_m=16,
+                      ef_search=4 * n)
+    gallery.add(x, np.arange(n) * 5 + 1, version="v1")
+    return gallery, x
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "l2"])
+def test_hnsw_replace_and_remove_search_like_a_fresh_rebuild(similarity):
+    gallery, x = _exhaustive_hnsw(similarity=similarity)
+    ids = gallery.ids()
+    rng = np.random.default_rng(3)
+    content = dict(zip(ids.tolist(), x))
+    for step in range(4):  # backfill steps, one removal, and ties (copies of other items)
+        chosen = rng.choice(gallery.ids(), size=40, replace=False)
+        new = _clustered(40, seed=10 + step)
+        new[:5] = x[:5]
+        gallery.replace(new, chosen, version="v2")
+        content.update(zip(chosen.tolist(), new))
+    removed = rng.choice(gallery.ids(), size=30, replace=False)
+    gallery.remove(removed)
+    for i in removed.tolist():
+        del content[i]
+    assert 0 < gallery.stale_count <= len(gallery) // 2, "stale nodes, not yet compacted"
+    final_ids = np.array(sorted(content))
+    final = np.stack([content[i] for i in final_ids.tolist()])
+    fresh = Gallery(16, similarity=similarity, index_type="hnsw", device="cpu", hnsw_m=16,
+                    ef_search=2000)
+    fresh.add(final, final_ids, version="v2")
+    queries = np.concatenate([_clustered(30, seed=99), x[:5]])
+    reference = _reference_scores(queries, final, similarity)
+    mutated_result, fresh_result = gallery.search(queries, 12), fresh.search(queries, 12)
+    for scores, found in (mutated_result, fresh_result):
+        assert_knn_equal_with_ties(scores, found, reference, final_ids, similarity)
+    np.testing.assert_allclose(mutated_result[0], fresh_result[0], atol=1e-4)
+    assert not np.isin(mutated_result[1], removed).any()
+    gallery.compact()
+    assert gallery.stale_count == 0 and gallery.index.ntotal == len(gallery) == final_ids.size
+    assert_knn_equal_with_ties(*gallery.search(queries, 12), reference, final_ids, similarity)
+
+
+def test_hnsw_stale_nodes_keep_recall_and_compact_past_half_the_gallery():
+    gallery, x = _build("hnsw", n=400)
+    ids = gallery.ids()
+    flat = Gallery(16, device="cpu")
+    flat.add(x, ids, version="v1")
+    moved = x[:150][::-1].copy()  # items 0..149 trade places: every replaced node goes stale
+    gallery.replace(moved, ids[:150], version="v2")
+    flat.replace(moved, ids[:150], version="v2")
+    assert gallery.stale_count == 150 and gallery.versions() == {"v1": 250, "v2": 150}
+    queries = _clustered(50, seed=5)
+    _, exact = flat.search(queries, 10)
+    _, found = gallery.search(queries, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, found)])
+    assert recall >= 0.9, recall
+    gallery.remove(ids[300:351])  # 201 stale > half of the 349 items left: rebuilt
+    assert gallery.stale_count == 0 and len(gallery) == 349
+    assert gallery.version_of(ids[:1]) == ["v2"]
+
+
+def test_replace_takes_adds_order_and_refuses_the_old_one():
+    gallery, x = _build("flat", n=20)
+    ids = gallery.ids()
+    with pytest.raises(TypeError, match=r"replace takes \(embeddings, ids, \*, version=\.\.\.\)"):
+        gallery.replace(ids[:3], x[:3], version="v2")  # the order before add's
+    with pytest.raises(TypeError, match=r"add takes \(embeddings, ids, \*, version=\.\.\.\)"):
+        gallery.add([100, 101], np.ones((2, 16)), version="v2")
+    with pytest.raises(TypeError, match="positional argument"):  # version is keyword-only
+        gallery.replace(x[:3], ids[:3], "v2")
+    assert gallery.versions() == {"v1": 20}, "refused calls changed nothing"
+    gallery.replace(torch.as_tensor(x[:3] + 1), torch.as_tensor(ids[:3]), version="v2")
+    assert gallery.versions() == {"v1": 17, "v2": 3}
+
+
+def test_index_types_are_data_a_new_entry_is_enough(monkeypatch):
+    assert [(g.needs_training, g.is_trained) for g in
+            (Gallery(4, index_type=kind, device="cpu") for kind in INDEX_TYPES)] == \
+        [(False, True), (False, True), (True, False)]
+    # one entry, nothing else: a flat index whose removals go through the stale-node path
+    entry = dataclasses.replace(index_types.INDEX_TYPES["flat"], name="flat_stale",
+                                removes_natively=False)
+    monkeypatch.setitem(index_types.INDEX_TYPES, "flat_stale", entry)
+    gallery, x = _build("flat_stale", n=50)
+    gallery.replace(x[:10] * -1.0, gallery.ids()[:10], version="v2")
+    gallery.remove(gallery.ids()[40:])
+    assert gallery.stale_count == 20 and len(gallery) == 40
+    final = np.concatenate([x[:10] * -1.0, x[10:40]])
+    queries = np.concatenate([x[:10], x[40:], -x[:3]])  # the stale vectors' own places first
+    scores, ids = gallery.search(queries, 5)
+    assert_knn_equal_with_ties(scores, ids, _reference_scores(queries, final, "cosine"),
+                               gallery.ids(), "cosine")
+
+
+def test_load_reads_format_version_1_and_refuses_newer_files(tmp_path):
+    gallery, x = _build("flat", similarity="l2", n=30)
+    old = tmp_path / "v1.gallery"  # what regfree wrote before "metric" became "similarity"
+    meta = {"format": "regfree.Gallery", "format_version": 1, "dim": 16, "metric": "l2",
+            "index_type": "flat", "params": gallery.params, "versions": ["v1"]}
+    with open(old, "wb") as handle:
+        np.savez(handle, index=faiss.serialize_index(gallery.index), ids=gallery.ids(),
+                 codes=np.zeros(30, np.int32),
+                 meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+    loaded = Gallery.load(old)
+    assert (loaded.similarity, loaded.versions()) == ("l2", {"v1": 30})
+    np.testing.assert_array_equal(loaded.search(x[:4], 3)[1], gallery.search(x[:4], 3)[1])
+    newer = tmp_path / "v3.npz"
+    meta.update(format_version=3)
+    np.savez(newer, index=np.zeros(3, np.uint8), ids=np.zeros(0), codes=np.zeros(0),
+             meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+    with pytest.raises(ValueError, match="format version 3; this regfree reads versions"):
+        Gallery.load(newer)
 
 
 _SAVER = textwrap.dedent("""
