@@ -11,9 +11,10 @@ Design (what FAISS can and cannot do, and what the gallery does about it):
   distances (lower is closer), as FAISS reports them.
 - remove/replace: flat and ivf remove ids natively (``remove_ids``). FAISS's HNSW cannot remove
   vectors, so on an hnsw gallery a removed or replaced item's node is marked stale (never returned,
-  still routing searches) and a replacement is inserted into the graph; once stale nodes exceed
-  half the live items the graph is rebuilt from the live vectors (``regfree.retrieval.stale``).
-  The cost of a call is the inserted vectors', not a whole build.
+  still routing searches, searched past with efSearch widened by nodes / live items) and a
+  replacement is inserted into the graph; once stale nodes exceed half the live items the graph
+  is rebuilt from the live vectors (``regfree.retrieval.stale``). A call costs the inserted
+  vectors, not a whole build; ``index`` and ``save`` compact first.
 - ivf must be trained before the first ``add``: call :meth:`Gallery.train` with a sample of at
   least ``nlist`` embeddings (FAISS advises ~39 per list). ``add``/``search`` on an untrained ivf
   gallery raise ValueError; the gallery never trains itself behind the caller's back.
@@ -342,7 +343,7 @@ class Gallery:
         k = check_positive_int(k, "k")
         self._require_trained()
         if self.stale_count:
-            scores, ids = search_live(self._index, vectors, k, self._type)
+            scores, ids = search_live(self._index, vectors, k, self._type, len(self))
         else:
             scores, ids = self._search_index().search(vectors, k)
         missing = ids < 0

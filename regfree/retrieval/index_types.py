@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -45,8 +46,10 @@ class IndexType:
         removes_natively: ``index.remove_ids`` works; otherwise the gallery marks removed items
             stale and filters them out at search time (see ``regfree.retrieval.stale``).
         runs_on_gpu: ``faiss.index_cpu_to_gpu`` supports it.
-        filtered_search: ``index -> faiss.SearchParameters`` that keep the index's current
-            search effort (``efSearch``, ``nprobe``), for a search with an id selector.
+        filtered_search: ``(index, widen) -> faiss.SearchParameters`` for a search with an id
+            selector: the index's current search effort (``efSearch``, ``nprobe``) times
+            ``widen`` (>= 1, nodes per live item) where skipped nodes would otherwise use up
+            the effort meant for live ones.
     """
 
     name: str
@@ -55,7 +58,7 @@ class IndexType:
     needs_training: bool
     removes_natively: bool
     runs_on_gpu: bool
-    filtered_search: Callable[[Any], Any]
+    filtered_search: Callable[[Any, float], Any]
 
 
 def _build_flat(dim: int, metric: int, params: Mapping[str, int]) -> Any:
@@ -76,20 +79,22 @@ def _build_ivf(dim: int, metric: int, params: Mapping[str, int]) -> Any:
     return ivf
 
 
-def _hnsw_search_params(index: Any) -> Any:
+def _hnsw_search_params(index: Any, widen: float) -> Any:
+    # FAISS's filtered HNSW search keeps skipped nodes in its efSearch-long candidate list, so a
+    # graph with stale nodes needs a longer list to examine as many live items as a fresh one
     graph = faiss.downcast_index(index.index)
-    return faiss.SearchParametersHNSW(efSearch=graph.hnsw.efSearch)
+    return faiss.SearchParametersHNSW(efSearch=math.ceil(graph.hnsw.efSearch * widen))
 
 
-def _ivf_search_params(index: Any) -> Any:
-    return faiss.SearchParametersIVF(nprobe=index.nprobe)
+def _ivf_search_params(index: Any, widen: float) -> Any:
+    return faiss.SearchParametersIVF(nprobe=index.nprobe)  # skipped ids cost no list visits
 
 
 INDEX_TYPES: dict[str, IndexType] = {
     entry.name: entry for entry in (
         IndexType("flat", "exact search", _build_flat, needs_training=False,
                   removes_natively=True, runs_on_gpu=True,
-                  filtered_search=lambda index: faiss.SearchParameters()),
+                  filtered_search=lambda index, widen: faiss.SearchParameters()),
         IndexType("hnsw", "graph (approximate); removed items stay as stale nodes until compacted",
                   _build_hnsw, needs_training=False, removes_natively=False, runs_on_gpu=False,
                   filtered_search=_hnsw_search_params),

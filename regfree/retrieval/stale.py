@@ -18,7 +18,7 @@ Example:
     ...                                             "ef_search": 16})
     >>> index.add_with_ids(np.array([[0, 0], [5, 5]], dtype="float32"), np.array([7, 8]))
     >>> mark_stale(index, np.array([7]))
-    >>> search_live(index, np.zeros((1, 2), dtype="float32"), 2, hnsw)[1].tolist()
+    >>> search_live(index, np.zeros((1, 2), dtype="float32"), 2, hnsw, live=1)[1].tolist()
     [[8, -1]]
 """
 
@@ -46,13 +46,14 @@ def mark_stale(index: Any, ids: np.ndarray) -> None:
     index.construct_rev_map()  # so index.reconstruct(id) never returns a removed vector
 
 
-def search_live(index: Any, queries: np.ndarray, k: int,
-                kind: IndexType) -> tuple[np.ndarray, np.ndarray]:
-    """``index.search`` that skips stale nodes, at the index's current search effort."""
+def search_live(index: Any, queries: np.ndarray, k: int, kind: IndexType,
+                live: int) -> tuple[np.ndarray, np.ndarray]:
+    """``index.search`` that skips stale nodes; ``live`` items of ``index.ntotal`` are live, and
+    the search effort is widened by ``ntotal / live`` (see ``IndexType.filtered_search``)."""
     negative = faiss.IDSelectorRange(np.iinfo(np.int64).min, 0)  # [min, 0): stale labels
-    live = faiss.IDSelectorNot(negative)
-    params = kind.filtered_search(index)
-    params.sel = live
+    selector = faiss.IDSelectorNot(negative)
+    params = kind.filtered_search(index, index.ntotal / max(live, 1))
+    params.sel = selector
     return index.search(queries, k, params=params)
 
 
