@@ -8,7 +8,10 @@ so the numbers are comparable on a shared machine:
 2. flat vs HNSW vs IVF at each size: build time, recall@10 against flat, queries per second,
    memory (the serialised index size), for two search-effort settings each.
 3. numpy brute force (normalised matrix product + argpartition) for scale.
-4. ``Gallery.replace`` of 1% of the items per index type (HNSW rebuilds its graph).
+4. ``Gallery.replace`` of 1% of the items per call, per index type, over successive backfill
+   steps. HNSW marks replaced nodes stale and inserts the new vectors; the previous behaviour,
+   a graph rebuild per call, is measured in the same run as ``replace`` + ``compact()``. Then
+   HNSW search speed and recall with the stale nodes left by those steps vs after ``compact()``.
 5. Backfill cost: embedding the gallery with a v2 model (ConvNet1D on 40-long signals) and
    re-indexing it, vs zero for a backward-compatible v2 that searches the old gallery.
 
@@ -88,7 +91,7 @@ class SizeBench:
         faiss.normalize_L2(self.raw_queries)  # what Gallery.search does for cosine
         self.ids = np.arange(n, dtype=np.int64)
         self.nlist = args.nlist or (256 if n <= 200_000 else 1024)
-        self.rows, self.overhead, self.replace_rows = [], [], []
+        self.rows, self.overhead, self.replace_rows, self.stale_rows = [], [], [], []
         self.exact = None
 
     def measure(self, name, gallery, build_s, setting):
@@ -107,11 +110,39 @@ class SizeBench:
 
     def maybe_replace(self, name, gallery):
         if self.n <= self.args.replace_max:
-            self.replace_rows.append((name, replace_cost(gallery, self.data, self.rng)))
+            steps = self.args.replace_steps
+            seconds = replace_steps(gallery, self.data.copy(), self.rng, steps)
+            self.replace_rows.append((name, steps, seconds))
+
+    def hnsw_updates(self, gallery):
+        """Backfill steps with stale nodes, search with them, compact, then rebuild per call."""
+        if self.n > self.args.replace_max:
+            return
+        args, content = self.args, self.data.copy()
+        faiss.downcast_index(gallery.index.index).hnsw.efSearch = args.ef_search
+        steps = args.replace_steps
+        seconds = replace_steps(gallery, content, self.rng, steps)
+        self.replace_rows.append(("hnsw (stale nodes + insert)", steps, seconds))
+        self.stale_rows.append(self.search_quality(gallery, content, "after the replace steps"))
+        compact_s, _ = timed(gallery.compact, 1)
+        self.stale_rows.append({**self.search_quality(gallery, content, "after compact()"),
+                                "compact_s": compact_s})
+        seconds = replace_steps(gallery, content, self.rng, args.rebuild_steps, gallery.compact)
+        self.replace_rows.append(("hnsw rebuilt per call (before: replace + compact)",
+                                  args.rebuild_steps, seconds))
+
+    def search_quality(self, gallery, content, state):
+        stale = gallery.stale_count
+        seconds, (_, found) = timed(lambda: gallery.search(self.queries, self.k),
+                                    self.args.repeats)
+        base = content / np.linalg.norm(content, axis=1, keepdims=True)
+        exact = numpy_knn(base, self.queries, self.k)  # ids are row numbers here
+        return {"state": state, "stale": stale, "qps": self.args.queries / seconds,
+                "recall": recall_at(found, exact)}
 
     def flat(self):
-        gallery = Gallery(self.args.dim, "cosine", "flat", device="cpu")
-        build_s, _ = timed(lambda: gallery.add(self.data, self.ids, "v1"), 1)
+        gallery = Gallery(self.args.dim, similarity="cosine", index_type="flat", device="cpu")
+        build_s, _ = timed(lambda: gallery.add(self.data, self.ids, version="v1"), 1)
         self.measure("flat", gallery, build_s, "exact")  # also the ground truth for recall
         self.maybe_replace("flat", gallery)
 
@@ -124,21 +155,22 @@ class SizeBench:
 
     def hnsw(self):
         m = self.args.hnsw_m
-        gallery = Gallery(self.args.dim, "cosine", "hnsw", device="cpu", hnsw_m=m,
-                          ef_construction=40)
-        build_s, _ = timed(lambda: gallery.add(self.data, self.ids, "v1"), 1)
+        gallery = Gallery(self.args.dim, similarity="cosine", index_type="hnsw", device="cpu",
+                          hnsw_m=m, ef_construction=40, ef_search=self.args.ef_search)
+        build_s, _ = timed(lambda: gallery.add(self.data, self.ids, version="v1"), 1)
         graph = faiss.downcast_index(gallery.index.index)
         for ef in (64, 256):
             graph.hnsw.efSearch = ef
             self.measure("hnsw", gallery, build_s, f"M={m}, efSearch={ef}")
-        self.maybe_replace("hnsw", gallery)
+        self.hnsw_updates(gallery)
 
     def ivf(self):
-        gallery = Gallery(self.args.dim, "cosine", "ivf", device="cpu", nlist=self.nlist)
+        gallery = Gallery(self.args.dim, similarity="cosine", index_type="ivf", device="cpu",
+                          nlist=self.nlist)
         sample = self.data[self.rng.choice(self.n, size=min(self.n, 40 * self.nlist),
                                            replace=False)]
         train_s, _ = timed(lambda: gallery.train(sample), 1)
-        add_s, _ = timed(lambda: gallery.add(self.data, self.ids, "v1"), 1)
+        add_s, _ = timed(lambda: gallery.add(self.data, self.ids, version="v1"), 1)
         for nprobe in (16, 64):
             gallery.index.nprobe = nprobe
             self.measure("ivf", gallery, train_s + add_s, f"nlist={self.nlist}, nprobe={nprobe}")
@@ -147,15 +179,26 @@ class SizeBench:
     def run(self):
         for step in (self.flat, self.numpy, self.hnsw, self.ivf):
             step()
-        return self.rows, self.overhead, self.replace_rows
+        return self.rows, self.overhead, self.replace_rows, self.stale_rows
 
 
-def replace_cost(gallery, data, rng):
-    """Seconds to replace 1% of the items with new embeddings (a backfill step)."""
-    n = len(gallery)
-    chosen = rng.choice(n, size=max(1, n // 100), replace=False)
-    seconds, _ = timed(lambda: gallery.replace(chosen, data[chosen][:, ::-1].copy(), "v2"), 1)
-    return seconds
+def replace_steps(gallery, content, rng, steps, after=None):
+    """Median CPU seconds of ``steps`` successive ``replace`` calls, each re-embedding a new 1%
+    of the items (ids are row numbers); ``after`` (timed too) runs after each call. ``content``
+    is updated to what the gallery holds."""
+    size = max(1, len(gallery) // 100)
+    order = rng.permutation(len(gallery))
+    times = []
+    for step in range(steps):
+        chosen = np.sort(order[step * size:(step + 1) * size])
+        new = content[chosen][:, ::-1].copy()
+        content[chosen] = new
+        start = time.process_time()
+        gallery.replace(new, chosen, version="v2")
+        if after is not None:
+            after()
+        times.append(time.process_time() - start)
+    return statistics.median(times)
 
 
 def backfill_cost(args, sizes, rng):
@@ -164,9 +207,10 @@ def backfill_cost(args, sizes, rng):
     model = ConvNet1D(width=64, embedding_dim=args.dim)
     signals = rng.normal(size=(args.backfill_items, 40)).astype(np.float32)
     embed_s, vectors = timed(lambda: embed(model, signals, batch_size=1024, progress=False), 1)
-    gallery = Gallery(args.dim, "cosine", "flat", device="cpu")
-    gallery.add(vectors, np.arange(len(vectors)), "v1")
-    reindex_s, _ = timed(lambda: gallery.replace(np.arange(len(vectors)), vectors, "v2"), 1)
+    gallery = Gallery(args.dim, similarity="cosine", index_type="flat", device="cpu")
+    gallery.add(vectors, np.arange(len(vectors)), version="v1")
+    reindex_s, _ = timed(lambda: gallery.replace(vectors, np.arange(len(vectors)), version="v2"),
+                         1)
     per_item = (embed_s + reindex_s) / args.backfill_items
     return [{"items": size, "embed_s": embed_s / args.backfill_items * size,
              "reindex_s": reindex_s / args.backfill_items * size, "total_s": per_item * size,
@@ -182,7 +226,13 @@ def main(argv=None):
     parser.add_argument("--nlist", type=int, default=0, help="IVF lists (0: 256 / 1024 by size)")
     parser.add_argument("--hnsw-m", type=int, default=16)
     parser.add_argument("--replace-max", type=int, default=100_000,
-                        help="measure replace cost only up to this size (HNSW rebuilds)")
+                        help="measure replace cost only up to this size")
+    parser.add_argument("--replace-steps", type=int, default=40,
+                        help="successive 1%% replace calls per index (hnsw: 40 leaves 40%% stale)")
+    parser.add_argument("--rebuild-steps", type=int, default=2,
+                        help="replace calls with a rebuild each (the previous hnsw behaviour)")
+    parser.add_argument("--ef-search", type=int, default=64,
+                        help="hnsw efSearch for the replace and stale-node measurements")
     parser.add_argument("--backfill-items", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -193,11 +243,12 @@ def main(argv=None):
     print(f"faiss {faiss.__version__}, numpy {np.__version__}, torch {torch.__version__}, "
           f"python {sys.version.split()[0]}, 1 thread, CPU seconds, {args.queries} queries, "
           f"dim {args.dim}, k=10, cosine, random uniform vectors, seed {args.seed}\n")
-    all_replace = []
+    all_replace, all_stale = [], []
     for n in sizes:
         start = time.perf_counter()
-        rows, overhead, replace_rows = SizeBench(n, args, rng).run()
-        all_replace += [(n, name, s) for name, s in replace_rows]
+        rows, overhead, replace_rows, stale_rows = SizeBench(n, args, rng).run()
+        all_replace += [(n, *row) for row in replace_rows]
+        all_stale += [(n, row) for row in stale_rows]
         print(f"### {n:,} vectors ({time.perf_counter() - start:.0f} s wall for this size)\n")
         print("| index | setting | build s | recall@10 vs flat | QPS | memory MB |")
         print("|---|---|---:|---:|---:|---:|")
@@ -211,11 +262,19 @@ def main(argv=None):
                   f"| {r['ratio']:.3f} |")
         print()
     if all_replace:
-        print("### Gallery.replace of 1% of the items (one backfill step)\n")
-        print("| size | index | seconds |")
-        print("|---:|---|---:|")
-        for n, name, seconds in all_replace:
-            print(f"| {n:,} | {name} | {seconds:.2f} |")
+        print("### Gallery.replace of 1% of the items per call (successive backfill steps)\n")
+        print("| size | index | calls | s per call (median) | ratio to hnsw stale + insert |")
+        print("|---:|---|---:|---:|---:|")
+        hnsw_s = {n: s for n, name, _, s in all_replace if name.startswith("hnsw (stale")}
+        for n, name, calls, seconds in all_replace:
+            print(f"| {n:,} | {name} | {calls} | {seconds:.3f} | {seconds / hnsw_s[n]:.2f}x |")
+        print(f"\n### hnsw search (efSearch={args.ef_search}) with stale nodes vs compacted\n")
+        print("| size | state | stale nodes | QPS | recall@10 vs exact | compact() s |")
+        print("|---:|---|---:|---:|---:|---:|")
+        for n, r in all_stale:
+            compact = f"{r['compact_s']:.1f}" if "compact_s" in r else ""
+            print(f"| {n:,} | {r['state']} | {r['stale']:,} | {r['qps']:,.0f} | "
+                  f"{r['recall']:.3f} | {compact} |")
         print()
     print(f"### Full backfill with a v2 model (ConvNet1D width 64, {args.dim}-d) vs none\n")
     print("| gallery items | embed s | re-index s | total s | BCT (no backfill) s |")

@@ -81,7 +81,7 @@ def test_evaluate_equals_numpy_brute_force():
     queries, query_y = _labelled_clusters(50, seed=1)
     gallery_ids = np.arange(300) * 3 + 1
     gallery = Gallery(8, device="cpu")
-    gallery.add(gallery_x, gallery_ids, "v1")
+    gallery.add(gallery_x, gallery_ids, version="v1")
     labels_by_id = dict(zip(gallery_ids.tolist(), gallery_y.tolist()))
     got = evaluate(queries, query_y, gallery, labels_by_id, ks=(1, 5))
     q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
@@ -101,7 +101,7 @@ def test_evaluate_rejects_bad_input():
     gallery = Gallery(2, device="cpu")
     with pytest.raises(ValueError, match="gallery is empty"):
         evaluate(np.ones((1, 2)), [0], gallery, [0])
-    gallery.add(np.eye(2), [0, 5], "v1")
+    gallery.add(np.eye(2), [0, 5], version="v1")
     with pytest.raises(ValueError, match="query_labels must be 1 integer"):
         evaluate(np.ones((1, 2)), [0, 1], gallery, [0] * 6)
     with pytest.raises(ValueError, match="gallery_labels has 2 entries but the gallery holds id 5"):
@@ -125,7 +125,7 @@ def test_cross_model_table_rows_match_evaluate():
     assert names == [("old", "old"), ("new", "old"), ("new", "new"), ("new", "old+new@0%"),
                      ("new", "old+new@50%"), ("new", "old+new@100%")]
     gallery = Gallery(8, device="cpu")
-    gallery.add(old_x, np.arange(200), "old")
+    gallery.add(old_x, np.arange(200), version="old")
     new_old = evaluate(q_new, q_labels, gallery, labels, ks=(1, 5))
     assert {k: table.get("new", "old")[k] for k in new_old} == pytest.approx(new_old)
     for key in ("top1", "mAP"):  # 0% mixed is the old gallery, 100% the new one

@@ -10,7 +10,7 @@ from regfree.retrieval import Gallery, backfill_curve, evaluate, plan_backfill, 
 def _gallery(n=6, ids=None):
     gallery = Gallery(3, device="cpu")
     ids = np.arange(n) if ids is None else ids
-    gallery.add(np.random.default_rng(0).normal(size=(n, 3)), ids, "v1")
+    gallery.add(np.random.default_rng(0).normal(size=(n, 3)), ids, version="v1")
     return gallery
 
 
@@ -39,7 +39,7 @@ def test_informed_plans_follow_v1_uncertainty():
 
 def test_plan_only_covers_the_requested_version():
     gallery = _gallery(6)
-    gallery.replace([1, 4], np.ones((2, 3)), "v2")
+    gallery.replace(np.ones((2, 3)), [1, 4], version="v2")
     logits = np.random.default_rng(1).normal(size=(6, 5))
     plan = plan_backfill(gallery, "margin", version="v1", logits=logits)
     assert sorted(plan.tolist()) == [0, 2, 3, 5]
@@ -86,7 +86,7 @@ def test_backfill_curve_endpoints_are_old_and_new_gallery_accuracy(index):
     queries, query_labels, old, new, labels, logits = _update_scenario()
     ids = np.arange(len(labels)) * 2 + 11
     gallery = Gallery(8, device="cpu")
-    gallery.add(old, ids, "old")
+    gallery.add(old, ids, version="old")
     orders = {"random": plan_backfill(gallery, "random", seed=0),
               "margin": plan_backfill(gallery, "margin", logits=logits)}
     curve = backfill_curve(queries, query_labels, old, new, labels, orders,
@@ -96,7 +96,7 @@ def test_backfill_curve_endpoints_are_old_and_new_gallery_accuracy(index):
     label_of = dict(zip(ids.tolist(), labels.tolist()))
     at_zero = evaluate(queries, query_labels, gallery, label_of, ks=(1, 5))
     fresh = Gallery(8, device="cpu")
-    fresh.add(new, ids, "new")
+    fresh.add(new, ids, version="new")
     at_full = evaluate(queries, query_labels, fresh, label_of, ks=(1, 5))
     tolerance = 1e-9 if index == "flat" else 0.05  # hnsw is approximate
     for name in orders:

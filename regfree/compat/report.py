@@ -196,7 +196,7 @@ def _search_metrics(queries: np.ndarray, query_labels: np.ndarray, gallery: np.n
                     gallery_labels: np.ndarray, ks: Sequence[int],
                     similarity: str) -> dict[str, float]:
     """Index ``gallery`` in an exact FAISS gallery and score the queries (full-ranking mAP)."""
-    index = Gallery(dim=gallery.shape[1], metric=similarity, index="flat", device="cpu")
+    index = Gallery(dim=gallery.shape[1], similarity=similarity, index_type="flat", device="cpu")
     index.add(gallery, ids=np.arange(len(gallery)), version="gallery")
     return evaluate(queries, query_labels, index, gallery_labels, ks=ks)
 

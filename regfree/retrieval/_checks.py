@@ -8,7 +8,8 @@ import numpy as np
 
 from regfree.metrics.inputs import as_numpy
 
-__all__ = ["Version", "as_ids", "as_matrix", "as_numpy", "check_positive_int", "check_version"]
+__all__ = ["Version", "as_ids", "as_matrix", "as_numpy", "check_embeddings_then_ids",
+           "check_positive_int", "check_version"]
 
 Version = Union[str, int]
 
@@ -51,6 +52,18 @@ def as_ids(values: Any, name: str = "ids", expected: Optional[int] = None) -> np
     if unique.size != array.size:
         raise ValueError(f"{name} contains duplicates: {preview(unique[counts > 1])}")
     return array
+
+
+def check_embeddings_then_ids(embeddings: Any, ids: Any, method: str) -> None:
+    """Refuse ``(ids, embeddings)`` passed where ``(embeddings, ids)`` is expected.
+
+    ``Gallery.replace`` took ``(ids, embeddings)`` before it took the order of ``add``; a 1-D
+    first argument with a 2-D second one is that old order, so say so instead of a shape error.
+    """
+    if np.ndim(embeddings) == 1 and np.ndim(ids) == 2:
+        raise TypeError(f"{method} takes (embeddings, ids, *, version=...) but got a 1-D "
+                        "embeddings and a 2-D ids: pass the embeddings first, as for add "
+                        "(the order (ids, embeddings) is no longer accepted)")
 
 
 def check_version(version: Any) -> Version:

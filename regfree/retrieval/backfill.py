@@ -206,16 +206,16 @@ def backfill_curve(query_embeddings: Any, query_labels: Any, old_embeddings: Any
     results: dict[str, dict[str, np.ndarray]] = {}
     for name, order in checked.items():
         rows = sorter[np.searchsorted(row_ids[sorter], order)]
-        gallery = Gallery(old.shape[1], metric=metric, index=index, device="cpu", **params)
-        if index == "ivf":
+        gallery = Gallery(old.shape[1], similarity=metric, index_type=index, device="cpu", **params)
+        if gallery.needs_training:
             gallery.train(old)
-        gallery.add(old, row_ids, old_version)
+        gallery.add(old, row_ids, version=old_version)
         done, measured = 0, []
         for fraction in steps:
             target = int(round(fraction * n_items))
             if target > done:
                 chunk = rows[done:target]
-                gallery.replace(row_ids[chunk], new[chunk], new_version)
+                gallery.replace(new[chunk], row_ids[chunk], version=new_version)
                 done = target
             measured.append(evaluate(query_embeddings, query_labels, gallery, label_of, ks, map_k))
             bar.update()

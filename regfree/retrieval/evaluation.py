@@ -201,8 +201,8 @@ def cross_model_table(query_embeddings: Mapping[str, Any], query_labels: Any,
             vectors = stored[gallery_version]
             if vectors.shape[1] != stored[query_version].shape[1]:
                 continue  # different embedding sizes cannot search each other
-            gallery = Gallery(vectors.shape[1], metric=metric, device="cpu")
-            gallery.add(vectors, ids, gallery_version)
+            gallery = Gallery(vectors.shape[1], similarity=metric, device="cpu")
+            gallery.add(vectors, ids, version=gallery_version)
             table.rows.append({"query": query_version, "gallery": gallery_version,
                                **score(query_version, gallery)})
     oldest = versions[0]
@@ -212,10 +212,10 @@ def cross_model_table(query_embeddings: Mapping[str, Any], query_labels: Any,
             continue  # different spaces cannot share one index
         for fraction in mixed_fractions:
             chosen = order[: int(round(fraction * n_items))]
-            gallery = Gallery(stored[oldest].shape[1], metric=metric, device="cpu")
-            gallery.add(stored[oldest], ids, oldest)
+            gallery = Gallery(stored[oldest].shape[1], similarity=metric, device="cpu")
+            gallery.add(stored[oldest], ids, version=oldest)
             if chosen.size:
-                gallery.replace(chosen, stored[newer][chosen], newer)
+                gallery.replace(stored[newer][chosen], chosen, version=newer)
             name = f"{oldest}+{newer}@{100 * fraction:g}%"
             table.rows.append({"query": newer, "gallery": name, **score(newer, gallery)})
     return table

@@ -3,67 +3,55 @@
 Design (what FAISS can and cannot do, and what the gallery does about it):
 
 - The FAISS labels *are* the caller's 64-bit ids (non-negative; ``-1`` is FAISS's "no result"),
-  so ``gallery.index.search`` returns the same ids as :meth:`Gallery.search`.
-  flat = ``IndexIDMap2(IndexFlat)``, ivf = ``IndexIVFFlat`` (ids stored natively),
-  hnsw = ``IndexIDMap2(IndexHNSWFlat)``.
-- cosine: vectors are L2-normalised on the way in and searched by inner product, so scores are
-  cosine similarities (higher is closer). l2: scores are *squared* Euclidean distances (lower is
-  closer), as FAISS reports them.
+  so ``gallery.index.search`` returns the same ids as :meth:`Gallery.search`. Each index type
+  (flat, hnsw, ivf) is one entry of ``regfree.retrieval.index_types.INDEX_TYPES``: how it is
+  built, whether it needs training, removes natively, runs on a GPU.
+- similarity: ``"cosine"`` L2-normalises vectors on the way in and searches by inner product, so
+  scores are cosine similarities (higher is closer); ``"l2"`` scores are *squared* Euclidean
+  distances (lower is closer), as FAISS reports them.
 - remove/replace: flat and ivf remove ids natively (``remove_ids``). FAISS's HNSW cannot remove
-  vectors, so on an hnsw gallery ``remove`` and ``replace`` rebuild the graph from the stored
-  vectors that remain (cost of a fresh build of the whole gallery per call: batch them).
+  vectors, so on an hnsw gallery a removed or replaced item's node is marked stale (never returned,
+  still routing searches, searched past with efSearch widened by nodes / live items) and a
+  replacement is inserted into the graph; once stale nodes exceed half the live items the graph
+  is rebuilt from the live vectors (``regfree.retrieval.stale``). A call costs the inserted
+  vectors, not a whole build; ``index`` and ``save`` compact first.
 - ivf must be trained before the first ``add``: call :meth:`Gallery.train` with a sample of at
   least ``nlist`` embeddings (FAISS advises ~39 per list). ``add``/``search`` on an untrained ivf
   gallery raise ValueError; the gallery never trains itself behind the caller's back.
 - device: ``"auto"`` uses a GPU when the installed faiss has GPU support and sees a GPU. The CPU
   index stays the source of truth (all mutations, ``index``, ``save``); searches use a GPU copy made
   on demand and dropped after each change. hnsw has no FAISS GPU form and stays on the CPU.
-- save: one file (``numpy.savez``: serialised index + ids + versions + JSON metadata) written to a
-  temporary name in the same folder, fsynced, then ``os.replace``-d over the target, so a crash
-  mid-save leaves the previous file intact (a stray ``.<name>.*.tmp`` may remain).
+- save: one file, written atomically (``regfree.retrieval.gallery_file``).
 """
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Any, Optional, Union
 
 import faiss
 import numpy as np
 
-from regfree.atomic import atomic_write
 from regfree.retrieval._checks import (
     Version,
     as_ids,
     as_matrix,
+    check_embeddings_then_ids,
     check_positive_int,
     check_version,
     preview,
 )
+from regfree.retrieval.devices import gpu_available, resolve_device
+from regfree.retrieval.gallery_file import read_gallery_file, write_gallery_file
+from regfree.retrieval.index_types import SIMILARITIES, faiss_metric, lookup_index_type
+from regfree.retrieval.stale import mark_stale, rebuild_live, search_live
 
-METRICS = ("cosine", "l2")
-INDEX_TYPES = ("flat", "hnsw", "ivf")
-_FORMAT = "regfree.Gallery"
-_FORMAT_VERSION = 1
+# An hnsw graph is rebuilt once its stale nodes exceed this share of the live items: the graph
+# stays within 1.5x the gallery (memory, search effort) and a backfill pays one rebuild per half
+# a gallery replaced instead of one per call.
+_MAX_STALE_SHARE = 0.5
 
-
-def gpu_available() -> bool:
-    """True when the installed faiss was built with GPU support and sees at least one GPU."""
-    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-
-
-def _resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if gpu_available() else "cpu"
-    if device == "cpu":
-        return "cpu"
-    if device in ("cuda", "gpu"):
-        if not gpu_available():
-            raise ValueError(f"device={device!r} but faiss sees no GPU (faiss-cpu installed?)")
-        return "cuda"
-    raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+__all__ = ["Gallery", "gpu_available"]
 
 
 class Gallery:
@@ -71,10 +59,11 @@ class Gallery:
 
     Args:
         dim: embedding dimension.
-        metric: ``"cosine"`` (normalised, inner product; scores are cosine similarities) or
+        similarity: ``"cosine"`` (normalised, inner product; scores are cosine similarities) or
             ``"l2"`` (scores are squared Euclidean distances).
-        index: ``"flat"`` (exact), ``"hnsw"`` (graph; remove/replace rebuild it) or ``"ivf"``
-            (inverted lists; needs :meth:`train` before :meth:`add`).
+        index_type: ``"flat"`` (exact), ``"hnsw"`` (graph; removed items stay as stale nodes
+            until compacted) or ``"ivf"`` (inverted lists; needs :meth:`train` before
+            :meth:`add`). The FAISS object itself is :attr:`index`.
         device: ``"auto"`` (GPU search when faiss has one), ``"cpu"`` or ``"cuda"``.
         nlist: ivf: number of inverted lists.
         nprobe: ivf: lists visited per query.
@@ -89,22 +78,21 @@ class Gallery:
         >>> scores, ids = g.search(np.eye(4, dtype="float32")[:1], k=2)
         >>> int(ids[0, 0]), float(scores[0, 0])
         (10, 1.0)
-        >>> g.replace([12], np.ones((1, 4), dtype="float32"), version="v2")
+        >>> g.replace(np.ones((1, 4), dtype="float32"), ids=[12], version="v2")
         >>> g.versions(), len(g)
         ({'v1': 3, 'v2': 1}, 4)
     """
 
-    def __init__(self, dim: int, metric: str = "cosine", index: str = "flat",
-                 device: str = "auto", *, nlist: int = 100, nprobe: int = 8, hnsw_m: int = 32,
+    def __init__(self, dim: int, *, similarity: str = "cosine", index_type: str = "flat",
+                 device: str = "auto", nlist: int = 100, nprobe: int = 8, hnsw_m: int = 32,
                  ef_construction: int = 40, ef_search: int = 64) -> None:
         self.dim = check_positive_int(dim, "dim")
-        if metric not in METRICS:
-            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-        if index not in INDEX_TYPES:
-            raise ValueError(f"index must be one of {INDEX_TYPES}, got {index!r}")
-        self.metric = metric
-        self.index_type = index
-        self.device = _resolve_device(device)
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        self._type = lookup_index_type(index_type)
+        self.similarity = similarity
+        self.index_type = self._type.name
+        self.device = resolve_device(device)
         self.params = {
             "nlist": check_positive_int(nlist, "nlist"),
             "nprobe": check_positive_int(nprobe, "nprobe"),
@@ -121,31 +109,20 @@ class Gallery:
         self._gpu_resources: Any = None
 
     # -- FAISS objects ---------------------------------------------------------------------
-    def _faiss_metric(self) -> int:
-        return faiss.METRIC_INNER_PRODUCT if self.metric == "cosine" else faiss.METRIC_L2
-
     def _new_index(self) -> Any:
-        p, metric = self.params, self._faiss_metric()
-        if self.index_type == "flat":
-            return faiss.IndexIDMap2(faiss.IndexFlat(self.dim, metric))
-        if self.index_type == "hnsw":
-            graph = faiss.IndexHNSWFlat(self.dim, p["hnsw_m"], metric)
-            graph.hnsw.efConstruction = p["ef_construction"]
-            graph.hnsw.efSearch = p["ef_search"]
-            return faiss.IndexIDMap2(graph)
-        quantizer = faiss.IndexFlat(self.dim, metric)
-        ivf = faiss.IndexIVFFlat(quantizer, self.dim, p["nlist"], metric)
-        ivf.nprobe = p["nprobe"]
-        return ivf
+        return self._type.build(self.dim, faiss_metric(self.similarity), self.params)
 
     @property
     def index(self) -> Any:
-        """The FAISS index (CPU). Its labels are the caller's ids; for cosine it holds
-        L2-normalised vectors, so normalise queries (``faiss.normalize_L2``) before searching it."""
+        """The FAISS index (CPU) holding exactly the gallery's items, labelled by the caller's
+        ids; for cosine it holds L2-normalised vectors, so normalise queries
+        (``faiss.normalize_L2``) before searching it. On an hnsw gallery with stale nodes this
+        first compacts the graph (:meth:`compact`)."""
+        self.compact()
         return self._index
 
     def _search_index(self) -> Any:
-        if self.device != "cuda" or self.index_type == "hnsw":
+        if self.device != "cuda" or not self._type.runs_on_gpu:
             return self._index
         if self._gpu_index is None:  # pragma: no cover - needs a GPU build of faiss
             if self._gpu_resources is None:
@@ -161,13 +138,26 @@ class Gallery:
         return int(self._ids.size)
 
     def __repr__(self) -> str:
-        return (f"Gallery(dim={self.dim}, metric={self.metric!r}, index={self.index_type!r}, "
-                f"device={self.device!r}, size={len(self)}, versions={self.versions()})")
+        return (f"Gallery(dim={self.dim}, similarity={self.similarity!r}, "
+                f"index_type={self.index_type!r}, device={self.device!r}, size={len(self)}, "
+                f"versions={self.versions()})")
 
     @property
     def is_trained(self) -> bool:
         """False only for an ivf gallery whose coarse quantizer has not been trained yet."""
         return bool(self._index.is_trained)
+
+    @property
+    def needs_training(self) -> bool:
+        """True while :meth:`train` must still run before the first :meth:`add` (an ivf gallery
+        not trained yet); always False for index types that need no training."""
+        return self._type.needs_training and not self.is_trained
+
+    @property
+    def stale_count(self) -> int:
+        """Nodes of removed or replaced items still in the FAISS index awaiting :meth:`compact`
+        (hnsw only; never returned by :meth:`search`)."""
+        return int(self._index.ntotal) - len(self)
 
     def versions(self) -> dict[Version, int]:
         """``{version: number of items}`` for every version that still has items, in the order
@@ -204,7 +194,7 @@ class Gallery:
 
     def _prepare(self, embeddings: Any, name: str = "embeddings") -> np.ndarray:
         vectors = as_matrix(embeddings, name, self.dim)
-        if self.metric == "cosine":
+        if self.similarity == "cosine":
             norms = np.linalg.norm(vectors, axis=1)
             if np.any(norms == 0):
                 raise ValueError(f"{name} has {int((norms == 0).sum())} zero vector(s); "
@@ -215,8 +205,9 @@ class Gallery:
 
     def _require_trained(self) -> None:
         if not self.is_trained:
-            raise ValueError("the ivf index is untrained: call gallery.train(sample_embeddings) "
-                             f"with at least nlist={self.params['nlist']} embeddings first")
+            raise ValueError(f"the {self.index_type} index is untrained: call "
+                             "gallery.train(sample_embeddings) with at least "
+                             f"nlist={self.params['nlist']} embeddings first")
 
     # -- mutations -------------------------------------------------------------------------
     def train(self, embeddings: Any) -> None:
@@ -225,23 +216,24 @@ class Gallery:
 
         Example:
             >>> import numpy as np
-            >>> g = Gallery(dim=8, index="ivf", nlist=4)
+            >>> g = Gallery(dim=8, index_type="ivf", nlist=4)
             >>> g.train(np.random.default_rng(0).normal(size=(200, 8)))
-            >>> g.is_trained
-            True
+            >>> g.is_trained, g.needs_training
+            (True, False)
         """
         vectors = self._prepare(embeddings)
-        if self.index_type != "ivf":
+        if not self._type.needs_training:
             return
         if len(self):
-            raise ValueError("the ivf index already holds items; train it before the first add")
+            raise ValueError(f"the {self.index_type} index already holds items; train it before "
+                             "the first add")
         if vectors.shape[0] < self.params["nlist"]:
-            raise ValueError(f"embeddings has {vectors.shape[0]} rows; training an ivf index "
-                             f"needs at least nlist={self.params['nlist']}")
+            raise ValueError(f"embeddings has {vectors.shape[0]} rows; training an "
+                             f"{self.index_type} index needs at least nlist={self.params['nlist']}")
         self._index.train(vectors)
         self._changed()
 
-    def add(self, embeddings: Any, ids: Any, version: Version) -> None:
+    def add(self, embeddings: Any, ids: Any, *, version: Version) -> None:
         """Add new items embedded by model ``version``.
 
         Args:
@@ -249,6 +241,7 @@ class Gallery:
             ids: ``(n,)`` unique non-negative integer ids not yet in the gallery.
             version: the model version that produced the embeddings (str or int).
         """
+        check_embeddings_then_ids(embeddings, ids, "add")
         vectors = self._prepare(embeddings)
         new_ids = as_ids(ids, expected=vectors.shape[0])
         version = check_version(version)
@@ -264,57 +257,74 @@ class Gallery:
         self._ids, self._codes = merged_ids[order], merged_codes[order]
         self._changed()
 
-    def replace(self, ids: Any, embeddings: Any, version: Version) -> None:
+    def replace(self, embeddings: Any, ids: Any, *, version: Version) -> None:
         """Re-embed existing items (a backfill step): their vectors and version change.
 
+        Same argument order as :meth:`add`. On hnsw the cost is inserting ``n`` vectors into the
+        graph (plus a rebuild whenever stale nodes exceed half the live items), not a rebuild.
+
         Args:
-            ids: ``(n,)`` unique ids, all already in the gallery.
             embeddings: ``(n, dim)`` the new embeddings, in the order of ``ids``.
+            ids: ``(n,)`` unique ids, all already in the gallery.
             version: the model version that produced them.
+
+        Raises:
+            TypeError: ``(ids, embeddings)`` passed in that order (a 1-D first argument and a
+                2-D second one).
         """
+        check_embeddings_then_ids(embeddings, ids, "replace")
         vectors = self._prepare(embeddings)
         ids = as_ids(ids, expected=vectors.shape[0])
         version = check_version(version)
         positions = self._positions(ids)
-        if self.index_type == "hnsw":
-            self._rebuild_hnsw(drop=ids, add_vectors=vectors, add_ids=ids)
-        else:
-            self._remove_from_faiss(ids)
-            self._index.add_with_ids(vectors, ids)
+        self._drop(ids)
+        self._index.add_with_ids(vectors, ids)
         self._codes[positions] = self._version_code(version)
         self._changed()
+        self._compact_when_stale()
 
     def remove(self, ids: Any) -> None:
         """Remove items; ``ids`` must be unique and all in the gallery."""
         ids = as_ids(ids)
         positions = self._positions(ids)
-        if self.index_type == "hnsw":
-            self._rebuild_hnsw(drop=ids)
-        else:
-            self._remove_from_faiss(ids)
+        self._drop(ids)
         keep = np.ones(self._ids.size, dtype=bool)
         keep[positions] = False
         self._ids, self._codes = self._ids[keep], self._codes[keep]
         self._changed()
+        self._compact_when_stale()
 
-    def _remove_from_faiss(self, ids: np.ndarray) -> None:
+    def compact(self) -> None:
+        """Rebuild an hnsw gallery's graph from its live items, dropping stale nodes (the
+        gallery does this by itself when they exceed half the live items; call it to pay the
+        rebuild at a time of your choosing). A no-op when there are none (always on flat, ivf).
+
+        Example:
+            >>> import numpy as np
+            >>> g = Gallery(dim=4, index_type="hnsw")
+            >>> g.add(np.eye(4), ids=[0, 1, 2, 3], version="v1")
+            >>> g.remove([0])
+            >>> g.stale_count, len(g)
+            (1, 3)
+            >>> g.compact()
+            >>> g.stale_count
+            0
+        """
+        if self.stale_count:
+            self._index = rebuild_live(self._index, self._new_index)
+            self._changed()
+
+    def _compact_when_stale(self) -> None:
+        if self.stale_count > _MAX_STALE_SHARE * len(self):
+            self.compact()
+
+    def _drop(self, ids: np.ndarray) -> None:
+        if not self._type.removes_natively:
+            mark_stale(self._index, ids)
+            return
         removed = self._index.remove_ids(ids)
         if removed != ids.size:  # the metadata said they were there; the index disagrees
             raise RuntimeError(f"FAISS removed {removed} of {ids.size} ids; gallery is inconsistent")
-
-    def _rebuild_hnsw(self, drop: np.ndarray, add_vectors: Optional[np.ndarray] = None,
-                      add_ids: Optional[np.ndarray] = None) -> None:
-        labels = faiss.vector_to_array(self._index.id_map)
-        stored = faiss.downcast_index(self._index.index).storage.reconstruct_n(0, labels.size)
-        keep = ~np.isin(labels, drop)
-        vectors, new_labels = stored[keep], labels[keep]
-        if add_vectors is not None:
-            vectors = np.concatenate([vectors, add_vectors])
-            new_labels = np.concatenate([new_labels, add_ids])
-        fresh = self._new_index()
-        if new_labels.size:
-            fresh.add_with_ids(np.ascontiguousarray(vectors), new_labels)
-        self._index = fresh
 
     # -- search ----------------------------------------------------------------------------
     def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -332,77 +342,46 @@ class Gallery:
         vectors = self._prepare(queries, "queries")
         k = check_positive_int(k, "k")
         self._require_trained()
-        scores, ids = self._search_index().search(vectors, k)
+        if self.stale_count:
+            scores, ids = search_live(self._index, vectors, k, self._type, len(self))
+        else:
+            scores, ids = self._search_index().search(vectors, k)
         missing = ids < 0
         if missing.any():
-            scores[missing] = -np.inf if self.metric == "cosine" else np.inf
+            scores[missing] = -np.inf if self.similarity == "cosine" else np.inf
         return scores, ids
 
     # -- persistence -----------------------------------------------------------------------
     def save(self, path: Union[str, os.PathLike]) -> None:
-        """Write the gallery to one file atomically (temporary file + ``os.replace``).
+        """Write the gallery to one file atomically (temporary file + ``os.replace``); an hnsw
+        gallery is compacted first.
 
         Example:
             >>> import numpy as np, tempfile, os
-            >>> g = Gallery(dim=2, metric="l2")
+            >>> g = Gallery(dim=2, similarity="l2")
             >>> g.add(np.ones((1, 2)), ids=[7], version=1)
             >>> path = os.path.join(tempfile.mkdtemp(), "g.gallery")
             >>> g.save(path)
             >>> Gallery.load(path).versions()
             {1: 1}
         """
-        path = Path(path)
-        meta = {"format": _FORMAT, "format_version": _FORMAT_VERSION, "dim": self.dim,
-                "metric": self.metric, "index_type": self.index_type, "params": self.params,
-                "versions": self._version_labels}
-        arrays = {
-            "index": faiss.serialize_index(self._index),
-            "ids": self._ids,
-            "codes": self._codes,
-            "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-        }
-        atomic_write(path, lambda handle: np.savez(handle, **arrays), fsync=True)
-        _fsync_dir(path.parent)
+        meta = {"dim": self.dim, "similarity": self.similarity, "index_type": self.index_type,
+                "params": self.params, "versions": self._version_labels}
+        write_gallery_file(path, self.index, self._ids, self._codes, meta)
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike], device: str = "auto") -> Gallery:
-        """Read a gallery written by :meth:`save`.
+    def load(cls, path: Union[str, os.PathLike], *, device: str = "auto") -> Gallery:
+        """Read a gallery written by :meth:`save` (also files of regfree's format version 1,
+        which called the similarity ``metric``).
 
         Raises:
             FileNotFoundError: no file at ``path``.
-            ValueError: the file is not a regfree gallery (or is damaged).
+            ValueError: the file is not a regfree gallery (or is damaged, or newer than this
+                regfree reads).
         """
-        path = Path(path)
-        try:
-            with np.load(path, allow_pickle=False) as stored:
-                arrays = {name: stored[name] for name in ("index", "ids", "codes", "meta")}
-            meta = json.loads(arrays["meta"].tobytes().decode())
-        except FileNotFoundError:
-            raise
-        except (OSError, ValueError, KeyError, EOFError) as error:
-            raise ValueError(f"{path} is not a readable regfree gallery file: {error}") from error
-        if meta.get("format") != _FORMAT or meta.get("format_version") != _FORMAT_VERSION:
-            raise ValueError(f"{path} is not a regfree gallery file (format {meta.get('format')!r}, "
-                             f"version {meta.get('format_version')!r})")
-        gallery = cls(meta["dim"], meta["metric"], meta["index_type"], device, **meta["params"])
-        gallery._index = faiss.deserialize_index(arrays["index"])
-        gallery._ids = arrays["ids"].astype(np.int64)
-        gallery._codes = arrays["codes"].astype(np.int32)
+        meta, index, ids, codes = read_gallery_file(path)
+        gallery = cls(meta["dim"], similarity=meta["similarity"], index_type=meta["index_type"],
+                      device=device, **meta["params"])
+        gallery._index, gallery._ids, gallery._codes = index, ids, codes
         gallery._version_labels = list(meta["versions"])
-        if gallery._index.ntotal != gallery._ids.size:
-            raise ValueError(f"{path} is damaged: index holds {gallery._index.ntotal} vectors, "
-                             f"metadata {gallery._ids.size} ids")
         return gallery
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open folders; the rename is still atomic there
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
