@@ -77,52 +77,67 @@ def tied_to_previous(neighbour_scores: np.ndarray, neighbour_labels: np.ndarray,
 
     Column 0 is always False; missing neighbours (label ``-1``) never tie.
     """
-    scores = np.asarray(neighbour_scores, dtype=np.float64)
-    valid = (neighbour_labels >= 0) & np.isfinite(scores)
-    scale = np.max(np.abs(np.where(valid, scores, 0.0)), axis=1, initial=0.0)
+    scores = np.asarray(neighbour_scores)
+    if not np.issubdtype(scores.dtype, np.floating):
+        scores = scores.astype(np.float64)
+    valid = neighbour_labels >= 0
+    magnitude = np.abs(scores)
+    scale = np.max(np.where(valid & np.isfinite(magnitude), magnitude, 0), axis=1, initial=0)
     tied = np.zeros(scores.shape, dtype=bool)
-    with np.errstate(invalid="ignore"):
-        close = np.abs(np.diff(scores, axis=1)) <= tie_tolerance * scale[:, None]
-    tied[:, 1:] = close & valid[:, 1:] & valid[:, :-1]
+    with np.errstate(invalid="ignore"):  # inf - inf (missing neighbours) is never a tie
+        tied[:, 1:] = np.abs(np.diff(scores, axis=1)) <= (tie_tolerance * scale)[:, None]
+    tied[:, 1:] &= valid[:, 1:] & valid[:, :-1]
     return tied
 
 
-def _blocks(tied: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Start (inclusive) and end (exclusive) position of the tied block of every position."""
-    n, length = tied.shape
-    positions = np.broadcast_to(np.arange(length), (n, length))
-    starts = np.maximum.accumulate(np.where(tied, 0, positions), axis=1)
-    ends_at = np.where(np.concatenate([~tied[:, 1:], np.ones((n, 1), bool)], axis=1),
-                       positions + 1, length)
-    ends = np.minimum.accumulate(ends_at[:, ::-1], axis=1)[:, ::-1]
-    return starts, ends
+def _block_at(new_block: np.ndarray, cut: int) -> tuple[np.ndarray, np.ndarray]:
+    """Start (inclusive) and end (exclusive) of the tied block holding position ``cut - 1``;
+    ``new_block[:, p]`` is True where position ``p`` starts a block (always at 0)."""
+    length = new_block.shape[1]
+    start = cut - 1 - np.argmax(new_block[:, cut - 1::-1], axis=1)
+    tail = new_block[:, cut:]
+    if tail.shape[1] == 0:
+        return start, np.full(new_block.shape[0], length)
+    return start, np.where(tail.any(axis=1), cut + np.argmax(tail, axis=1), length)
 
 
-def _hits_before(cumulative: np.ndarray, position: np.ndarray) -> np.ndarray:
-    """Relevant items strictly before ``position`` in each row."""
+def _split_block(cumulative: np.ndarray, new_block: np.ndarray, cut: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For the block holding position ``cut - 1``: (hits before it, its hits, its size, the
+    number of its items inside the first ``cut``)."""
     rows = np.arange(cumulative.shape[0])
-    return np.where(position > 0, cumulative[rows, np.maximum(position - 1, 0)], 0.0)
-
-
-def _cut(relevant: np.ndarray, cumulative: np.ndarray, starts: np.ndarray, ends: np.ndarray,
-         cut: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """For a cut after ``cut`` positions: (hits before the cut block, its hits, its size, the
-    number of its items inside the cut); the block is the one holding position ``cut - 1``."""
-    rows = np.arange(relevant.shape[0])
-    start, end = starts[:, cut - 1], ends[:, cut - 1]
-    before = _hits_before(cumulative, start)
+    start, end = _block_at(new_block, cut)
+    before = np.where(start > 0, cumulative[rows, np.maximum(start - 1, 0)], 0.0)
     block_hits = cumulative[rows, end - 1] - before
     return before, block_hits, (end - start).astype(np.float64), (cut - start).astype(np.float64)
 
 
-def _top_k_hits(relevant, cumulative, starts, ends, cut: int) -> float:
-    before, block_hits, size, taken = _cut(relevant, cumulative, starts, ends, cut)
+def _top_k_hits(cumulative: np.ndarray, new_block: np.ndarray, cut: int) -> float:
+    before, block_hits, size, taken = _split_block(cumulative, new_block, cut)
     hit = (before + block_hits > 0).astype(np.float64)
     partial = np.flatnonzero((before == 0) & (block_hits > 0) & (taken < size))
     for row in partial:  # rare: the k-th position cuts a tied block holding a hit
         b, h, s = int(size[row]), int(block_hits[row]), int(taken[row])
         hit[row] = 1.0 - math.comb(b - h, s) / math.comb(b, s)
     return float(hit.sum())
+
+
+def _precision_sum(relevant: np.ndarray, cumulative: np.ndarray, new_block: np.ndarray,
+                   cut: int) -> np.ndarray:
+    """Sum of precision at the hits of every tied block that ends within the first ``cut``
+    positions, each block one threshold step (scikit-learn's rule); a block the cut splits is
+    left to the caller."""
+    n, length = new_block.shape
+    block_end = np.empty((n, cut), dtype=bool)
+    block_end[:, :-1] = new_block[:, 1:cut]
+    block_end[:, -1] = new_block[:, cut] if cut < length else True
+    relevant, cumulative, starts = relevant[:, :cut], cumulative[:, :cut], new_block[:, :cut]
+    positions = np.arange(1, cut + 1, dtype=np.float64)
+    if starts.all():  # every item its own block: the precision at each hit
+        return np.where(relevant & block_end, cumulative / positions, 0.0).sum(axis=1)
+    # hits before each position's block (cumulative never decreases, so a running max works)
+    before = np.maximum.accumulate(np.where(starts, cumulative - relevant, 0.0), axis=1)
+    return np.where(block_end, (cumulative - before) * cumulative / positions, 0.0).sum(axis=1)
 
 
 def _update(query_labels: Any, neighbour_labels: Any, ks: tuple[int, ...],
@@ -142,39 +157,32 @@ def _update(query_labels: Any, neighbour_labels: Any, ks: tuple[int, ...],
     if labels.size and labels.min() < 0:
         raise ValueError("query_labels must be non-negative integers (-1 marks missing neighbours)")
     n, length = ranked.shape
-    relevant = (ranked == labels[:, None]).astype(np.float64)
+    relevant = ranked == labels[:, None]
     if neighbour_scores is None:
-        tied = np.zeros(ranked.shape, dtype=bool)
+        new_block = np.ones(ranked.shape, dtype=bool)
     else:
         scores = as_numpy(neighbour_scores)
         if scores.shape != ranked.shape:
             raise ValueError(f"neighbour_scores must have the shape of neighbour_labels "
                              f"{ranked.shape}, got {scores.shape}")
-        tied = tied_to_previous(scores, ranked, tie_tolerance)
-    starts, ends = _blocks(tied)
-    cumulative = np.cumsum(relevant, axis=1)
+        new_block = ~tied_to_previous(scores, ranked, tie_tolerance)
+    cumulative = np.cumsum(relevant, axis=1, dtype=np.float64)
     cut = length if map_k is None else min(int(map_k), length)
-    # AP: every block that ends inside the cut is one threshold step (scikit-learn's rule) ...
-    positions = np.arange(1, length + 1, dtype=np.float64)
-    block_end = (ends == positions.astype(np.int64)) & (ends <= cut)
-    rows = np.arange(n)[:, None]
-    block_hits = cumulative - np.where(starts > 0, cumulative[rows, np.maximum(starts - 1, 0)], 0.0)
-    precision_sum = np.sum(np.where(block_end, block_hits * cumulative / positions, 0.0), axis=1)
-    # ... and a block the cut splits adds its expected hits at the precision of the cut
-    before, cut_hits, size, taken = _cut(relevant, cumulative, starts, ends, cut)
+    precision_sum = _precision_sum(relevant, cumulative, new_block, cut)
+    # a block the cut splits adds its expected hits at the precision of the cut
+    before, cut_hits, size, taken = _split_block(cumulative, new_block, cut)
     split = taken < size
     expected = np.where(split, cut_hits * taken / size, 0.0)
     precision_sum += np.where(split, expected * (before + expected) / cut, 0.0)
-    hits_in_cut = np.where(split, before + expected, before + cut_hits)
-    denominator = hits_in_cut
+    denominator = np.where(split, before + expected, before + cut_hits)  # hits in the cut
     if num_relevant is not None:
         total = _check_num_relevant(num_relevant, labels, cumulative)
         if ap_denominator == "relevant":
             denominator = np.minimum(total, cut)
     with np.errstate(invalid="ignore", divide="ignore"):
         ap = np.where(denominator > 0, precision_sum / denominator, 0.0)
-    hits = np.array([_top_k_hits(relevant, cumulative, starts, ends, min(k, length))
-                     for k in ks], dtype=np.float64)
+    hits = np.array([_top_k_hits(cumulative, new_block, min(k, length)) for k in ks],
+                    dtype=np.float64)
     return n, hits, float(ap.sum())
 
 

@@ -170,7 +170,6 @@ def _search_past_ties(gallery: Gallery, queries: np.ndarray, need: int,
 def _search_without_own(gallery: Gallery, queries: np.ndarray, depth: int,
                         own: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     scores, ids = gallery.search(queries, depth)
-    scores = scores.astype(np.float64)
     if own is None:
         return scores, ids
     # drop the query's own item, or the last column where it ranked beyond the list
