@@ -75,7 +75,12 @@ def tied_to_previous(neighbour_scores: np.ndarray, neighbour_labels: np.ndarray,
                      tie_tolerance: float = TIE_TOLERANCE) -> np.ndarray:
     """``(n, L)`` bool: True where a neighbour's score ties with the previous neighbour's.
 
-    Column 0 is always False; missing neighbours (label ``-1``) never tie.
+    Two neighbours tie when their scores differ by at most ``tie_tolerance`` times the largest
+    ``|score|`` of the row. Column 0 is always False; missing neighbours (label ``-1``) never tie.
+
+    Example:
+        >>> tied_to_previous(np.array([[0.9, 0.9, 0.5]]), np.array([[0, 1, 1]])).tolist()
+        [[False, True, False]]
     """
     scores = np.asarray(neighbour_scores)
     if not np.issubdtype(scores.dtype, np.floating):
