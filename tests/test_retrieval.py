@@ -177,12 +177,13 @@ def test_matrix_is_what_evaluate_gives_per_pair_and_reuses_one_gallery_per_versi
     q_old, q_labels = _labelled_clusters(15, seed=6)
     matrix = retrieval_matrix({"v1": q_old, "v2": q_old * 2}, q_labels,
                               {"v1": old_x, "v2": new_x}, labels, ks=(1, 3), similarity="l2",
-                              map_k=10)
+                              map_k=10, ap_denominator="hits")
     for query, gallery_version, queries in [("v1", "v1", q_old), ("v2", "v1", q_old * 2),
                                             ("v2", "v2", q_old * 2)]:
         gallery = Gallery(8, metric="l2", device="cpu")
         gallery.add({"v1": old_x, "v2": new_x}[gallery_version], np.arange(60), "x")
-        expected = evaluate(queries, q_labels, gallery, labels, ks=(1, 3), map_k=10)
+        expected = evaluate(queries, q_labels, gallery, labels, ks=(1, 3), map_k=10,
+                            ap_denominator="hits")
         for key, value in expected.items():
             assert matrix.value(query, gallery_version, key) == pytest.approx(value)
     assert np.isnan(matrix.value("v1", "v2"))

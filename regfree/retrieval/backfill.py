@@ -137,7 +137,7 @@ def backfill_curve(query_embeddings: Any, query_labels: Any, old_embeddings: Any
                    fractions: Sequence[float] = tuple(np.linspace(0.0, 1.0, 11)), *,
                    gallery_ids: Any = None, similarity: str = "cosine",
                    index_type: str = "flat", ks: Sequence[int] = DEFAULT_KS,
-                   map_k: Optional[int] = None,
+                   map_k: Optional[int] = None, ap_denominator: str = "relevant",
                    index_params: Optional[Mapping[str, int]] = None,
                    old_version: Version = "old", new_version: Version = "new",
                    progress: bool = True) -> BackfillCurve:
@@ -160,7 +160,7 @@ def backfill_curve(query_embeddings: Any, query_labels: Any, old_embeddings: Any
         gallery_ids: ``(n,)`` the id of each row (default ``0..n-1``).
         similarity, index_type, index_params: the :class:`Gallery` to build (``index_params`` are its
             keyword options such as ``nlist``; an ivf gallery is trained on ``old_embeddings``).
-        ks, map_k: as in :func:`evaluate`.
+        ks, map_k, ap_denominator: as in :func:`evaluate`.
         old_version, new_version: version labels stored in the gallery.
         progress: a tqdm bar over the steps.
 
@@ -220,7 +220,7 @@ def backfill_curve(query_embeddings: Any, query_labels: Any, old_embeddings: Any
                 gallery.replace(row_ids[chunk], new[chunk], new_version)
                 done = target
             measured.append(evaluate(query_embeddings, query_labels, gallery, label_of, ks=ks,
-                                     map_k=map_k))
+                                     map_k=map_k, ap_denominator=ap_denominator))
             bar.update()
         results[name] = {key: np.array([m[key] for m in measured]) for key in measured[0]}
     bar.close()

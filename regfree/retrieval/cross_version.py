@@ -228,7 +228,8 @@ def cross_model_table(query_embeddings: Mapping[str, Any], query_labels: Any,
                       gallery_embeddings: Mapping[str, Any], gallery_labels: Any, *,
                       ks: Sequence[int] = DEFAULT_KS, similarity: str = "cosine",
                       mixed_fractions: Sequence[float] = (0.5,), map_k: Optional[int] = None,
-                      leave_one_out: bool = False, seed: int = 0) -> CrossModelTable:
+                      leave_one_out: bool = False, ap_denominator: str = "relevant",
+                      seed: int = 0) -> CrossModelTable:
     """The :func:`retrieval_matrix` as rows, plus mixed galleries (a share of items re-embedded
     by a newer model, the rest left as the oldest).
 
@@ -241,7 +242,7 @@ def cross_model_table(query_embeddings: Mapping[str, Any], query_labels: Any,
 
     Args:
         query_embeddings, query_labels, gallery_embeddings, gallery_labels, ks, similarity,
-            map_k, leave_one_out: as in :func:`retrieval_matrix`.
+            map_k, leave_one_out, ap_denominator: as in :func:`retrieval_matrix`.
         mixed_fractions: shares of re-embedded items for the mixed galleries (empty: none).
         seed: which items the mixed galleries re-embed.
 
@@ -270,7 +271,8 @@ def cross_model_table(query_embeddings: Mapping[str, Any], query_labels: Any,
                              f"({stored[newer].shape[1]}-d) in the {versions[0]!r} index "
                              f"({stored[versions[0]].shape[1]}-d); pass mixed_fractions=()")
     matrix = retrieval_matrix(query_embeddings, query_labels, stored, gallery_labels, ks=ks,
-                              similarity=similarity, map_k=map_k, leave_one_out=leave_one_out)
+                              similarity=similarity, map_k=map_k, leave_one_out=leave_one_out,
+                              ap_denominator=ap_denominator)
     table = CrossModelTable([{"query": q, "gallery": g,
                               **{key: matrix.value(q, g, key) for key in matrix.scores}}
                              for q, g in matrix.pairs()])
@@ -287,5 +289,6 @@ def cross_model_table(query_embeddings: Mapping[str, Any], query_labels: Any,
             name = f"{oldest}+{newer}@{100 * fraction:g}%"
             table.rows.append({"query": newer, "gallery": name,
                                **evaluate(query_embeddings[newer], query_labels, gallery, labels,
-                                          ks=ks, map_k=map_k, query_ids=query_ids)})
+                                          ks=ks, map_k=map_k, query_ids=query_ids,
+                                          ap_denominator=ap_denominator)})
     return table
