@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from regfree.compat import ProjectedModel, compatibility_report
+from regfree.compat import ProjectedModel, compatibility_report, embedder
 from regfree.data.images import as_tensor_dataset
 from regfree.metrics import flip_report
 from regfree.models import MLP
+from regfree.reporting.upgrade_page import upgrade_page
 from regfree.upgrade import evaluate_upgrade, run_model
 
 
@@ -86,6 +87,21 @@ def test_run_model_reads_datasets_like_arrays(toy):
     np.testing.assert_allclose(from_arrays.embeddings, from_dataset.embeddings, rtol=1e-5,
                                atol=1e-6)
     np.testing.assert_array_equal(from_dataset.labels, y)
+
+
+def test_one_embedder_type_serves_run_model_and_compatibility_report(toy):
+    x, y, old, _ = toy
+    by_name = run_model(old, (x, y), embedder="forward_features", progress=False)
+    by_callable = run_model(old, (x, y), embedder=embedder(old), progress=False)  # numpy out
+    np.testing.assert_allclose(by_callable.embeddings, by_name.embeddings, rtol=1e-5, atol=1e-6)
+
+
+def test_upgrade_page_takes_its_parts():
+    flips = flip_report([0, 1, 1], [0, 1, 1], [0, 0, 1])
+    page = upgrade_page(flips, max_nfr=0.5, passed=True)
+    assert "<b>PASS</b>" in page and "Retrieval across versions" not in page
+    with pytest.raises(ValueError, match="passed must be given with max_nfr"):
+        upgrade_page(flips, max_nfr=0.5)
 
 
 def test_bad_arguments_are_named(toy):
