@@ -191,7 +191,7 @@ def run(config: dict[str, dict[str, Any]], ctx: ProcessContext) -> dict[str, Any
                                   progress=config["output"]["progress"],
                                   num_workers=config["train"]["num_workers"])
         report.to_html(str(out / f"report_{method}.html"), title=f"v1 -> v2 ({method})")
-        flips, compat = report.flips, report.compatibility
+        flips, compat = report.flips, report.retrieval
         rows.append(f"| {method} | {flips.error_rate_new:.2%} | {flips.nfr:.2%} "
                     f"[{flips.nfr_ci[0]:.2%}, {flips.nfr_ci[1]:.2%}] | {flips.mcnemar_p:.2g} | "
                     f"{compat.value('v1', 'v1'):.2%} | {compat.value('v2', 'v1'):.2%} | "

@@ -18,9 +18,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from regfree.compat import CompatibilityReport, compatibility_report
+from regfree.compat import CompatibilityReport
 from regfree.metrics import FlipReport, correct_mask, flip_report, json_safe
-from regfree.retrieval import BackfillCurve, Gallery, backfill_curve, plan_backfill
+from regfree.retrieval import (
+    BackfillCurve,
+    Gallery,
+    backfill_curve,
+    plan_backfill,
+    retrieval_matrix,
+)
 from regfree.training.data import TrainData
 from regfree.training.predict import Embedder, ModelRun, run_model
 
@@ -36,8 +42,8 @@ class UpgradeReport:
 
     Attributes:
         flips: v1 -> v2 negative flips on the evaluation data.
-        compatibility: the retrieval matrix (query version x gallery version, v1 and v2) when a
-            gallery was given; ``value("v2", "v1")`` is v2 searching v1's gallery, no backfill.
+        retrieval: the cross-version retrieval report (query version x gallery version, v1 and
+            v2) when a gallery was given; ``value("v2", "v1")`` is v2 searching v1's gallery, no backfill.
         backfill: retrieval of v2 queries while v1's gallery is re-embedded, per order.
         max_nfr: the gate; ``None`` means no gate.
         class_names: names of the classes, for the page.
@@ -46,7 +52,7 @@ class UpgradeReport:
     """
 
     flips: FlipReport
-    compatibility: Optional[CompatibilityReport] = None
+    retrieval: Optional[CompatibilityReport] = None
     backfill: Optional[BackfillCurve] = None
     max_nfr: Optional[float] = None
     class_names: Optional[list[str]] = field(default=None, repr=False)
@@ -58,7 +64,7 @@ class UpgradeReport:
         return self.max_nfr is None or self.flips.nfr <= self.max_nfr
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form: ``flips``, ``compatibility``, ``backfill``, ``gate``."""
+        """JSON-ready form: ``flips``, ``retrieval``, ``backfill``, ``gate``."""
         backfill = None
         if self.backfill is not None:
             backfill = {"fractions": self.backfill.fractions.tolist(),
@@ -66,7 +72,7 @@ class UpgradeReport:
                                    for order, s in self.backfill.scores.items()}}
         return {
             "flips": self.flips.to_dict(),
-            "compatibility": self.compatibility.to_dict() if self.compatibility else None,
+            "retrieval": self.retrieval.to_dict() if self.retrieval else None,
             "backfill": backfill,
             "gate": {"max_nfr": self.max_nfr, "passed": self.passed},
         }
@@ -78,8 +84,8 @@ class UpgradeReport:
     def summary(self) -> str:
         """A few readable lines: the flip summary, retrieval without backfill, the gate."""
         lines = [self.flips.summary()]
-        if self.compatibility is not None:
-            c = self.compatibility
+        if self.retrieval is not None:
+            c = self.retrieval
             lines.append(
                 f"retrieval top-1: v1/v1 {c.value(OLD, OLD):.1%}, v2/v1 (no backfill) "
                 f"{c.value(NEW, OLD):.1%}, v2/v2 {c.value(NEW, NEW):.1%}; compatible: "
@@ -95,7 +101,9 @@ class UpgradeReport:
         from regfree.reporting import write_text_atomic
         from regfree.reporting.upgrade_page import upgrade_page
 
-        write_text_atomic(path, upgrade_page(self, title))
+        write_text_atomic(path, upgrade_page(
+            self.flips, retrieval=self.retrieval, backfill=self.backfill, max_nfr=self.max_nfr,
+            passed=self.passed, class_names=self.class_names, title=title))
 
 
 def evaluate_upgrade(
@@ -155,7 +163,7 @@ def evaluate_upgrade(
         >>> x, y = rng.normal(size=(40, 4)).astype("float32"), np.arange(40) % 2
         >>> report = evaluate_upgrade(MLP(4, 2), MLP(4, 2), (x, y), gallery=(x, y), max_nfr=1.0,
         ...                           progress=False)
-        >>> report.passed, report.compatibility.versions
+        >>> report.passed, report.retrieval.versions
         (True, ['v1', 'v2'])
     """
     if max_nfr is not None and not (isinstance(max_nfr, (int, float)) and 0.0 <= max_nfr <= 1.0):
@@ -192,19 +200,9 @@ def evaluate_upgrade(
                              **common)
         native_g = run_model(new, gallery, embedder=new_native_embedder,
                              desc="v2 native on gallery", **common)
-    embeddings = {
-        (OLD, "query"): old_q.embeddings, (OLD, "gallery"): old_g.embeddings,
-        (NEW, "query"): new_q.embeddings, (NEW, "gallery"): new_g.embeddings,
-        ("native", "query"): native_q.embeddings, ("native", "gallery"): native_g.embeddings,
-    }
-    # compatibility_report embeds "inputs"; ours are already embedded, so the inputs are the
-    # names of the two parts and each embedder looks its part up.
-    report.compatibility = compatibility_report(
-        "query", "gallery",
-        {OLD: lambda part: embeddings[OLD, part],
-         NEW: {NEW: lambda part: embeddings["native", part],
-               OLD: lambda part: embeddings[NEW, part]}},
-        old_q.labels, old_g.labels)
+    report.retrieval = CompatibilityReport(retrieval_matrix(
+        {OLD: old_q.embeddings, NEW: {NEW: native_q.embeddings, OLD: new_q.embeddings}},
+        old_q.labels, {OLD: old_g.embeddings, NEW: native_g.embeddings}, old_g.labels))
     if backfill_orders:
         report.backfill = _backfill(old_g, new_g, new_q, old_q.labels, backfill_orders,
                                     backfill_fractions, seed, progress)

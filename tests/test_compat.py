@@ -249,6 +249,21 @@ def test_report_mean_average_precision_matches_sklearn():
     assert report.value("v1", "v1") == pytest.approx(np.mean(nearest == query_labels))
 
 
+def test_report_leave_one_out_when_queries_are_the_gallery():
+    rng = np.random.default_rng(1)
+    items, labels = rng.normal(size=(25, 4)), rng.integers(0, 3, 25)
+    with_self = compatibility_report(items, items, {"v1": lambda a: a}, labels, labels)
+    left_out = compatibility_report(items, items, {"v1": lambda a: a}, labels, labels,
+                                    leave_one_out=True)
+    assert with_self.value("v1", "v1") == 1.0  # each query finds itself
+    unit = items / np.linalg.norm(items, axis=1, keepdims=True)
+    cosine = unit @ unit.T
+    np.fill_diagonal(cosine, -np.inf)
+    nearest = labels[cosine.argmax(1)]
+    assert left_out.value("v1", "v1") == pytest.approx(np.mean(nearest == labels))
+    assert left_out.protocol["leave_one_out"] is True
+
+
 def test_report_rejects_bad_embedders():
     x, labels = np.eye(3, dtype=np.float32) + 0.1, np.array([0, 1, 1])
     with pytest.raises(ValueError, match="embedders"):

@@ -53,7 +53,7 @@ def test_resnet18_to_resnet50_one_step_each_method(tmp_path):
     for method, result_ in summary["results"].items():
         flips = result_["upgrade"]["flips"]
         assert flips["n"] == 6  # every validation image was scored
-        assert result_["upgrade"]["compatibility"]["protocol"]["gallery"] == 9
+        assert result_["upgrade"]["retrieval"]["protocol"]["gallery"] == 9
         assert len(result_["history"]["epochs"]) == 1
         assert (out / f"report_{method}.html").stat().st_size > 1000
     terms = summary["results"]["bct+fd"]["history"]["epochs"][0]["terms"]

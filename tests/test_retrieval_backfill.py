@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from regfree.retrieval import Gallery, backfill_curve, evaluate, plan_backfill, plot_backfill_curves
+from regfree.reporting.plots import plot_backfill_curves
+from regfree.retrieval import Gallery, backfill_curve, evaluate, plan_backfill
 
 
 def _gallery(n=6, ids=None):
@@ -48,7 +49,7 @@ def test_plan_only_covers_the_requested_version():
 
 def test_plan_backfill_rejects_bad_input():
     gallery = _gallery(4)
-    with pytest.raises(ValueError, match="strategy must be one of"):
+    with pytest.raises(ValueError, match="order must be one of"):
         plan_backfill(gallery, "fastest")
     with pytest.raises(ValueError, match="needs logits"):
         plan_backfill(gallery, "margin")
@@ -81,8 +82,8 @@ def _update_scenario(seed=0, n=400, n_queries=120, dim=8, classes=5):
     return queries, query_labels, old, new, labels, logits
 
 
-@pytest.mark.parametrize("index", ["flat", "hnsw"])
-def test_backfill_curve_endpoints_are_old_and_new_gallery_accuracy(index):
+@pytest.mark.parametrize("index_type", ["flat", "hnsw"])
+def test_backfill_curve_endpoints_are_old_and_new_gallery_accuracy(index_type):
     queries, query_labels, old, new, labels, logits = _update_scenario()
     ids = np.arange(len(labels)) * 2 + 11
     gallery = Gallery(8, device="cpu")
@@ -90,7 +91,7 @@ def test_backfill_curve_endpoints_are_old_and_new_gallery_accuracy(index):
     orders = {"random": plan_backfill(gallery, "random", seed=0),
               "margin": plan_backfill(gallery, "margin", logits=logits)}
     curve = backfill_curve(queries, query_labels, old, new, labels, orders,
-                           fractions=(0.0, 0.25, 0.5, 1.0), gallery_ids=ids, index=index,
+                           fractions=(0.0, 0.25, 0.5, 1.0), gallery_ids=ids, index_type=index_type,
                            ks=(1, 5), progress=False)
     assert curve.fractions.tolist() == [0.0, 0.25, 0.5, 1.0]
     label_of = dict(zip(ids.tolist(), labels.tolist()))
@@ -98,7 +99,7 @@ def test_backfill_curve_endpoints_are_old_and_new_gallery_accuracy(index):
     fresh = Gallery(8, device="cpu")
     fresh.add(new, ids, version="new")
     at_full = evaluate(queries, query_labels, fresh, label_of, ks=(1, 5))
-    tolerance = 1e-9 if index == "flat" else 0.05  # hnsw is approximate
+    tolerance = 1e-9 if index_type == "flat" else 0.05  # hnsw is approximate
     for name in orders:
         for key in ("top1", "top5", "mAP"):
             assert curve.scores[name][key][0] == pytest.approx(at_zero[key], abs=tolerance)
@@ -129,7 +130,7 @@ def test_ivf_backfill_curve_trains_on_the_old_gallery():
     queries, query_labels, old, new, labels, _ = _update_scenario(n=200, n_queries=30)
     curve = backfill_curve(queries, query_labels, old, new, labels,
                            {"random": np.random.default_rng(0).permutation(200)},
-                           fractions=(0.0, 1.0), index="ivf",
+                           fractions=(0.0, 1.0), index_type="ivf",
                            index_params={"nlist": 4, "nprobe": 4}, ks=(1,), progress=False)
     assert curve.scores["random"]["top1"][-1] > curve.scores["random"]["top1"][0]
 

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from regfree.compat import ProjectedModel, compatibility_report
+from regfree.compat import ProjectedModel, compatibility_report, embedder
 from regfree.data.images import as_tensor_dataset
 from regfree.metrics import flip_report
 from regfree.models import MLP
+from regfree.reporting.upgrade_page import upgrade_page
 from regfree.upgrade import evaluate_upgrade, run_model
 
 
@@ -32,7 +33,7 @@ def test_flips_match_direct_predictions_and_gate(toy):
     assert report.flips.to_dict() == expected.to_dict()
     assert report.negative_flip_mask.shape == (len(y),)
     assert report.negative_flip_mask.mean() == expected.nfr
-    assert report.compatibility is None and report.backfill is None
+    assert report.retrieval is None and report.backfill is None
     assert report.passed == (expected.nfr == 0.0)
     assert evaluate_upgrade(old, new, (x, y), max_nfr=1.0, progress=False).passed
 
@@ -48,8 +49,8 @@ def test_retrieval_matches_compatibility_report_and_backfill_ends(toy):
 
     direct = compatibility_report(x[:30], x[30:], {"v1": features(old), "v2": features(new)},
                                   y[:30], y[30:])
-    np.testing.assert_allclose(report.compatibility.matrix("top1"), direct.matrix("top1"))
-    np.testing.assert_allclose(report.compatibility.matrix("mAP"), direct.matrix("mAP"),
+    np.testing.assert_allclose(report.retrieval.matrix("top1"), direct.matrix("top1"))
+    np.testing.assert_allclose(report.retrieval.matrix("mAP"), direct.matrix("mAP"),
                                rtol=1e-6)
     curve = report.backfill
     assert set(curve.scores) == {"random", "margin"}
@@ -58,7 +59,7 @@ def test_retrieval_matches_compatibility_report_and_backfill_ends(toy):
         assert curve.scores[order]["top1"][-1] == pytest.approx(direct.value("v2", "v2"))
     payload = json.loads(report.to_json())
     assert payload["gate"] == {"max_nfr": None, "passed": True}
-    assert payload["compatibility"]["versions"] == ["v1", "v2"]
+    assert payload["retrieval"]["versions"] == ["v1", "v2"]
 
 
 def test_projected_v2_searches_old_gallery_in_projected_space(toy):
@@ -69,8 +70,8 @@ def test_projected_v2_searches_old_gallery_in_projected_space(toy):
                               new_embedder="compatible_embeddings",
                               new_native_embedder="native_embeddings", backfill_orders=(),
                               progress=False)
-    assert report.compatibility.protocol["gallery"] == 60
-    assert not np.isnan(report.compatibility.value("v2", "v1"))
+    assert report.retrieval.protocol["gallery"] == 60
+    assert not np.isnan(report.retrieval.value("v2", "v1"))
     with pytest.raises(ValueError, match="new_embedder"):
         evaluate_upgrade(old, new, (x, y), gallery=(x, y), new_embedder="native_embeddings",
                          new_native_embedder=None, progress=False)
@@ -86,6 +87,21 @@ def test_run_model_reads_datasets_like_arrays(toy):
     np.testing.assert_allclose(from_arrays.embeddings, from_dataset.embeddings, rtol=1e-5,
                                atol=1e-6)
     np.testing.assert_array_equal(from_dataset.labels, y)
+
+
+def test_one_embedder_type_serves_run_model_and_compatibility_report(toy):
+    x, y, old, _ = toy
+    by_name = run_model(old, (x, y), embedder="forward_features", progress=False)
+    by_callable = run_model(old, (x, y), embedder=embedder(old), progress=False)  # numpy out
+    np.testing.assert_allclose(by_callable.embeddings, by_name.embeddings, rtol=1e-5, atol=1e-6)
+
+
+def test_upgrade_page_takes_its_parts():
+    flips = flip_report([0, 1, 1], [0, 1, 1], [0, 0, 1])
+    page = upgrade_page(flips, max_nfr=0.5, passed=True)
+    assert "<b>PASS</b>" in page and "Retrieval across versions" not in page
+    with pytest.raises(ValueError, match="passed must be given with max_nfr"):
+        upgrade_page(flips, max_nfr=0.5)
 
 
 def test_bad_arguments_are_named(toy):

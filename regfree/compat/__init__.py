@@ -5,7 +5,9 @@
 - :func:`extend_head`: the frozen old head extended to classes v1 never saw.
 - :class:`CosineClassifier`: a normalised head (galleries search by cosine).
 - :class:`ProjectedModel`: v2 with a learned projection into v1's embedding space.
-- :func:`compatibility_report`: the cross-version matrix, criterion, update gain, AC and AM.
+- :func:`compatibility_report`: the cross-version matrix, criterion, update gain, AC and AM
+  (embedders in; for embeddings already at hand, ``CompatibilityReport(retrieval_matrix(...))``
+  with :func:`regfree.retrieval.retrieval_matrix`).
 
 Example:
     >>> from torch import nn

@@ -9,15 +9,15 @@ embeddings for a gallery v2 embeds, projected ones for the gallery v1 embedded.
 
 from __future__ import annotations
 
-from typing import Callable, Union
+from typing import Union
 
 import numpy as np
 import torch
 from torch import nn
 
 from regfree.retrieval import embed
+from regfree.training.predict import Embedder
 
-Embedder = Callable[[object], np.ndarray]
 _SPACES = ("native", "compatible")
 
 
@@ -78,9 +78,10 @@ class ProjectedModel(nn.Module):
 
 
 def embedder(model: nn.Module, space: str = "native", batch_size: int = 1024) -> Embedder:
-    """A callable ``inputs -> (N, D) float32 array`` for
-    :func:`~regfree.compat.compatibility_report`, running ``model`` in eval mode without
-    gradients through :func:`regfree.retrieval.embed`.
+    """An :data:`~regfree.training.predict.Embedder`: a callable ``inputs -> (N, D) float32
+    array`` for :func:`~regfree.compat.compatibility_report` (or ``evaluate_upgrade``'s
+    embedders), running ``model`` in eval mode without gradients through
+    :func:`regfree.retrieval.embed`.
 
     Args:
         model: a model with ``forward_features`` (e.g. ``ConvNet1D``) or a

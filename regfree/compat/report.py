@@ -10,53 +10,66 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
-from regfree.retrieval import Gallery, evaluate
+from regfree.metrics.retrieval import DEFAULT_KS
+from regfree.retrieval import RetrievalMatrix, retrieval_matrix
 
 EmbedderSpec = Union[Callable[[Any], Any], Mapping[str, Callable[[Any], Any]]]
 
 
 @dataclass
 class CompatibilityReport:
-    """Cross-version retrieval metrics of several model versions.
+    """Cross-version retrieval of several model versions, and what it says about compatibility.
 
     Attributes:
-        versions: version names in release order (oldest first).
-        ks: the cut-offs of the top-k accuracies.
-        topk: ``{k: (V, V) array}``; entry ``[i, j]`` is top-k accuracy of version-``i`` queries
-            against the version-``j`` gallery (NaN where not computed).
-        mean_ap: ``(V, V)`` array of mean average precision over the whole gallery.
-        protocol: how retrieval was done (similarity, backend, sizes).
+        scores: the :class:`~regfree.retrieval.RetrievalMatrix` (entry ``[i, j]``: version-``i``
+            queries on the version-``j`` gallery, NaN where not computed); the criterion, update
+            gain, AC and AM are read from it.
+
+    Example:
+        >>> from regfree.retrieval import retrieval_matrix
+        >>> x = np.eye(4, dtype=np.float32); labels = np.array([0, 0, 1, 1])
+        >>> report = CompatibilityReport(retrieval_matrix({"v1": x, "v2": x}, labels,
+        ...                                               {"v1": x, "v2": x}, labels))
+        >>> report.criterion("v2", "v1"), report.average_multimodel_accuracy("mAP")
+        (False, 0.75)
     """
 
-    versions: list[str]
-    ks: tuple[int, ...]
-    topk: dict[int, np.ndarray]
-    mean_ap: np.ndarray
-    protocol: dict[str, Any] = field(default_factory=dict)
+    scores: RetrievalMatrix
+
+    def __post_init__(self) -> None:
+        if 1 not in self.scores.ks:
+            raise ValueError(f"scores must include top-1 (ks={self.scores.ks})")
+
+    @property
+    def versions(self) -> list[str]:
+        """Version names in release order (oldest first)."""
+        return self.scores.versions
+
+    @property
+    def ks(self) -> tuple[int, ...]:
+        """The cut-offs of the top-k accuracies."""
+        return self.scores.ks
+
+    @property
+    def protocol(self) -> dict[str, Any]:
+        """How retrieval was done (similarity, backend, sizes)."""
+        return self.scores.protocol
 
     def matrix(self, metric: str = "top1") -> np.ndarray:
         """The ``(V, V)`` matrix of ``metric``: ``"mAP"`` or ``"top<k>"`` for a k in ``ks``."""
-        if metric == "mAP":
-            return self.mean_ap
-        if metric.startswith("top") and metric[3:].isdigit() and int(metric[3:]) in self.topk:
-            return self.topk[int(metric[3:])]
-        names = ["mAP"] + [f"top{k}" for k in self.ks]
-        raise ValueError(f"metric must be one of {names}, got {metric!r}")
+        return self.scores.matrix(metric)
 
     def _index(self, version: str, argument: str) -> int:
-        if version not in self.versions:
-            raise ValueError(f"{argument} must be one of {self.versions}, got {version!r}")
-        return self.versions.index(version)
+        return self.scores.index(version, argument)
 
     def value(self, query: str, gallery: str, metric: str = "top1") -> float:
         """``C[query][gallery]`` for ``metric``."""
-        return float(self.matrix(metric)[self._index(query, "query"),
-                                          self._index(gallery, "gallery")])
+        return self.scores.value(query, gallery, metric)
 
     def criterion(self, new: str, old: str, metric: str = "top1") -> bool:
         """The empirical compatibility criterion ``M(new, old) > M(old, old)``."""
@@ -192,15 +205,6 @@ def _resolve(embedders: Mapping[str, EmbedderSpec]) -> dict[str, dict[str, Calla
     return plans
 
 
-def _search_metrics(queries: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray,
-                    gallery_labels: np.ndarray, ks: Sequence[int],
-                    similarity: str) -> dict[str, float]:
-    """Index ``gallery`` in an exact FAISS gallery and score the queries (full-ranking mAP)."""
-    index = Gallery(dim=gallery.shape[1], similarity=similarity, index_type="flat", device="cpu")
-    index.add(gallery, ids=np.arange(len(gallery)), version="gallery")
-    return evaluate(queries, query_labels, index, gallery_labels, ks=ks)
-
-
 def _as_embeddings(values, argument: str, rows: int) -> np.ndarray:
     if hasattr(values, "detach"):
         values = values.detach().cpu().numpy()
@@ -211,16 +215,18 @@ def _as_embeddings(values, argument: str, rows: int) -> np.ndarray:
     return array
 
 
-def compatibility_report(query, gallery, embedders: Mapping[str, EmbedderSpec], query_labels,
-                         gallery_labels, ks: Sequence[int] = (1, 5),
-                         similarity: str = "cosine") -> CompatibilityReport:
+def compatibility_report(query: Any, gallery: Any, embedders: Mapping[str, EmbedderSpec],
+                         query_labels: Any, gallery_labels: Any, *,
+                         ks: Sequence[int] = DEFAULT_KS, similarity: str = "cosine",
+                         leave_one_out: bool = False) -> CompatibilityReport:
     """Embed query and gallery with every version and fill ``C[i][j]`` for ``i >= j``.
 
-    Retrieval protocol: each query is searched against the whole gallery, held in an exact
-    FAISS index (:class:`regfree.retrieval.Gallery`, scored by :func:`regfree.retrieval.evaluate`),
-    by ``similarity`` (``"cosine"``: L2-normalised inner product; ``"l2"``: Euclidean); top-k accuracy
-    is the share of queries with a same-label item among the k nearest, and mAP averages the
-    precision at every same-label item over the full ranking of the gallery.
+    Retrieval protocol: :func:`regfree.retrieval.retrieval_matrix` (each query searches the whole
+    gallery in an exact FAISS index by ``similarity``: ``"cosine"``, L2-normalised inner product,
+    or ``"l2"``, Euclidean); top-k accuracy is the share of queries with a same-label item among
+    the k nearest, and mAP averages the precision at every same-label item over the full
+    ranking of the gallery (tied scores as scikit-learn scores them). Embeddings the caller
+    already holds go to ``retrieval_matrix`` and ``CompatibilityReport`` directly.
 
     Args:
         query: query inputs (anything the embedders accept).
@@ -233,6 +239,8 @@ def compatibility_report(query, gallery, embedders: Mapping[str, EmbedderSpec], 
         gallery_labels: ``(Ng,)`` class ids of the gallery.
         ks: top-k cut-offs; 1 is always included.
         similarity: ``"cosine"`` or ``"l2"``.
+        leave_one_out: ``query`` and ``gallery`` are the same items: each query's own item is
+            left out of its ranking.
 
     Returns:
         A :class:`CompatibilityReport`.
@@ -250,36 +258,27 @@ def compatibility_report(query, gallery, embedders: Mapping[str, EmbedderSpec], 
     ks = tuple(sorted({1, *(int(k) for k in ks)}))
     if ks[0] < 1:
         raise ValueError(f"ks must be positive integers, got {ks}")
-    if similarity not in ("cosine", "l2"):
+    if similarity not in ("cosine", "l2"):  # checked before any embedder runs
         raise ValueError(f"similarity must be 'cosine' or 'l2', got {similarity!r}")
     query_labels = np.asarray(query_labels).reshape(-1)
     gallery_labels = np.asarray(gallery_labels).reshape(-1)
     galleries = {name: _as_embeddings(plans[name][name](gallery), f"embedders[{name!r}] on "
                                       "gallery", len(gallery_labels)) for name in versions}
-    size = len(versions)
-    topk = {k: np.full((size, size), np.nan) for k in ks}
-    mean_ap = np.full((size, size), np.nan)
+    queries: dict[str, dict[str, np.ndarray]] = {}
     embedded: dict[int, np.ndarray] = {}  # one pass over the queries per distinct embedder
-    for i, new in enumerate(versions):
-        for j, old in enumerate(versions[:i + 1]):
-            if old not in plans[new]:
-                continue
-            function = plans[new][old]
+    for new in versions:
+        queries[new] = {}
+        for old, function in plans[new].items():
             if id(function) not in embedded:
                 embedded[id(function)] = _as_embeddings(
                     function(query), f"embedders[{new!r}] on query for gallery {old!r}",
                     len(query_labels))
-            queries = embedded[id(function)]
-            if queries.shape[1] != galleries[old].shape[1]:
-                raise ValueError(f"embedders[{new!r}] gives {queries.shape[1]}-d queries for "
+            found = embedded[id(function)]
+            if found.shape[1] != galleries[old].shape[1]:
+                raise ValueError(f"embedders[{new!r}] gives {found.shape[1]}-d queries for "
                                  f"the {galleries[old].shape[1]}-d {old!r} gallery; map "
                                  f"{old!r} to a projected embedder")
-            result = _search_metrics(queries, query_labels, galleries[old], gallery_labels,
-                                     ks, similarity)
-            for k in ks:
-                topk[k][i, j] = result[f"top{k}"]
-            mean_ap[i, j] = result["mAP"]
-    protocol = {"similarity": similarity, "queries": int(len(query_labels)),
-                "gallery": int(len(gallery_labels)), "backend": "faiss flat (exact)",
-                "ks": list(ks)}
-    return CompatibilityReport(versions, ks, topk, mean_ap, protocol)
+            queries[new][old] = found
+    return CompatibilityReport(retrieval_matrix(queries, query_labels, galleries, gallery_labels,
+                                                ks=ks, similarity=similarity,
+                                                leave_one_out=leave_one_out))

@@ -78,7 +78,7 @@ def run_demo(config: DemoConfig) -> tuple[list[DemoRow], dict[str, UpgradeReport
     flips = {variant: report.negative_flip_mask for variant, report in reports.items()}
     rows = []
     for variant, report in reports.items():
-        compat = report.compatibility
+        compat = report.retrieval
         vs_plain = None
         if variant != "plain":
             vs_plain = mcnemar_exact_p(*discordant_pairs(flips["plain"], flips[variant]))

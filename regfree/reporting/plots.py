@@ -1,15 +1,20 @@
-"""matplotlib figures of a flip report (Agg canvas; pyplot and its global state are not used)."""
+"""matplotlib figures of a flip report and of a partial-backfill curve (Agg canvas; pyplot and
+its global state are not used)."""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from regfree.atomic import atomic_write
 from regfree.metrics import FlipReport, wilson_interval
 from regfree.metrics.report import class_label
+
+if TYPE_CHECKING:
+    from regfree.retrieval import BackfillCurve
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -80,4 +85,42 @@ def plot_negative_flip_confusion(report: FlipReport,
             if value:
                 ax.text(j, i, str(value), ha="center", va="center", fontsize="small",
                         color="white" if value > peak / 2 else "black")
+    return fig
+
+
+def plot_backfill_curves(curve: BackfillCurve, metric: str = "top1",
+                         path: Union[str, None] = None, title: Optional[str] = None) -> Figure:
+    """Plot ``metric`` against the backfilled share for every order of a backfill curve.
+
+    Args:
+        curve: from :func:`regfree.retrieval.backfill_curve`.
+        metric: a score name such as ``"top1"`` or ``"mAP"``.
+        path: also write a PNG there (written to a temporary name, then renamed).
+        title: the axes title.
+
+    Returns:
+        The ``matplotlib.figure.Figure``.
+
+    Example:
+        >>> import numpy as np
+        >>> from regfree.retrieval import BackfillCurve
+        >>> curve = BackfillCurve(np.array([0.0, 1.0]), {"random": {"top1": np.array([0.2, 0.9])}})
+        >>> len(plot_backfill_curves(curve).axes[0].lines)
+        1
+    """
+    first = next(iter(curve.scores.values()))
+    if metric not in first:
+        raise ValueError(f"metric must be one of {sorted(first)}, got {metric!r}")
+    fig = _new_figure(6, 4)
+    ax = fig.add_subplot()
+    for name, values in curve.scores.items():
+        ax.plot(100 * curve.fractions, values[metric], marker="o",
+                label=f"{name} (area {curve.area(name, metric):.3f})")
+    ax.set_xlabel("gallery backfilled with the new model (%)")
+    ax.set_ylabel(metric)
+    ax.set_title(title or f"Partial backfill: {metric} of new-model queries")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if path is not None:
+        atomic_write(path, lambda handle: fig.savefig(handle, format="png"))
     return fig

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from regfree.reporting.html import (
     HtmlSection,
@@ -15,17 +15,17 @@ from regfree.reporting.html import (
 )
 
 if TYPE_CHECKING:
-    from regfree.upgrade import UpgradeReport
+    from regfree.compat import CompatibilityReport
+    from regfree.metrics import FlipReport
+    from regfree.retrieval import BackfillCurve
 
 
 def _percent(value: float) -> str:
     return "" if math.isnan(value) else f"{100 * value:.1f}%"
 
 
-def retrieval_section(report: UpgradeReport) -> HtmlSection:
+def retrieval_section(compat: CompatibilityReport) -> HtmlSection:
     """Top-1 / top-5 / mAP of v1/v1, v2/v1 (no backfill) and v2/v2, with the verdict."""
-    compat = report.compatibility
-    assert compat is not None
     rows = []
     for query, gallery, meaning in (("v1", "v1", "today: v1 queries on v1's gallery"),
                                     ("v2", "v1", "v2 queries on v1's gallery, no backfill"),
@@ -43,12 +43,10 @@ def retrieval_section(report: UpgradeReport) -> HtmlSection:
     return HtmlSection("Retrieval across versions", "\n".join(body))
 
 
-def backfill_section(report: UpgradeReport) -> HtmlSection:
+def backfill_section(curve: BackfillCurve) -> HtmlSection:
     """The partial-backfill curve, per order."""
-    from regfree.retrieval import plot_backfill_curves
+    from regfree.reporting.plots import plot_backfill_curves
 
-    curve = report.backfill
-    assert curve is not None
     header = ["order"] + [f"{100 * f:g}%" for f in curve.fractions] + ["area"]
     rows = [[order] + [_percent(v) for v in scores["top1"]] + [_percent(curve.area(order))]
             for order, scores in curve.scores.items()]
@@ -57,24 +55,41 @@ def backfill_section(report: UpgradeReport) -> HtmlSection:
                        html_table(header, rows) + "\n" + image_html(figure, "backfill curve"))
 
 
-def upgrade_page(report: UpgradeReport, title: str = "regfree upgrade report") -> str:
-    """One self-contained page for an :class:`~regfree.upgrade.UpgradeReport`.
+def upgrade_page(flips: FlipReport, *, retrieval: Optional[CompatibilityReport] = None,
+                 backfill: Optional[BackfillCurve] = None, max_nfr: Optional[float] = None,
+                 passed: Optional[bool] = None, class_names: Optional[Sequence[str]] = None,
+                 title: str = "regfree upgrade report") -> str:
+    """One self-contained page for an upgrade check (what
+    :meth:`regfree.upgrade.UpgradeReport.to_html` writes), from its parts.
+
+    Args:
+        flips: the v1 -> v2 flip report.
+        retrieval: the cross-version retrieval report; ``None`` leaves the section out.
+        backfill: the partial-backfill curve; ``None`` leaves the section out.
+        max_nfr: the gate's maximum NFR; ``None``: no gate section.
+        passed: whether the gate passed (required with ``max_nfr``).
+        class_names: names of the classes.
+        title: the page title.
+
+    Returns:
+        The HTML page.
 
     Example:
         >>> from regfree.metrics import flip_report
-        >>> from regfree.upgrade import UpgradeReport
-        >>> page = upgrade_page(UpgradeReport(flip_report([0, 1], [0, 1], [0, 0]), max_nfr=0.1))
+        >>> page = upgrade_page(flip_report([0, 1], [0, 1], [0, 0]), max_nfr=0.1, passed=False)
         >>> "FAIL" in page
         True
     """
     sections = []
-    if report.max_nfr is not None:
-        verdict = "PASS" if report.passed else "FAIL"
-        sections.append(HtmlSection("Gate", f"<p><b>{verdict}</b>: NFR {report.flips.nfr:.2%} "
-                                            f"against a maximum of {report.max_nfr:.2%}.</p>"))
-    sections.append(flip_report_section(report.flips, report.class_names))
-    if report.compatibility is not None:
-        sections.append(retrieval_section(report))
-    if report.backfill is not None:
-        sections.append(backfill_section(report))
+    if max_nfr is not None:
+        if passed is None:
+            raise ValueError("passed must be given with max_nfr (whether the gate passed)")
+        sections.append(HtmlSection("Gate", f"<p><b>{'PASS' if passed else 'FAIL'}</b>: NFR "
+                                            f"{flips.nfr:.2%} against a maximum of "
+                                            f"{max_nfr:.2%}.</p>"))
+    sections.append(flip_report_section(flips, class_names))
+    if retrieval is not None:
+        sections.append(retrieval_section(retrieval))
+    if backfill is not None:
+        sections.append(backfill_section(backfill))
     return render_html_page(title, sections)

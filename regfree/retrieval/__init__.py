@@ -3,10 +3,12 @@ partial-backfill planning.
 
 - :class:`Gallery`: flat / hnsw / ivf FAISS index under the caller's 64-bit ids, with the model
   version of every item, atomic save/load.
-- :func:`evaluate`, :func:`cross_model_table`: top-k accuracy and mAP of one gallery, and of
-  every (query model, gallery model) pair.
-- :func:`plan_backfill`, :func:`backfill_curve`, :func:`plot_backfill_curves`: which items to
-  re-embed first and what each step of a partial backfill buys.
+- :func:`evaluate`: top-k accuracy and mAP of one gallery (ties scored as one block; optional
+  leave-one-out when the queries are gallery items).
+- :func:`retrieval_matrix`, :func:`cross_model_table`: the same scores for every (query version,
+  gallery version) pair, from ``{version: embeddings}``; the table adds mixed galleries.
+- :func:`plan_backfill`, :func:`backfill_curve`: which items to re-embed first and what each step
+  of a partial backfill buys (plotted by :func:`regfree.reporting.plots.plot_backfill_curves`).
 - :func:`embed`: a model (``nn.Module`` method or any callable) over a dataset in batches.
 
 Example:
@@ -18,25 +20,27 @@ Example:
     {'top1': 1.0, 'mAP': 1.0}
 """
 
-from regfree.retrieval.backfill import (
-    BackfillCurve,
-    backfill_curve,
-    plan_backfill,
-    plot_backfill_curves,
+from regfree.retrieval.backfill import BackfillCurve, backfill_curve, plan_backfill
+from regfree.retrieval.cross_version import (
+    CrossModelTable,
+    RetrievalMatrix,
+    cross_model_table,
+    retrieval_matrix,
 )
 from regfree.retrieval.embedding import embed
-from regfree.retrieval.evaluation import CrossModelTable, cross_model_table, evaluate
+from regfree.retrieval.evaluation import evaluate
 from regfree.retrieval.gallery import Gallery, gpu_available
 
 __all__ = [
     "BackfillCurve",
     "CrossModelTable",
     "Gallery",
+    "RetrievalMatrix",
     "backfill_curve",
     "cross_model_table",
     "embed",
     "evaluate",
     "gpu_available",
     "plan_backfill",
-    "plot_backfill_curves",
+    "retrieval_matrix",
 ]

@@ -13,17 +13,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import numpy as np
 from tqdm import tqdm
 
-from regfree.atomic import atomic_write
+from regfree.metrics.retrieval import DEFAULT_KS
 from regfree.retrieval._checks import Version, as_ids, as_matrix, as_numpy
 from regfree.retrieval.evaluation import evaluate
 from regfree.retrieval.gallery import Gallery
 
-STRATEGIES = ("random", "margin", "entropy", "scores")
+ORDERS = ("random", "margin", "entropy", "scores")
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -32,14 +32,14 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return weights / weights.sum(axis=1, keepdims=True)
 
 
-def plan_backfill(gallery: Gallery, strategy: str = "random", *, version: Optional[Version] = None,
+def plan_backfill(gallery: Gallery, order: str = "random", *, version: Optional[Version] = None,
                   logits: Any = None, scores: Any = None, ids: Any = None,
                   seed: int = 0) -> np.ndarray:
     """The order in which to re-embed gallery items, most useful first.
 
     Args:
         gallery: the gallery to backfill.
-        strategy: ``"random"`` (a seeded permutation); ``"margin"`` (smallest gap between v1's
+        order: ``"random"`` (a seeded permutation); ``"margin"`` (smallest gap between v1's
             two most probable classes first); ``"entropy"`` (highest entropy of v1's softmax
             first); ``"scores"`` (highest caller-given priority first).
         version: only plan items currently of this version (default: every item).
@@ -60,38 +60,38 @@ def plan_backfill(gallery: Gallery, strategy: str = "random", *, version: Option
         >>> plan_backfill(g, "margin", logits=logits).tolist()
         [1, 2, 0, 3]
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     planned = gallery.ids(version)
     if planned.size == 0:
         raise ValueError(f"the gallery has no items of version {version!r} to backfill"
                          if version is not None else "the gallery is empty: nothing to backfill")
     rng = np.random.default_rng(seed)
-    if strategy == "random":
+    if order == "random":
         return rng.permutation(planned)
-    if strategy == "scores":
+    if order == "scores":
         if scores is None:
-            raise ValueError("strategy='scores' needs scores (one priority per item)")
+            raise ValueError("order='scores' needs scores (one priority per item)")
         priority = as_numpy(scores).astype(np.float64)
         if priority.ndim != 1 or not np.isfinite(priority).all():
             raise ValueError(f"scores must be 1-D and finite, got shape {priority.shape}")
     else:
         if logits is None:
-            raise ValueError(f"strategy={strategy!r} needs logits (v1's class logits per item)")
+            raise ValueError(f"order={order!r} needs logits (v1's class logits per item)")
         probs = _softmax(as_matrix(logits, "logits").astype(np.float64))
         if probs.shape[1] < 2:
             raise ValueError("logits must have at least two classes")
-        if strategy == "margin":
+        if order == "margin":
             top2 = np.sort(probs, axis=1)[:, -2:]
             priority = -(top2[:, 1] - top2[:, 0])
         else:
             priority = -(probs * np.log(np.clip(probs, 1e-300, None))).sum(axis=1)
     row_ids = gallery.ids() if ids is None else as_ids(ids)
     if row_ids.size != priority.shape[0]:
-        raise ValueError(f"{'scores' if strategy == 'scores' else 'logits'} has "
+        raise ValueError(f"{'scores' if order == 'scores' else 'logits'} has "
                          f"{priority.shape[0]} rows but ids has {row_ids.size}")
-    order = np.argsort(row_ids)
-    sorted_ids, sorted_priority = row_ids[order], priority[order]
+    by_id = np.argsort(row_ids)
+    sorted_ids, sorted_priority = row_ids[by_id], priority[by_id]
     where = np.searchsorted(sorted_ids, planned).clip(0, sorted_ids.size - 1)
     if np.any(sorted_ids[where] != planned):
         raise ValueError("ids does not cover every item to backfill")
@@ -135,8 +135,9 @@ class BackfillCurve:
 def backfill_curve(query_embeddings: Any, query_labels: Any, old_embeddings: Any,
                    new_embeddings: Any, gallery_labels: Any, orders: Mapping[str, Any],
                    fractions: Sequence[float] = tuple(np.linspace(0.0, 1.0, 11)), *,
-                   gallery_ids: Any = None, metric: str = "cosine", index: str = "flat",
-                   ks: Sequence[int] = (1, 5, 10), map_k: Optional[int] = None,
+                   gallery_ids: Any = None, similarity: str = "cosine",
+                   index_type: str = "flat", ks: Sequence[int] = DEFAULT_KS,
+                   map_k: Optional[int] = None, ap_denominator: str = "relevant",
                    index_params: Optional[Mapping[str, int]] = None,
                    old_version: Version = "old", new_version: Version = "new",
                    progress: bool = True) -> BackfillCurve:
@@ -157,9 +158,9 @@ def backfill_curve(query_embeddings: Any, query_labels: Any, old_embeddings: Any
             :func:`plan_backfill`).
         fractions: ascending shares in [0, 1] at which to measure.
         gallery_ids: ``(n,)`` the id of each row (default ``0..n-1``).
-        metric, index, index_params: the :class:`Gallery` to build (``index_params`` are its
+        similarity, index_type, index_params: the :class:`Gallery` to build (``index_params`` are its
             keyword options such as ``nlist``; an ivf gallery is trained on ``old_embeddings``).
-        ks, map_k: as in :func:`evaluate`.
+        ks, map_k, ap_denominator: as in :func:`evaluate`.
         old_version, new_version: version labels stored in the gallery.
         progress: a tqdm bar over the steps.
 
@@ -206,7 +207,8 @@ def backfill_curve(query_embeddings: Any, query_labels: Any, old_embeddings: Any
     results: dict[str, dict[str, np.ndarray]] = {}
     for name, order in checked.items():
         rows = sorter[np.searchsorted(row_ids[sorter], order)]
-        gallery = Gallery(old.shape[1], similarity=metric, index_type=index, device="cpu", **params)
+        gallery = Gallery(old.shape[1], similarity=similarity, index_type=index_type,
+                          device="cpu", **params)
         if gallery.needs_training:
             gallery.train(old)
         gallery.add(old, row_ids, version=old_version)
@@ -217,44 +219,10 @@ def backfill_curve(query_embeddings: Any, query_labels: Any, old_embeddings: Any
                 chunk = rows[done:target]
                 gallery.replace(new[chunk], row_ids[chunk], version=new_version)
                 done = target
-            measured.append(evaluate(query_embeddings, query_labels, gallery, label_of, ks, map_k))
+            measured.append(evaluate(query_embeddings, query_labels, gallery, label_of, ks=ks,
+                                     map_k=map_k, ap_denominator=ap_denominator))
             bar.update()
         results[name] = {key: np.array([m[key] for m in measured]) for key in measured[0]}
     bar.close()
     return BackfillCurve(fractions=steps, scores=results)
 
-
-def plot_backfill_curves(curve: BackfillCurve, metric: str = "top1",
-                         path: Union[str, None] = None, title: Optional[str] = None) -> Any:
-    """Plot ``metric`` against the backfilled share for every order.
-
-    Uses matplotlib's object API (no pyplot, no global backend change), so it works headless.
-
-    Args:
-        curve: from :func:`backfill_curve`.
-        metric: a score name such as ``"top1"`` or ``"mAP"``.
-        path: also write a PNG there (written to a temporary name, then renamed).
-        title: the axes title.
-
-    Returns:
-        The ``matplotlib.figure.Figure``.
-    """
-    from matplotlib.figure import Figure
-
-    first = next(iter(curve.scores.values()))
-    if metric not in first:
-        raise ValueError(f"metric must be one of {sorted(first)}, got {metric!r}")
-    figure = Figure(figsize=(6, 4), dpi=100)
-    axes = figure.add_subplot()
-    for name, values in curve.scores.items():
-        axes.plot(100 * curve.fractions, values[metric], marker="o",
-                  label=f"{name} (area {curve.area(name, metric):.3f})")
-    axes.set_xlabel("gallery backfilled with the new model (%)")
-    axes.set_ylabel(metric)
-    axes.set_title(title or f"Partial backfill: {metric} of new-model queries")
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    if path is not None:
-        atomic_write(path, lambda handle: figure.savefig(handle, format="png"))
-    return figure

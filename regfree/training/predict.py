@@ -4,7 +4,7 @@ accepts."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -14,7 +14,10 @@ from tqdm import tqdm
 from regfree.training.data import BatchSource, TrainData, check_num_workers, index_blocks
 from regfree.training.steps import split_outputs
 
-Embedder = Union[str, Callable[[torch.Tensor], torch.Tensor]]
+# How embeddings are read from a model, here and in regfree.compat / regfree.upgrade: the name
+# of one of its methods ("forward_features"), or a callable mapping a batch of inputs to
+# (batch, dim) embeddings, as a tensor or an array (regfree.compat.embedder makes such callables).
+Embedder = Union[str, Callable[[Any], Any]]
 
 
 @torch.no_grad()
@@ -55,7 +58,7 @@ class ModelRun:
 
 
 def _resolve_embedder(model: nn.Module, embedder: Optional[Embedder], argument: str
-                      ) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+                      ) -> Optional[Callable[[Any], Any]]:
     if embedder is None:
         return None
     if isinstance(embedder, str):
@@ -69,6 +72,12 @@ def _resolve_embedder(model: nn.Module, embedder: Optional[Embedder], argument: 
                      f"{type(embedder).__name__}")
 
 
+def _as_float32(output: Any) -> np.ndarray:
+    if isinstance(output, torch.Tensor):
+        return output.detach().float().cpu().numpy()
+    return np.asarray(output, dtype=np.float32)
+
+
 @torch.no_grad()
 def run_model(model: nn.Module, data: TrainData, *, embedder: Optional[Embedder] = None,
               device: Union[str, torch.device] = "cpu", batch_size: int = 512,
@@ -78,8 +87,8 @@ def run_model(model: nn.Module, data: TrainData, *, embedder: Optional[Embedder]
     Args:
         model: returns logits, ``(logits, embeddings)`` or ``{"logits": ...}``.
         data: ``(x, y)`` arrays or a map-style Dataset of ``(x, y)``.
-        embedder: a method name of ``model`` or a callable on an input batch; ``None``: no
-            embeddings.
+        embedder: a method name of ``model`` or a callable on an input batch returning a tensor
+            or an array (an :data:`Embedder`); ``None``: no embeddings.
         device: where to run the model.
         batch_size: samples per forward pass.
         progress: show a tqdm bar.
@@ -115,7 +124,7 @@ def run_model(model: nn.Module, data: TrainData, *, embedder: Optional[Embedder]
             inputs = inputs.to(device)
             logits.append(split_outputs(model(inputs))[0].float().cpu().numpy())
             if embed_fn is not None:
-                embeddings.append(embed_fn(inputs).float().cpu().numpy())
+                embeddings.append(_as_float32(embed_fn(inputs)))
             labels.append(targets.numpy())
     finally:
         model.train(was_training)
