@@ -180,8 +180,8 @@ def test_matrix_is_what_evaluate_gives_per_pair_and_reuses_one_gallery_per_versi
                               map_k=10, ap_denominator="hits")
     for query, gallery_version, queries in [("v1", "v1", q_old), ("v2", "v1", q_old * 2),
                                             ("v2", "v2", q_old * 2)]:
-        gallery = Gallery(8, metric="l2", device="cpu")
-        gallery.add({"v1": old_x, "v2": new_x}[gallery_version], np.arange(60), "x")
+        gallery = Gallery(8, similarity="l2", device="cpu")
+        gallery.add({"v1": old_x, "v2": new_x}[gallery_version], np.arange(60), version="x")
         expected = evaluate(queries, q_labels, gallery, labels, ks=(1, 3), map_k=10,
                             ap_denominator="hits")
         for key, value in expected.items():
@@ -272,7 +272,7 @@ def test_evaluate_on_a_duplicated_gallery_matches_sklearn_and_ignores_insertion_
     for insertion in (np.arange(120), np.random.default_rng(10).permutation(120)):
         gallery = Gallery(8, device="cpu")
         ids = insertion * 7 + 3
-        gallery.add(vectors[insertion], ids, "v1")
+        gallery.add(vectors[insertion], ids, version="v1")
         by_id = dict(zip(ids.tolist(), labels[insertion].tolist()))
         results.append(evaluate(queries, query_y, gallery, by_id, ks=(1, 2, 5)))
         # cut inside tied triples: the search looks past the cut until each block ends
@@ -285,7 +285,7 @@ def test_evaluate_on_a_duplicated_gallery_matches_sklearn_and_ignores_insertion_
 def test_leave_one_out_excludes_each_querys_own_item():
     items, labels = _labelled_clusters(80, seed=11)
     gallery = Gallery(8, device="cpu")
-    gallery.add(items, np.arange(80) + 100, "v1")
+    gallery.add(items, np.arange(80) + 100, version="v1")
     by_id = dict(zip((np.arange(80) + 100).tolist(), labels.tolist()))
     with_self = evaluate(items, labels, gallery, by_id, ks=(1, 5))
     assert with_self["top1"] == 1.0  # every query finds itself first
