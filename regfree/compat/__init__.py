@@ -6,6 +6,8 @@
 - :class:`CosineClassifier`: a normalised head (galleries search by cosine).
 - :class:`ProjectedModel`: v2 with a learned projection into v1's embedding space.
 - :func:`compatibility_report`: the cross-version matrix, criterion, update gain, AC and AM.
+- :func:`fit_adapter`, :class:`EmbeddingAdapter`: post-hoc compatibility, a learned map between
+  two models' embedding spaces (for a v2 that was not trained with regfree).
 
 Example:
     >>> from torch import nn
@@ -14,12 +16,16 @@ Example:
     'bct'
 """
 
+from regfree.compat.adapter import ADAPTER_KINDS, EmbeddingAdapter
+from regfree.compat.adapter_fit import fit_adapter
 from regfree.compat.heads import CosineClassifier, extend_head, freeze
 from regfree.compat.losses import BackwardCompatibleLoss, EmbeddingRegressionLoss
 from regfree.compat.projection import ProjectedModel, embedder
 from regfree.compat.report import CompatibilityReport, compatibility_report
 
 __all__ = [
+    "ADAPTER_KINDS",
+    "EmbeddingAdapter",
     "BackwardCompatibleLoss",
     "CompatibilityReport",
     "CosineClassifier",
@@ -28,5 +34,6 @@ __all__ = [
     "compatibility_report",
     "embedder",
     "extend_head",
+    "fit_adapter",
     "freeze",
 ]
