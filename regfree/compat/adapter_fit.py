@@ -95,7 +95,7 @@ def _check_number(value: Any, name: str, *, low: float, integer: bool = False) -
 
 def fit_adapter(source: Any, target: Any, *, kind: str = "orthogonal", normalize: bool = True,
                 ridge: float = 1e-3, rank: Optional[int] = None, hidden: Optional[int] = None,
-                epochs: int = 100, lr: float = 1e-3, batch_size: int = 256, seed: int = 0,
+                epochs: int = 200, lr: float = 1e-2, batch_size: int = 256, seed: int = 0,
                 progress: bool = True) -> EmbeddingAdapter:
     """Learn a map from ``source`` embeddings to ``target`` embeddings of the same items.
 
