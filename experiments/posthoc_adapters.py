@@ -30,16 +30,16 @@ import numpy as np
 import torch
 
 from regfree.compat import ADAPTER_KINDS, fit_adapter
-from regfree.data import DataSplit, load_digits_split, load_mnist1d
+from regfree.data import DataSplit, load_digits_split, load_mnist1d, load_mnist5k
 from regfree.metrics import retrieval_scores
-from regfree.models import MLP, ConvNet1D
+from regfree.models import MLP, ConvNet1D, ConvNet2D
 from regfree.reporting import write_text_atomic
 from regfree.training import fit
 
 
 @dataclass(frozen=True)
 class Config:
-    datasets: tuple[str, ...] = ("mnist1d", "digits")
+    datasets: tuple[str, ...] = ("mnist1d", "digits", "mnist5k")
     mnist1d_samples: int = 12000
     v1_train_share: float = 0.33  # v1 sees a third of the training split
     v1_width: int = 16
@@ -64,6 +64,8 @@ def load(name: str, config: Config) -> DataSplit:
         return load_mnist1d(num_samples=config.mnist1d_samples)
     if name == "digits":
         return load_digits_split(seed=0)
+    if name == "mnist5k":
+        return load_mnist5k(seed=0)
     raise ValueError(f"unknown dataset {name!r}")
 
 
@@ -71,6 +73,8 @@ def make_model(name: str, width: int, dim: int, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     if name == "mnist1d":
         return ConvNet1D(num_classes=10, width=width, embedding_dim=dim)
+    if name == "mnist5k":
+        return ConvNet2D(num_classes=10, width=width // 2, embedding_dim=dim)
     return MLP(64, num_classes=10, hidden=4 * width, embedding_dim=dim)
 
 
@@ -172,6 +176,27 @@ def table(rows: list[dict], metric: str) -> str:
     return "\n".join(lines)
 
 
+def choice_table(rows: list[dict]) -> str:
+    """Per kind and paired share: the mean over datasets of each dataset's mean gain share,
+    and how many (dataset, seed) runs the adapted query meets the criterion in."""
+    lines = ["| pairs | kind | transformed top-1 gain | transformed mAP gain | "
+             "adapted q criterion (top-1) |", "|---|---|---|---|---|"]
+    for share in sorted({r["pair_share"] for r in rows}):
+        for kind in dict.fromkeys(r["kind"] for r in rows):
+            picked = [r for r in rows if r["pair_share"] == share and r["kind"] == kind]
+            gains = {}
+            for metric in ("top1", "mAP"):
+                per_dataset = [np.mean([gain_share(r["transformed"][metric], r["old/old"][metric],
+                                                   r["new/new"][metric])
+                                        for r in picked if r["dataset"] == name])
+                               for name in dict.fromkeys(r["dataset"] for r in picked)]
+                gains[metric] = f"{100 * np.mean(per_dataset):.0f}%"
+            met = sum(r["adapted q"]["top1"] > r["old/old"]["top1"] for r in picked)
+            lines.append(f"| {share:.0%} | {kind} | {gains['top1']} | {gains['mAP']} | "
+                         f"{met}/{len(picked)} |")
+    return "\n".join(lines)
+
+
 def raw_line(rows: list[dict]) -> str:
     raw = [r for r in rows if r["new/old raw"] is not None]
     if not raw:
@@ -189,6 +214,7 @@ def write(rows: list[dict], config: Config, out: Path, command: str, seconds: fl
             "space on v1's gallery; `backfill only`: v2 queries on the re-embedded items alone. "
             "Gain share = (M - old/old) / (new/new - old/old). Criterion: adapted q beats old/old "
             "(seeds meeting it / seeds).\n", raw_line(rows) + "\n"]
+    text += ["## Choosing the default kind\n", choice_table(rows) + "\n"]
     for metric in ("top1", "mAP"):
         text += [f"## {metric}\n", table(rows, metric) + "\n"]
     text.append(f"Config: `{json.dumps(asdict(config))}`\n")
@@ -200,6 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run in seconds")
     parser.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
+    parser.add_argument("--datasets", nargs="+", choices=Config.datasets,
+                        help="override the datasets")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--combine", type=Path, nargs="+", metavar="JSON",
                         help="write one table from the .json files of runs split by seed")
@@ -207,11 +235,14 @@ def main(argv: list[str] | None = None) -> None:
     config = QUICK if args.quick else Config()
     if args.seeds:
         config = replace(config, seeds=tuple(args.seeds))
+    if args.datasets:
+        config = replace(config, datasets=tuple(args.datasets))
     default = "posthoc_adapters_quick.md" if args.quick else "posthoc_adapters.md"
     out = args.out or Path(__file__).parent / "results" / default
     command = "OMP_NUM_THREADS=1 .venv/bin/python experiments/posthoc_adapters.py" + \
         (" --quick" if args.quick else "") + \
-        (f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds else "")
+        (f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds else "") + \
+        (f" --datasets {' '.join(args.datasets)}" if args.datasets else "")
     if args.combine:
         rows = [row for path in args.combine for row in json.loads(path.read_text())]
         seeds = " ".join(str(s) for s in sorted({r["seed"] for r in rows}))
@@ -221,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
         print(out.read_text())
         return
     start, rows = time.perf_counter(), []
-    for name in config.datasets:
+    for name in config.datasets:  # each dataset's seed rows are written as they finish
         data = load(name, config)
         for seed in config.seeds:
             rows += run_seed(name, data, config, seed)
