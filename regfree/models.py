@@ -1,4 +1,4 @@
-"""Small reference models for the offline datasets (mnist1d, digits).
+"""Small reference models for the offline datasets (mnist1d, digits, MNIST-5k).
 
 Each model has ``forward_features(x) -> embeddings`` and a linear ``head``; ``forward`` returns
 logits, or ``(logits, embeddings)`` when built with ``return_embeddings=True`` (what the trainer
@@ -116,6 +116,38 @@ class MLP(_EmbeddingClassifier):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x.flatten(1))
+
+
+class ConvNet2D(_EmbeddingClassifier):
+    """A small 2-D CNN for grey images ``(B, 1, H, W)`` or ``(B, H, W)`` (MNIST: 28 x 28).
+
+    Args:
+        num_classes: output classes.
+        width: channels of the first convolution (the second has twice as many).
+        embedding_dim: size of the embedding before the head.
+        return_embeddings: ``forward`` returns ``(logits, embeddings)`` instead of logits.
+
+    Example:
+        >>> ConvNet2D(width=4, embedding_dim=16)(torch.zeros(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(self, num_classes: int = 10, width: int = 16, embedding_dim: int = 64,
+                 return_embeddings: bool = False) -> None:
+        super().__init__(return_embeddings)
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(3), nn.Flatten(),
+            nn.Linear(18 * width, embedding_dim),
+        )
+        self.head = nn.Linear(embedding_dim, num_classes)
+        self.embedding_dim = embedding_dim
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        return self.features(x)
 
 
 class ResNetEmbedder(_EmbeddingClassifier):

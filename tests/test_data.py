@@ -36,3 +36,26 @@ def test_digits_split_and_subset():
     assert sub.x_train.shape == (50, 64)
     with pytest.raises(ValueError, match=r"size must be in \[1, "):
         split.subset_train(0)
+
+
+def test_mnist5k_is_real_balanced_and_read_offline(monkeypatch):
+    import socket
+
+    from regfree.data import load_mnist5k
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("load_mnist5k opened a socket")
+
+    monkeypatch.setattr(socket, "socket", no_network)
+    split = load_mnist5k(test_fraction=0.2, seed=3)
+    assert split.x_train.shape == (4000, 1, 28, 28) and split.x_test.shape == (1000, 1, 28, 28)
+    assert split.x_train.dtype == np.float32 and split.y_train.dtype == np.int64
+    labels = np.concatenate([split.y_train, split.y_test])
+    np.testing.assert_array_equal(np.bincount(labels), [500] * 10)
+    assert 0.0 == split.x_train.min() and split.x_train.max() == 1.0
+    # real digits: ink covers a minority of pixels, and a digit's mean image differs by class
+    assert 0.05 < (split.x_train > 0.5).mean() < 0.3
+    means = np.stack([split.x_train[split.y_train == c].mean(0).ravel() for c in range(10)])
+    assert np.linalg.norm(means[0] - means[1]) > 3.0
+    other = load_mnist5k(test_fraction=0.2, seed=4)
+    assert not np.array_equal(split.y_test, other.y_test)

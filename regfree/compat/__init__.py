@@ -8,6 +8,8 @@
 - :func:`compatibility_report`: the cross-version matrix, criterion, update gain, AC and AM
   (embedders in; for embeddings already at hand, ``CompatibilityReport(retrieval_matrix(...))``
   with :func:`regfree.retrieval.retrieval_matrix`).
+- :func:`fit_adapter`, :class:`EmbeddingAdapter`: post-hoc compatibility, a learned map between
+  two models' embedding spaces (for a v2 that was not trained with regfree).
 
 Example:
     >>> from torch import nn
@@ -16,12 +18,16 @@ Example:
     'bct'
 """
 
+from regfree.compat.adapter import ADAPTER_KINDS, EmbeddingAdapter
+from regfree.compat.adapter_fit import fit_adapter
 from regfree.compat.heads import CosineClassifier, extend_head, freeze
 from regfree.compat.losses import BackwardCompatibleLoss, EmbeddingRegressionLoss
 from regfree.compat.projection import ProjectedModel, embedder
 from regfree.compat.report import CompatibilityReport, compatibility_report
 
 __all__ = [
+    "ADAPTER_KINDS",
+    "EmbeddingAdapter",
     "BackwardCompatibleLoss",
     "CompatibilityReport",
     "CosineClassifier",
@@ -30,5 +36,6 @@ __all__ = [
     "compatibility_report",
     "embedder",
     "extend_head",
+    "fit_adapter",
     "freeze",
 ]

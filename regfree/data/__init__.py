@@ -10,5 +10,6 @@ Example:
 from regfree.data.arrays import DataSplit
 from regfree.data.digits import load_digits_split
 from regfree.data.mnist1d import load_mnist1d
+from regfree.data.mnist5k import load_mnist5k
 
-__all__ = ["DataSplit", "load_digits_split", "load_mnist1d"]
+__all__ = ["DataSplit", "load_digits_split", "load_mnist1d", "load_mnist5k"]

@@ -4,7 +4,9 @@ Losses are a per-sample weighting times a distance (:mod:`~regfree.pctraining.we
 :mod:`~regfree.pctraining.distances`); :class:`OldLogitCache` runs v1 once; a
 :class:`DistillationTerm` plugs a loss into the shared trainer
 :func:`regfree.training.fit`; a :class:`NoisyDistillationTerm` distils the live
-v1 on noisy copies of each batch as well.
+v1 on noisy copies of each batch as well. Training-free alternatives for a v2 trained without
+regfree: :func:`fit_blend` (combine v1's and v2's scores) and :func:`interpolate_weights` (BCWI,
+for a v2 fine-tuned from v1).
 
 Example:
     >>> import numpy as np, torch
@@ -19,8 +21,10 @@ Example:
     ['fd_kl']
 """
 
+from regfree.pctraining.blend import LogitBlend, blend_sweep, fit_blend, pareto_front
 from regfree.pctraining.cache import OldLogitCache
 from regfree.pctraining.distances import kl_distance, logit_distance, margin_logit_distance
+from regfree.pctraining.interpolation import interpolate_weights, interpolation_sweep
 from regfree.pctraining.losses import (
     DistillationLoss,
     FocalDistillationLoss,
@@ -34,12 +38,18 @@ __all__ = [
     "DistillationTerm",
     "FocalDistillationLoss",
     "KnowledgeDistillationLoss",
+    "LogitBlend",
     "NoisyDistillationTerm",
     "OldLogitCache",
+    "blend_sweep",
+    "fit_blend",
     "focal_weights",
+    "interpolate_weights",
+    "interpolation_sweep",
     "kl_distance",
     "logit_distance",
     "margin_logit_distance",
     "old_correct",
+    "pareto_front",
     "uniform_weights",
 ]

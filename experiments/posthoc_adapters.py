@@ -1,0 +1,265 @@
+"""Post-hoc compatibility: how much of a full backfill does a learned adapter recover?
+
+v1 and v2 are trained independently (different widths and embedding sizes), as a team that
+upgrades to a v2 it did not train with regfree would have them. The gallery is the training
+split, queries the test split, similarity cosine; top-1 and mAP over the full ranking.
+
+A paired sample (a share of the gallery's items, the ones re-embedded first) gives:
+  transformed  v1 -> v2 adapter: the paired items stored as v2 embeds them, every other item's
+               stored v1 embedding mapped into v2's space; v2 queries search it natively.
+  adapted q    v2 -> v1 adapter: v2 queries mapped into v1's space search v1's gallery as is.
+  backfill     no adapter: v2 queries search only the paired (re-embedded) items.
+Share of the full-backfill gain = (M - old/old) / (new/new - old/old); the compatibility
+criterion asks M(adapted, old) > M(old, old).
+
+Run:  OMP_NUM_THREADS=1 .venv/bin/python experiments/posthoc_adapters.py          (full)
+      OMP_NUM_THREADS=1 .venv/bin/python experiments/posthoc_adapters.py --quick  (smoke run)
+Writes experiments/results/posthoc_adapters.md (or --out) and a .json next to it, after every
+seed, so a stopped run keeps what it finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from regfree.compat import ADAPTER_KINDS, fit_adapter
+from regfree.data import DataSplit, load_digits_split, load_mnist1d, load_mnist5k
+from regfree.metrics import retrieval_scores
+from regfree.models import MLP, ConvNet1D, ConvNet2D
+from regfree.reporting import write_text_atomic
+from regfree.training import fit
+
+
+@dataclass(frozen=True)
+class Config:
+    datasets: tuple[str, ...] = ("mnist1d", "digits", "mnist5k")
+    mnist1d_samples: int = 12000
+    v1_train_share: float = 0.33  # v1 sees a third of the training split
+    v1_width: int = 16
+    v1_dim: int = 32
+    v2_width: int = 64
+    v2_dim: int = 64
+    epochs: int = 20
+    lr: float = 3e-3
+    batch_size: int = 128
+    pair_shares: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3)
+    kinds: tuple[str, ...] = ADAPTER_KINDS
+    mlp_epochs: int = 200  # fit_adapter's default
+    seeds: tuple[int, ...] = (0, 1, 2)
+
+
+QUICK = Config(mnist1d_samples=3000, epochs=3, mlp_epochs=20, seeds=(0,),
+               pair_shares=(0.1,))
+
+
+def load(name: str, config: Config) -> DataSplit:
+    if name == "mnist1d":
+        return load_mnist1d(num_samples=config.mnist1d_samples)
+    if name == "digits":
+        return load_digits_split(seed=0)
+    if name == "mnist5k":
+        return load_mnist5k(seed=0)
+    raise ValueError(f"unknown dataset {name!r}")
+
+
+def make_model(name: str, width: int, dim: int, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    if name == "mnist1d":
+        return ConvNet1D(num_classes=10, width=width, embedding_dim=dim)
+    if name == "mnist5k":
+        return ConvNet2D(num_classes=10, width=width // 2, embedding_dim=dim)
+    return MLP(64, num_classes=10, hidden=4 * width, embedding_dim=dim)
+
+
+def train(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, config: Config,
+          seed: int) -> torch.nn.Module:
+    fit(model, (x, y), epochs=config.epochs,
+        optimizer=lambda params: torch.optim.Adam(params, lr=config.lr),
+        scheduler=lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.epochs),
+        batch_size=config.batch_size, seed=seed, progress=False)
+    return model.eval()
+
+
+@torch.no_grad()
+def embed_all(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    out = model.forward_features(torch.from_numpy(x)).numpy()
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def search(queries: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray,
+           gallery_labels: np.ndarray) -> dict[str, float]:
+    """Top-1 and mAP of cosine search over the whole gallery, in query blocks."""
+    hits, ap, block = 0.0, 0.0, 512
+    for start in range(0, len(queries), block):
+        sims = queries[start:start + block] @ gallery.T
+        ranked = gallery_labels[np.argsort(-sims, axis=1, kind="stable")]
+        labels = query_labels[start:start + block]
+        scores = retrieval_scores(labels, ranked, ks=(1,),
+                                  num_relevant=(gallery_labels == labels[:, None]).sum(1))
+        hits += scores["top1"] * len(labels)
+        ap += scores["mAP"] * len(labels)
+    return {"top1": hits / len(queries), "mAP": ap / len(queries)}
+
+
+def run_seed(name: str, data: DataSplit, config: Config, seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    n = len(data.y_train)
+    v1_items = rng.permutation(n)[:int(config.v1_train_share * n)]
+    v1 = train(make_model(name, config.v1_width, config.v1_dim, seed),
+               data.x_train[v1_items], data.y_train[v1_items], config, seed)
+    v2 = train(make_model(name, config.v2_width, config.v2_dim, seed + 1000),
+               data.x_train, data.y_train, config, seed + 1000)
+    old_g, new_g = embed_all(v1, data.x_train), embed_all(v2, data.x_train)
+    old_q, new_q = embed_all(v1, data.x_test), embed_all(v2, data.x_test)
+    y_g, y_q = data.y_train, data.y_test
+    base = {"dataset": name, "seed": seed, "old/old": search(old_q, y_q, old_g, y_g),
+            "new/new": search(new_q, y_q, new_g, y_g), "new/old raw": None}
+    if old_g.shape[1] == new_g.shape[1]:
+        base["new/old raw"] = search(new_q, y_q, old_g, y_g)
+    rows = []
+    for share in config.pair_shares:
+        paired = rng.permutation(n)[:max(2, int(round(share * n)))]
+        backfill = search(new_q, y_q, new_g[paired], y_g[paired])
+        for kind in config.kinds:
+            options = {"kind": kind, "epochs": config.mlp_epochs, "seed": seed,
+                       "progress": False}
+            start = time.perf_counter()
+            forward = fit_adapter(old_g[paired], new_g[paired], **options)
+            backward = fit_adapter(new_g[paired], old_g[paired], **options)
+            seconds = time.perf_counter() - start
+            transformed = forward.transform(old_g)
+            transformed[paired] = new_g[paired]
+            rows.append({**base, "pair_share": share, "pairs": len(paired), "kind": kind,
+                         "fit_seconds": seconds, "backfill only": backfill,
+                         "transformed": search(new_q, y_q, transformed, y_g),
+                         "adapted q": search(backward.transform(new_q), y_q, old_g, y_g)})
+    return rows
+
+
+def gain_share(value: float, old: float, new: float) -> float:
+    return (value - old) / (new - old) if new != old else float("nan")
+
+
+def mean_std(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    arr = np.asarray(values, dtype=float) * scale
+    return f"{arr.mean():.{digits}f} ± {arr.std():.{digits}f}" if len(arr) > 1 \
+        else f"{arr.mean():.{digits}f}"
+
+
+def table(rows: list[dict], metric: str) -> str:
+    lines = ["| dataset | pairs | kind | old/old | new/new | backfill only | transformed "
+             "(gain share) | adapted q (gain share) | criterion | fit s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["dataset"], row["pair_share"], row["kind"]), []).append(row)
+    for (dataset, share, kind), group in groups.items():
+        def col(key: str, group: list[dict] = group) -> list[float]:
+            return [r[key][metric] for r in group]
+        old, new = col("old/old"), col("new/new")
+        shares = {key: [gain_share(r[key][metric], r["old/old"][metric], r["new/new"][metric])
+                        for r in group] for key in ("transformed", "adapted q")}
+        met = sum(r["adapted q"][metric] > r["old/old"][metric] for r in group)
+        lines.append(
+            f"| {dataset} | {share:.0%} | {kind} | {mean_std(old)} | {mean_std(new)} | "
+            f"{mean_std(col('backfill only'))} | {mean_std(col('transformed'))} "
+            f"({mean_std(shares['transformed'], 100, 0)}%) | {mean_std(col('adapted q'))} "
+            f"({mean_std(shares['adapted q'], 100, 0)}%) | {met}/{len(group)} | "
+            f"{np.mean([r['fit_seconds'] for r in group]):.2f} |")
+    return "\n".join(lines)
+
+
+def choice_table(rows: list[dict]) -> str:
+    """Per kind and paired share: the mean over datasets of each dataset's mean gain share,
+    and how many (dataset, seed) runs the adapted query meets the criterion in."""
+    lines = ["| pairs | kind | transformed top-1 gain | transformed mAP gain | "
+             "adapted q criterion (top-1) |", "|---|---|---|---|---|"]
+    for share in sorted({r["pair_share"] for r in rows}):
+        for kind in dict.fromkeys(r["kind"] for r in rows):
+            picked = [r for r in rows if r["pair_share"] == share and r["kind"] == kind]
+            gains = {}
+            for metric in ("top1", "mAP"):
+                per_dataset = [np.mean([gain_share(r["transformed"][metric], r["old/old"][metric],
+                                                   r["new/new"][metric])
+                                        for r in picked if r["dataset"] == name])
+                               for name in dict.fromkeys(r["dataset"] for r in picked)]
+                gains[metric] = f"{100 * np.mean(per_dataset):.0f}%"
+            met = sum(r["adapted q"]["top1"] > r["old/old"]["top1"] for r in picked)
+            lines.append(f"| {share:.0%} | {kind} | {gains['top1']} | {gains['mAP']} | "
+                         f"{met}/{len(picked)} |")
+    return "\n".join(lines)
+
+
+def raw_line(rows: list[dict]) -> str:
+    raw = [r for r in rows if r["new/old raw"] is not None]
+    if not raw:
+        return "new/old raw: not defined (v1 and v2 embed in different sizes)."
+    return f"new/old raw top-1: {mean_std([r['new/old raw']['top1'] for r in raw])}."
+
+
+def write(rows: list[dict], config: Config, out: Path, command: str, seconds: float) -> None:
+    text = ["# Post-hoc adapters: v2 trained independently of v1\n",
+            f"Command: `{command}`" + ("" if np.isnan(seconds) else
+                                       f" ({seconds / 60:.1f} min so far)") +
+            f"; seeds done: {sorted({r['seed'] for r in rows})}.\n",
+            "Mean ± std over seeds, in percent. `transformed`: v2 queries on v1's gallery mapped "
+            "into v2's space (paired items re-embedded); `adapted q`: v2 queries mapped into v1's "
+            "space on v1's gallery; `backfill only`: v2 queries on the re-embedded items alone. "
+            "Gain share = (M - old/old) / (new/new - old/old). Criterion: adapted q beats old/old "
+            "(seeds meeting it / seeds).\n", raw_line(rows) + "\n"]
+    text += ["## Choosing the default kind\n", choice_table(rows) + "\n"]
+    for metric in ("top1", "mAP"):
+        text += [f"## {metric}\n", table(rows, metric) + "\n"]
+    text.append(f"Config: `{json.dumps(asdict(config))}`\n")
+    write_text_atomic(out, "\n".join(text))
+    write_text_atomic(out.with_suffix(".json"), json.dumps(rows, indent=1))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run in seconds")
+    parser.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
+    parser.add_argument("--datasets", nargs="+", choices=Config.datasets,
+                        help="override the datasets")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--combine", type=Path, nargs="+", metavar="JSON",
+                        help="write one table from the .json files of runs split by seed")
+    args = parser.parse_args(argv)
+    config = QUICK if args.quick else Config()
+    if args.seeds:
+        config = replace(config, seeds=tuple(args.seeds))
+    if args.datasets:
+        config = replace(config, datasets=tuple(args.datasets))
+    default = "posthoc_adapters_quick.md" if args.quick else "posthoc_adapters.md"
+    out = args.out or Path(__file__).parent / "results" / default
+    command = "OMP_NUM_THREADS=1 .venv/bin/python experiments/posthoc_adapters.py" + \
+        (" --quick" if args.quick else "") + \
+        (f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds else "") + \
+        (f" --datasets {' '.join(args.datasets)}" if args.datasets else "")
+    if args.combine:
+        rows = [row for path in args.combine for row in json.loads(path.read_text())]
+        seeds = " ".join(str(s) for s in sorted({r["seed"] for r in rows}))
+        command = f"{command} --seeds S (S in {seeds}, one process each), then --combine"
+        write(rows, replace(config, seeds=tuple(sorted({r["seed"] for r in rows}))), out,
+              command, float("nan"))
+        print(out.read_text())
+        return
+    start, rows = time.perf_counter(), []
+    for name in config.datasets:  # each dataset's seed rows are written as they finish
+        data = load(name, config)
+        for seed in config.seeds:
+            rows += run_seed(name, data, config, seed)
+            write(rows, config, out, command, time.perf_counter() - start)
+            print(f"{name} seed {seed} done ({time.perf_counter() - start:.0f} s)", flush=True)
+    print(out.read_text())
+
+
+if __name__ == "__main__":
+    main()

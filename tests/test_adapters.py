@@ -1,0 +1,116 @@
+"""Post-hoc embedding adapters: exact recoveries, round trips and refusals."""
+
+import numpy as np
+import pytest
+import torch
+
+from regfree.compat import ADAPTER_KINDS, EmbeddingAdapter, fit_adapter
+
+
+def rotation(dim, seed):
+    return np.linalg.qr(np.random.default_rng(seed).normal(size=(dim, dim)))[0]
+
+
+def pairs(n=120, dim=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, dim))
+
+
+def test_procrustes_recovers_an_exact_rotation():
+    source = pairs()
+    true = rotation(6, 1)
+    adapter = fit_adapter(source, source @ true, kind="orthogonal", normalize=False)
+    np.testing.assert_allclose(adapter.params["weight"], true, atol=1e-5)
+    np.testing.assert_allclose(adapter.transform(source), source @ true, atol=1e-4)
+
+
+def test_procrustes_with_different_widths_recovers_a_rotation_plus_padding():
+    source = pairs(dim=4)
+    true = rotation(6, 2)[:4]  # 4 -> 6: a rotation of the zero-padded source
+    target = source @ true
+    adapter = fit_adapter(source, target, kind="orthogonal", normalize=False)
+    assert adapter.params["weight"].shape == (4, 6)
+    np.testing.assert_allclose(adapter.transform(source), target, atol=1e-4)
+    # and back: 6 -> 4 is the transpose, with orthonormal columns
+    back = fit_adapter(target, source, kind="orthogonal", normalize=False)
+    np.testing.assert_allclose(back.params["weight"].T @ back.params["weight"], np.eye(4),
+                               atol=1e-5)
+    np.testing.assert_allclose(back.transform(target), source, atol=1e-4)
+
+
+def test_affine_recovers_a_linear_map_with_bias_and_rank_limits_it():
+    source = pairs(n=300, dim=5)
+    weight = np.random.default_rng(3).normal(size=(5, 3))
+    target = source @ weight + np.array([1.0, -2.0, 0.5])
+    adapter = fit_adapter(source, target, kind="affine", normalize=False, ridge=0.0)
+    np.testing.assert_allclose(adapter.transform(source), target, atol=1e-3)
+    low = fit_adapter(source, target, kind="affine", normalize=False, rank=1)
+    assert np.linalg.matrix_rank(low.params["weight"], tol=1e-4) == 1
+
+
+def test_mlp_fits_a_nonlinear_map_better_than_its_affine_start():
+    rng = np.random.default_rng(4)
+    source = rng.normal(size=(400, 6))
+    target = np.tanh(2 * source @ rng.normal(size=(6, 6)))
+
+    def cosine(adapter):
+        out, goal = adapter.transform(source), target / np.linalg.norm(target, axis=1,
+                                                                          keepdims=True)
+        return float((out * goal).sum(1).mean())
+
+    affine = fit_adapter(source, target, kind="affine")
+    mlp = fit_adapter(source, target, kind="mlp", epochs=60, lr=1e-2, seed=0, progress=False)
+    assert cosine(mlp) > cosine(affine) + 0.02
+    again = fit_adapter(source, target, kind="mlp", epochs=60, lr=1e-2, seed=0, progress=False)
+    for name, value in mlp.params.items():
+        np.testing.assert_array_equal(value, again.params[name])  # same seed, same process
+
+
+@pytest.mark.parametrize("kind", ADAPTER_KINDS)
+def test_every_kind_round_trips_through_save_and_load(tmp_path, kind):
+    source, target = pairs(dim=5), pairs(dim=3, seed=9)
+    adapter = fit_adapter(source, target, kind=kind, epochs=3, progress=False)
+    adapter.save(tmp_path / "a.npz")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.npz"]
+    loaded = EmbeddingAdapter.load(tmp_path / "a.npz")
+    assert loaded.to_dict() == adapter.to_dict()
+    assert loaded.to_dict()["kind"] == kind and loaded.source_dim == 5
+    np.testing.assert_array_equal(loaded.transform(source), adapter.transform(source))
+
+
+def test_transform_on_tensors_is_differentiable_and_keeps_dtype():
+    source, target = pairs(dim=4), pairs(dim=4, seed=5)
+    adapter = fit_adapter(source, target, kind="mlp", epochs=2, progress=False)
+    x = torch.tensor(source[:7], dtype=torch.float64, requires_grad=True)
+    out = adapter.transform(x)
+    assert out.dtype == torch.float64 and out.shape == (7, 4)
+    out.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    np.testing.assert_allclose(out.detach().numpy(), adapter.transform(source[:7]), atol=1e-5)
+    assert adapter.transform(source).dtype == np.float32
+
+
+def test_bad_inputs_name_the_argument(tmp_path):
+    good = pairs(dim=3)
+    with pytest.raises(ValueError, match="source and target must pair the same items: got 120 and 10"):
+        fit_adapter(good, good[:10])
+    nan = good.copy()
+    nan[[3, 7], 1] = np.nan
+    with pytest.raises(ValueError, match="target has NaN or inf in 2 rows"):
+        fit_adapter(good, nan)
+    with pytest.raises(ValueError, match="source must be a non-empty 2-D array"):
+        fit_adapter(np.zeros((0, 3)), np.zeros((0, 3)))
+    with pytest.raises(ValueError, match="kind 'affine' needs at least 4 pairs, got 3"):
+        fit_adapter(good[:3], good[:3], kind="affine", ridge=0)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        fit_adapter(good, good, kind="procrustes")
+    with pytest.raises(ValueError, match="ridge must be a finite number >= 0"):
+        fit_adapter(good, good, kind="affine", ridge=-1)
+    adapter = fit_adapter(good, good)
+    with pytest.raises(ValueError, match=r"x must have shape \(n, 3\)"):
+        adapter.transform(np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="x contains NaN or inf"):
+        adapter.transform(nan)
+    (tmp_path / "junk.npz").write_bytes(b"not an adapter")
+    with pytest.raises(ValueError, match="junk.npz' is not a saved EmbeddingAdapter"):
+        EmbeddingAdapter.load(tmp_path / "junk.npz")
