@@ -35,9 +35,9 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-from common import command_line, mean_std
 from torch import nn
 
+from common import command_line, mean_std
 from regfree.compat import (
     BackwardCompatibleLoss,
     EmbeddingRegressionLoss,

@@ -50,6 +50,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+
 from common import command_line, cpu_name
 from pct_study.analysis import (
     averaged,
@@ -66,7 +67,6 @@ from pct_study.recipes import FocalDistillation, Run
 from pct_study.report import markdown, noisy_check_markdown, plot_sweep
 from pct_study.runner import build_teachers, build_v2_ensemble, run_all
 from pct_study.settings import QUICK, Data, Setup, load_data
-
 from regfree.reporting import write_text_atomic
 
 ROOT = Path(__file__).resolve().parent

@@ -18,7 +18,6 @@ from pct_study.recipes import (  # noqa: E402
     run_from_record,
 )
 from pct_study.settings import QUICK  # noqa: E402
-
 from regfree.pctraining import FocalDistillationLoss  # noqa: E402
 
 

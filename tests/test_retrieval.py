@@ -216,7 +216,7 @@ def test_embed_module_and_callable_in_batches():
         embed(model, x, method="embed_me", progress=False)
     with pytest.raises(ValueError, match="inputs is empty"):
         embed(model, x[:0], progress=False)
-    with pytest.raises(ValueError, match=r"\(batch, dim\)"):
+    with pytest.raises(ValueError, match=r"model output must be \(batch, dim\) embeddings"):
         embed(lambda batch: batch.sum(axis=1), x, progress=False)
 
 

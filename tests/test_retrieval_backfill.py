@@ -51,17 +51,17 @@ def test_plan_backfill_rejects_bad_input():
     gallery = _gallery(4)
     with pytest.raises(ValueError, match="order must be one of"):
         plan_backfill(gallery, "fastest")
-    with pytest.raises(ValueError, match="needs logits"):
+    with pytest.raises(ValueError, match="order='margin' needs logits"):
         plan_backfill(gallery, "margin")
-    with pytest.raises(ValueError, match="needs scores"):
+    with pytest.raises(ValueError, match="order='scores' needs scores"):
         plan_backfill(gallery, "scores")
     with pytest.raises(ValueError, match="logits has 3 rows but ids has 4"):
         plan_backfill(gallery, "margin", logits=np.ones((3, 2)))
-    with pytest.raises(ValueError, match="does not cover"):
+    with pytest.raises(ValueError, match="ids does not cover every item to backfill"):
         plan_backfill(gallery, "entropy", logits=np.ones((4, 2)), ids=[0, 1, 2, 9])
     with pytest.raises(ValueError, match="no items of version 'v9'"):
         plan_backfill(gallery, version="v9")
-    with pytest.raises(ValueError, match="gallery is empty"):
+    with pytest.raises(ValueError, match="the gallery is empty: nothing to backfill"):
         plan_backfill(Gallery(3, device="cpu"))
 
 
@@ -117,12 +117,12 @@ def test_backfill_curve_rejects_bad_input():
     with pytest.raises(ValueError, match="permutation of the gallery ids"):
         backfill_curve(queries, query_labels, old, new, labels, {"bad": np.arange(1, 41)},
                        progress=False)
-    with pytest.raises(ValueError, match="fractions must be"):
+    with pytest.raises(ValueError, match="fractions must be a non-empty ascending sequence"):
         backfill_curve(queries, query_labels, old, new, labels, good, fractions=(0.5, 0.2),
                        progress=False)
     with pytest.raises(ValueError, match="orders is empty"):
         backfill_curve(queries, query_labels, old, new, labels, {}, progress=False)
-    with pytest.raises(ValueError, match="new_embeddings has 39 rows"):
+    with pytest.raises(ValueError, match="new_embeddings has 39 rows, old_embeddings 40"):
         backfill_curve(queries, query_labels, old, new[:39], labels, good, progress=False)
 
 
@@ -146,5 +146,5 @@ def test_plot_returns_a_figure_and_writes_png(tmp_path):
     assert figure.axes[0].get_ylabel() == "mAP" and len(figure.axes[0].lines) == 1
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in path.parent.iterdir()] == ["curve.png"]
-    with pytest.raises(ValueError, match="metric must be one of"):
+    with pytest.raises(ValueError, match=r"metric must be one of \['mAP', 'top1'\], got 'top5'"):
         plot_backfill_curves(curve, metric="top5")

@@ -72,7 +72,7 @@ def test_projected_v2_searches_old_gallery_in_projected_space(toy):
                               progress=False)
     assert report.retrieval.protocol["gallery"] == 60
     assert not np.isnan(report.retrieval.value("v2", "v1"))
-    with pytest.raises(ValueError, match="new_embedder"):
+    with pytest.raises(ValueError, match="new_embedder gives 12-d embeddings but v1's gallery is 8-d"):
         evaluate_upgrade(old, new, (x, y), gallery=(x, y), new_embedder="native_embeddings",
                          new_native_embedder=None, progress=False)
 
@@ -106,11 +106,11 @@ def test_upgrade_page_takes_its_parts():
 
 def test_bad_arguments_are_named(toy):
     x, y, old, new = toy
-    with pytest.raises(ValueError, match="max_nfr"):
+    with pytest.raises(ValueError, match=r"max_nfr must be a number in \[0, 1\]"):
         evaluate_upgrade(old, new, (x, y), max_nfr=2.0, progress=False)
-    with pytest.raises(ValueError, match="old"):
+    with pytest.raises(ValueError, match="old must be a torch.nn.Module"):
         evaluate_upgrade("v1", new, (x, y), progress=False)
-    with pytest.raises(ValueError, match="embedder"):
+    with pytest.raises(ValueError, match="embedder: the model has no method 'nope'"):
         evaluate_upgrade(old, new, (x, y), gallery=(x, y), old_embedder="nope", progress=False)
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from common import cpu_name, mean_std
 
+from common import cpu_name, mean_std
 from pct_study.analysis import ERROR_SLACK, averaged, pareto_front, pick, score
 from pct_study.recipes import FocalDistillation, NoisyFocalDistillation
 from pct_study.settings import Data, Setup

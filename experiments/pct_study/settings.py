@@ -30,7 +30,7 @@ class Setup:
     # (alpha, beta, T, weight) around the width-64 sweep's frontier (results/
     # pct_mnist1d_width64.md): the paper's alpha 1, beta 5 at T 4 and three weights, a softer
     # and a sharper temperature, and how focal (alpha 0; beta 20); stronger settings there cost
-    # about a point of error for no more NFR
+    # error for no more NFR
     kl_grid: tuple[tuple[float, float, float, float], ...] = (
         (0, 1, 4, 0.1), (0, 5, 4, 0.018), (1, 5, 1, 0.05), (1, 5, 4, 0.01), (1, 5, 4, 0.015),
         (1, 5, 4, 0.02), (1, 5, 8, 0.01), (1, 20, 4, 0.005))
@@ -40,8 +40,8 @@ class Setup:
     elodi_weights: tuple[float, ...] = (0.003, 0.01)
     elodi_margin: float = 0.5
     # plain v2s of other seeds whose mean logits teach the ens-KD rows. Weight 0.5 from a
-    # one-off check on validation seeds 100-103 (not rerun by this script): alone, 0.5 beat 0.1
-    # (NFR 0.43% vs 0.53%); beside FD-KL at weight 0.01, 0.5 beat 1.0 (0.33% vs 0.36%)
+    # one-off check on validation seeds 100-103 that this script does not rerun (0.5 against 0.1
+    # alone and against 1.0 beside FD-KL): results/pct_mnist1d_one_off_checks.md
     v2_ensemble_seeds: tuple[int, ...] = (200, 201, 202, 203)
     v2_ensemble_kd: tuple[float, float] = (4.0, 0.5)
     # noisy FD (NoisyDistillationTerm with live v1): noise std as a fraction of each input
