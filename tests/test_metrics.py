@@ -57,7 +57,7 @@ def test_flip_report_fields_match_hand_computation():
     assert (report.error_rate_old, report.error_rate_new) == (0.4, 0.5)
     assert (report.nfr, report.pfr) == (0.3, 0.2)
     assert report.nfi == pytest.approx(0.6)
-    assert report.compatibility == pytest.approx(0.5)
+    assert report.btc == pytest.approx(0.5)
     assert report.bec == pytest.approx(0.4)
     assert [(c.label, c.count, c.negative_flips, c.positive_flips) for c in report.per_class] == [
         (0, 3, 1, 0), (1, 3, 1, 0), (2, 4, 1, 2)]
@@ -74,7 +74,7 @@ def test_flip_report_fields_match_hand_computation():
 def test_report_names_are_exactly_the_issue_fields():
     assert list(flip_report(Y, OLD, NEW).to_dict()) == [
         "n", "error_rate_old", "error_rate_new", "nfr", "pfr", "relative_nfr", "nfi",
-        "compatibility", "bec", "nfr_ci", "mcnemar_p", "per_class", "negative_flip_confusion"]
+        "btc", "bec", "nfr_ci", "mcnemar_p", "per_class", "negative_flip_confusion", "class_names"]
 
 
 def test_scores_are_reduced_by_argmax():
@@ -93,7 +93,7 @@ def test_zero_denominators_give_nan_and_json_null():
     y = [0, 1, 1]
     perfect = flip_report(y, [1, 0, 0], y)  # new makes no errors; old never right
     assert perfect.nfr == 0.0 and perfect.pfr == 1.0
-    for value in (perfect.relative_nfr, perfect.nfi, perfect.bec, perfect.compatibility):
+    for value in (perfect.relative_nfr, perfect.nfi, perfect.bec, perfect.btc):
         assert math.isnan(value)
     data = json.loads(perfect.to_json())
     assert data["relative_nfr"] is None and data["nfi"] is None and data["bec"] is None
@@ -157,7 +157,7 @@ def test_wilson_interval_formula():
 
 def test_flip_matrix_is_pairwise_nfr():
     preds = {"v1": OLD, "v2": NEW, "v3": Y}
-    matrix = flip_matrix(preds, Y)
+    matrix = flip_matrix(Y, preds)
     assert matrix.names == ("v1", "v2", "v3")
     for i, a in enumerate(preds):
         for j, b in enumerate(preds):
@@ -172,7 +172,7 @@ def test_torch_tensors_are_accepted():
     new = torch.tensor(NEW, dtype=torch.int32)
     assert flip_report(y, old_logits, new) == flip_report(Y, OLD, NEW)
     assert negative_flip_rate(y, old_logits.bfloat16(), new) == 0.3
-    assert flip_matrix({"a": old_logits, "b": new}, y).nfr[0, 1] == 0.3
+    assert flip_matrix(y, {"a": old_logits, "b": new}).nfr[0, 1] == 0.3
 
 
 def test_importing_metrics_does_not_import_torch():
@@ -196,7 +196,13 @@ def test_importing_metrics_does_not_import_torch():
     ((Y, OLD, NEW), {"num_classes": 0}, r"num_classes: expected a positive integer"),
     ((np.zeros((10, 3)), OLD, NEW), {}, r"y_true: expected 1-D class ids, got shape"),
     ((Y, OLD, np.zeros((10, 2, 2))), {}, r"new_pred: expected 1-D class ids or 2-D scores"),
-    ((Y, ["a"] * 10, NEW), {}, r"old_pred: expected integer class ids or numeric scores"),
+    ((Y, ["a"] * 10, NEW), {}, r"y_true: holds class ids but old_pred holds class names"),
+    ((["a"] * 10, OLD, NEW), {}, r"old_pred: holds class ids but y_true holds class names"),
+    ((["a"] * 10, ["a"] * 10, ["b"] * 10), {"class_names": ["a"]},
+     r"new_pred: 10 values are not class names \(first: 'b'\); the classes are a"),
+    ((["a"] * 10, ["a"] * 10, np.zeros((10, 2))), {},
+     r"class_names: needed to read scores next to class-name labels"),
+    ((Y, OLD, NEW), {"class_names": ["a", "a", "b"]}, r"class_names: 'a' appears more than once"),
     ((Y, OLD, NEW), {"num_classes": 5000}, r"num_classes: flip reports support up to 4096"),
 ])
 def test_bad_input_raises_value_error_naming_the_argument(args, kwargs, match):
@@ -210,9 +216,11 @@ def test_scalar_metrics_validate_too():
     with pytest.raises(ValueError, match="pred: has 9 rows"):
         error_rate(Y, NEW[:-1])
     with pytest.raises(ValueError, match=r"predictions\['b'\]: has 9 rows"):
-        flip_matrix({"a": OLD, "b": NEW[:-1]}, Y)
+        flip_matrix(Y, {"a": OLD, "b": NEW[:-1]})
     with pytest.raises(ValueError, match="predictions: expected a non-empty mapping"):
-        flip_matrix({}, Y)
+        flip_matrix(Y, {})
+    with pytest.raises(TypeError, match="flip_matrix: y_true comes first"):
+        flip_matrix({"a": OLD}, Y)
 
 
 def test_validate_false_gives_the_same_numbers_on_good_input():
@@ -237,7 +245,7 @@ def test_identities_hold_for_any_data(data):
     assert r.nfr_ci[0] <= r.nfr <= r.nfr_ci[1]
     assert 0.0 <= r.mcnemar_p <= 1.0
     if r.error_rate_old < 1:
-        assert r.compatibility == pytest.approx(1 - r.nfr / (1 - r.error_rate_old))
+        assert r.btc == pytest.approx(1 - r.nfr / (1 - r.error_rate_old))
     if r.error_rate_new > 0 and r.error_rate_old < 1:
         assert r.relative_nfr == pytest.approx(
             r.nfr / ((1 - r.error_rate_old) * r.error_rate_new))
@@ -246,4 +254,4 @@ def test_identities_hold_for_any_data(data):
     assert sum(c.count for c in r.per_class) == r.n
     assert r.nfr == negative_flip_rate(y, old, new)
     assert r.pfr == positive_flip_rate(y, old, new)
-    assert r.compatibility == compatibility_score(y, old, new) or math.isnan(r.compatibility)
+    assert r.btc == compatibility_score(y, old, new) or math.isnan(r.btc)
