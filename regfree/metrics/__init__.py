@@ -11,7 +11,7 @@ Example:
     (0.25, 0.25)
 """
 
-from regfree.metrics.churn import ChurnCounter, ChurnReport, churn_report
+from regfree.metrics.churn import ChurnCounter, ChurnReport, churn_from_table, churn_report
 from regfree.metrics.classes import encode_flip_inputs
 from regfree.metrics.counts import MAX_REPORT_CLASSES, FlipCounts, flip_counts
 from regfree.metrics.flips import (
@@ -50,6 +50,7 @@ __all__ = [
     "ChurnCounter",
     "ChurnReport",
     "GroupCounter",
+    "churn_from_table",
     "churn_report",
     "encode_flip_inputs",
     "MAX_REPORT_CLASSES",

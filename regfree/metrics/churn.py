@@ -112,19 +112,36 @@ class ChurnCounter:
         """Forget all counts."""
         self._table = None
 
+    @property
+    def table(self) -> Optional[np.ndarray]:
+        """``table[o, p]``: samples the old model put in class ``o`` and the new one in ``p``."""
+        return self._table
+
     def compute(self) -> ChurnReport:
         """The :class:`ChurnReport` of everything counted so far."""
         if self._table is None:
             raise ValueError("ChurnCounter: no samples; call update() with data first")
-        table = self._table
-        if self.class_names is not None and len(table) < len(self.class_names):
-            table = self._grow(len(self.class_names))
-        n = int(table.sum())
-        same = int(np.trace(table))
-        confusion = table.copy()
-        np.fill_diagonal(confusion, 0)
-        return ChurnReport(n, n - same, (n - same) / n, wilson_interval(n - same, n), confusion,
-                           self.class_names)
+        if self.class_names is not None and len(self._table) < len(self.class_names):
+            self._grow(len(self.class_names))
+        return churn_from_table(self._table, class_names=self.class_names)
+
+
+def churn_from_table(table: np.ndarray, *,
+                     class_names: Optional[Sequence[str]] = None) -> ChurnReport:
+    """Reduce an old x new prediction table (see :attr:`ChurnCounter.table`) to a report.
+
+    Example:
+        >>> churn_from_table(np.array([[3, 1], [0, 4]])).churn
+        0.125
+    """
+    n = int(table.sum())
+    if n == 0:
+        raise ValueError("table: no samples were counted")
+    same = int(np.trace(table))
+    confusion = np.array(table, dtype=np.int64)
+    np.fill_diagonal(confusion, 0)
+    names = None if class_names is None else tuple(str(c) for c in class_names)
+    return ChurnReport(n, n - same, (n - same) / n, wilson_interval(n - same, n), confusion, names)
 
 
 def churn_report(old_pred: Any, new_pred: Any, *,

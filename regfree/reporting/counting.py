@@ -1,0 +1,148 @@
+"""Count every input of ``regfree report`` in one streaming pass and reduce the counts once."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from regfree.metrics import (
+    ChurnCounter,
+    ChurnReport,
+    FlipCounter,
+    FlipCounts,
+    FlipReport,
+    FlipTotals,
+    GroupCounter,
+    churn_from_table,
+    report_from_counts,
+    wilson_interval,
+)
+from regfree.reporting.stream import Streamed, batches, close, connect, open_inputs
+
+
+@dataclass(frozen=True)
+class GroupFlips:
+    """Flips in one slice of the data (a country, a device, ...)."""
+
+    name: str
+    n: int
+    negative_flips: Optional[int]
+    nfr: float
+    nfr_ci: tuple[float, float]
+    churn: float
+    churn_ci: tuple[float, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "n": self.n, "negative_flips": self.negative_flips,
+                "nfr": self.nfr, "nfr_ci": list(self.nfr_ci), "churn": self.churn,
+                "churn_ci": list(self.churn_ci)}
+
+
+@dataclass
+class CountedReport:
+    """Everything ``regfree report`` shows: flips (with labels), churn, groups, notes."""
+
+    flips: Optional[FlipReport]
+    churn: ChurnReport
+    groups: Optional[list[GroupFlips]] = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def class_names(self) -> Optional[tuple[str, ...]]:
+        return self.churn.class_names
+
+
+def count_report(specs: dict[str, str], *, id_column: Optional[str] = None,
+                 class_names: Optional[Sequence[str]] = None) -> CountedReport:
+    """Stream ``{option: FILE[:column]}`` (``--labels`` optional, ``--old``, ``--new``,
+    ``--group`` optional) through the counters and reduce them.
+
+    Raises:
+        InputError: one line naming the option, the file and the problem.
+    """
+    con, spill = connect()
+    try:
+        streamed = open_inputs(con, specs, id_column=id_column, class_names=class_names)
+        known = streamed.decoders["--old"].num_classes
+        flips = FlipCounter(num_classes=known, validate=False) if "--labels" in specs else None
+        churn = ChurnCounter(num_classes=known)
+        groups = GroupCounter() if "--group" in specs else None
+        for batch in batches(con, streamed, id_column=id_column):
+            y, old, new = batch.get("--labels"), batch["--old"], batch["--new"]
+            if flips is not None:
+                flips.update(y, old, new)
+            churn.update(old, new)
+            if groups is not None:
+                groups.update(batch["--group"], y, old, new)
+        streamed.missing.check()
+        return _reduce(streamed, flips, churn, groups)
+    finally:
+        close(con, spill)
+
+
+def _reduce(streamed: Streamed, flips: Optional[FlipCounter], churn: ChurnCounter,
+            groups: Optional[GroupCounter]) -> CountedReport:
+    coder = streamed.coder
+    table = churn.table
+    counts = flips.counts if flips is not None else None
+    size = max(len(table), counts.num_classes if counts else 0, len(coder.names))
+    table = np.pad(table, ((0, size - len(table)), (0, size - len(table))))
+    names: Optional[tuple[str, ...]] = None
+    if coder.by_name or coder.fixed:
+        order = coder.order()
+        order = np.concatenate([order, np.arange(len(order), size)]).astype(np.intp)
+        table = table[np.ix_(order, order)]
+        if counts is not None:
+            counts = FlipCounts(counts.padded(size).joint[np.ix_(order, order)])
+        names = tuple(coder.names[i] for i in order[:len(coder.names)])
+    elif counts is not None:
+        counts = counts.padded(size)
+    report = None if counts is None else report_from_counts(counts, class_names=names)
+    result = CountedReport(report, churn_from_table(table, class_names=names))
+    if groups is not None:
+        result.groups = _group_rows(streamed, groups, labelled=report is not None)
+    result.notes = _notes(streamed, report, table, names)
+    return result
+
+
+def _natural(name: str) -> tuple[Any, ...]:
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
+
+
+def _group_rows(streamed: Streamed, groups: GroupCounter, labelled: bool) -> list[GroupFlips]:
+    names = streamed.groups.names
+    unchanged = groups.unchanged()
+    rows = []
+    for code, totals in groups.compute().items():
+        n = totals.n
+        changed = n - unchanged[code]
+        nfr, ci, flips = math.nan, (math.nan, math.nan), None
+        if labelled:
+            flips = FlipTotals(*totals).negative_flips
+            nfr, ci = flips / n, wilson_interval(flips, n)
+        rows.append(GroupFlips(names[code], n, flips, nfr, ci, changed / n,
+                               wilson_interval(changed, n)))
+    return sorted(rows, key=lambda row: _natural(row.name))
+
+
+def _notes(streamed: Streamed, report: Optional[FlipReport], table: np.ndarray,
+           names: Optional[Sequence[str]]) -> list[str]:
+    notes = []
+    if report is not None:
+        predicted = table.sum(axis=0) + table.sum(axis=1)
+        unseen = [c.label for c in report.per_class if c.count == 0 and predicted[c.label] > 0]
+        if unseen:
+            shown = [names[c] if names else str(c) for c in unseen[:10]]
+            notes.append(f"classes only in the predictions, never in the labels "
+                         f"({len(unseen)}): {', '.join(shown)}"
+                         f"{', ...' if len(unseen) > 10 else ''}")
+        labels = streamed.decoders.get("--labels")
+        lows = [streamed.decoders[o].low for o in ("--old", "--new")]
+        if labels is not None and labels.low is not None and labels.low >= 1 and 0 in lows:
+            notes.append("the labels never use class 0 but the predictions do: if the labels "
+                         "are 1-based, subtract 1 from them")
+    return notes
