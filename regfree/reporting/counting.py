@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -64,6 +66,9 @@ def count_report(specs: dict[str, str], *, id_column: Optional[str] = None,
     Raises:
         InputError: one line naming the option, the file and the problem.
     """
+    # The McNemar p-value needs scipy.special (a third of a second to import): load it in a
+    # thread while the main thread streams, instead of after.
+    threading.Thread(target=importlib.import_module, args=("scipy.special",), daemon=True).start()
     con, spill = connect()
     try:
         streamed = open_inputs(con, specs, id_column=id_column, class_names=class_names)

@@ -16,6 +16,40 @@ import pyarrow.compute as pc
 from regfree.reporting.inputs import InputError
 from regfree.reporting.sources import IDS, NAMES, SCORES, Source
 
+_NUMPY_TYPES = {pa.int8(): np.int8, pa.int16(): np.int16, pa.int32(): np.int32,
+                pa.int64(): np.int64, pa.uint8(): np.uint8, pa.uint16(): np.uint16,
+                pa.uint32(): np.uint32, pa.uint64(): np.uint64, pa.float16(): np.float16,
+                pa.float32(): np.float32, pa.float64(): np.float64}
+
+
+def numpy_of(values: Any) -> np.ndarray:
+    """An Arrow array as numpy without going through pandas (pyarrow's ``to_numpy`` imports
+    pandas, half a second of start-up): a buffer view for numbers, a dictionary for text.
+
+    Example:
+        >>> numpy_of(pa.array(["b", "a", "b"])).tolist(), numpy_of(pa.array([True])).tolist()
+        (['b', 'a', 'b'], [True])
+    """
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    kind = values.type
+    if pa.types.is_dictionary(kind):
+        return numpy_of(values.dictionary)[numpy_of(values.indices)]
+    if values.null_count:
+        values = values.fill_null(False if pa.types.is_boolean(kind) else
+                                  "" if pa.types.is_string(kind) or pa.types.is_large_string(kind)
+                                  else 0)
+    if pa.types.is_boolean(kind):
+        return numpy_of(values.cast(pa.uint8())).astype(bool)
+    if kind in _NUMPY_TYPES:  # a view of the Arrow buffer (even zero-copy to_numpy imports pandas)
+        dtype = np.dtype(_NUMPY_TYPES[kind])
+        return np.frombuffer(values.buffers()[1], dtype=dtype, count=len(values),
+                             offset=values.offset * dtype.itemsize)
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        encoded = pc.dictionary_encode(values)
+        return np.array(encoded.dictionary.to_pylist(), dtype=object)[numpy_of(encoded.indices)]
+    return values.to_numpy(zero_copy_only=False)
+
 
 class ClassCoder:
     """Class name -> class id, shared by all inputs; fixed when built from ``--class-names``."""
@@ -45,7 +79,7 @@ class ClassCoder:
             values = pc.dictionary_encode(values)
         lookup = np.array([self.code(v, where) for v in values.dictionary.to_pylist()] or [0],
                           dtype=np.int64)
-        indices = values.indices.fill_null(0).to_numpy(zero_copy_only=False)
+        indices = numpy_of(values.indices)
         return lookup[indices]
 
     def order(self) -> np.ndarray:
@@ -117,13 +151,13 @@ class Decoder:
         if isinstance(values, pa.ChunkedArray):
             values = values.combine_chunks()
         if values.null_count:
-            self.missing.add(self.where, values.is_null().to_numpy(zero_copy_only=False),
+            self.missing.add(self.where, numpy_of(values.is_null()),
                              offset, ids)
         if kind == NAMES:
             return self.coder.encode(values, self.where)
         if values.null_count:
             values = values.fill_null(0)
-        return self._ids(values.to_numpy(zero_copy_only=False), offset)
+        return self._ids(numpy_of(values), offset)
 
     def _ids(self, arr: np.ndarray, offset: int) -> np.ndarray:
         if arr.dtype.kind == "b":
@@ -168,7 +202,7 @@ class Decoder:
             if isinstance(col, pa.ChunkedArray):
                 col = col.combine_chunks()
             if col.null_count:
-                self.missing.add(self.where, col.is_null().to_numpy(zero_copy_only=False),
+                self.missing.add(self.where, numpy_of(col.is_null()),
                                  offset, ids)
                 col = col.fill_null(0)
             arrays.append(col)
@@ -176,13 +210,13 @@ class Decoder:
                                  or pa.types.is_large_list(arrays[0].type)
                                  or pa.types.is_fixed_size_list(arrays[0].type)):
             rows = arrays[0]
-            lengths = pc.list_value_length(rows).to_numpy(zero_copy_only=False)
+            lengths = numpy_of(pc.list_value_length(rows))
             if len(rows) and (lengths.min() != lengths.max() or lengths.min() == 0):
                 raise InputError(f"{self.where}: column {self.source.values[0]!r} holds lists "
                                  "of different lengths")
             width = int(lengths[0]) if len(rows) else 0
-            return rows.flatten().to_numpy(zero_copy_only=False).reshape(len(rows), width)
-        return np.column_stack([a.to_numpy(zero_copy_only=False) for a in arrays])
+            return numpy_of(rows.flatten()).reshape(len(rows), width)
+        return np.column_stack([numpy_of(a) for a in arrays])
 
 
 def kind_is_names(sources: Sequence[Source]) -> bool:

@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from regfree.reporting.decode import numpy_of
 from regfree.reporting.inputs import InputError
 from regfree.reporting.sources import Source, quote
 
@@ -100,7 +101,7 @@ def joined_batches(con: Any, streamed: Any, id_column: str, expected: int,
         rows += batch.num_rows
         if rows > expected:  # only repeated ids make the join longer than an input
             diagnose(con, sources, id_column)
-        ids = batch.column("__id").to_numpy(zero_copy_only=False)
+        ids = numpy_of(batch.column("__id"))
         yield {option: decode(streamed, option, [batch.column(n) for n in names],
                               rows - batch.num_rows, ids)
                for option, names in outputs.items()}

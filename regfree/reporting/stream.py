@@ -16,7 +16,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from regfree.reporting.decode import ClassCoder, Decoder, MissingValues, kind_is_names
+from regfree.reporting.decode import ClassCoder, Decoder, MissingValues, kind_is_names, numpy_of
 from regfree.reporting.inputs import InputError
 from regfree.reporting.joins import check_ids, joined_batches
 from regfree.reporting.sources import SCORES, Source, open_source, quote, resolve_values
@@ -178,7 +178,7 @@ def _decoded(streamed: Streamed, option: str, raw: Iterator[list[Any]], with_ids
     for columns in raw:
         ids = None
         if with_ids:
-            ids = columns[-1].to_numpy(zero_copy_only=False)
+            ids = numpy_of(columns[-1])
             columns = columns[:-1]
         codes = decode(streamed, option, columns, offset)
         offset += len(codes)
@@ -198,7 +198,7 @@ def decode(streamed: Streamed, option: str, columns: Sequence[Any], offset: int,
             values = values.combine_chunks()
         if values.null_count:
             streamed.missing.add(f"--group {streamed.sources[option].path}",
-                                 values.is_null().to_numpy(zero_copy_only=False), offset, ids)
+                                 numpy_of(values.is_null()), offset, ids)
         return streamed.groups.encode(values, f"--group {streamed.sources[option].path}")
     return streamed.decoders[option](columns, offset, ids)
 
