@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from regfree.metrics import (
+    FlipCounter,
     FlipReport,
     backward_error_compatibility,
     compatibility_score,
@@ -255,3 +256,129 @@ def test_identities_hold_for_any_data(data):
     assert r.nfr == negative_flip_rate(y, old, new)
     assert r.pfr == positive_flip_rate(y, old, new)
     assert r.btc == compatibility_score(y, old, new) or math.isnan(r.btc)
+
+
+def _exact_tail(k, m):
+    """P(X <= k), X ~ Binomial(m, 1/2), as an exact fraction (big integers)."""
+    from fractions import Fraction
+
+    term, total = 1, 1
+    for i in range(1, k + 1):
+        term = term * (m - i + 1) // i
+        total += term
+    return Fraction(total, 2 ** m)
+
+
+@pytest.mark.parametrize("m", [1, 2, 7, 100, 10**3, 10**4, 10**5, 10**6, 10**7, 10**8, 10**9])
+def test_mcnemar_matches_scipy_binomtest_to_1e_9_up_to_1e9_pairs(m):
+    from scipy.stats import binomtest
+
+    for k in sorted({0, 1, m // 10, int(m / 2 - 3 * m**0.5), int(m / 2 - m**0.5),
+                     (m - 1) // 2, m // 2}):
+        if not 0 <= k <= m:
+            continue
+        for b, c in ((k, m - k), (m - k, k)):
+            expected = binomtest(b, m).pvalue
+            got = mcnemar_exact_p(b, c)
+            if expected > 1e-300:
+                assert got == pytest.approx(expected, rel=1e-9, abs=0), (b, c)
+            else:  # scipy's tail underflows: ours must be tiny too, never a wrong large value
+                assert got <= 1e-300, (b, c)
+
+
+@pytest.mark.parametrize("k, m", [(0, 1000), (3, 1000), (10, 1010), (60, 1100), (4, 40),
+                                  (2000, 5000), (24_000, 50_000)])
+def test_mcnemar_deep_tail_is_exact(k, m):
+    # Tails down to 1e-300 against exact big-integer sums (a relative error of 1e-9 at most).
+    expected = float(min(1, 2 * _exact_tail(k, m)))
+    assert mcnemar_exact_p(k, m - k) == pytest.approx(expected, rel=1e-9, abs=0)
+
+
+def test_mcnemar_at_1e10_pairs_allocates_no_large_arrays():
+    import tracemalloc
+
+    tracemalloc.start()
+    p = mcnemar_exact_p(5 * 10**9 - 10**5, 5 * 10**9 + 10**5)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    # z = 2e5 / sqrt(1e10) = 2: two-sided normal tail 0.0455 (the exact value is a hair above)
+    assert p == pytest.approx(0.04550, rel=1e-3)
+    assert peak < 1 << 20
+    assert mcnemar_exact_p(0, 10**10) == 0.0 and mcnemar_exact_p(10**10, 10**10) == 1.0
+    with pytest.raises(TypeError, match="b: expected an integer count, got float"):
+        mcnemar_exact_p(1.5, 2)
+    with pytest.raises(ValueError, match="c: counts must be >= 0, got -1"):
+        mcnemar_exact_p(1, -1)
+
+
+NAMES = ["cat", "dog", "eel"]
+
+
+def test_class_names_as_labels_and_predictions():
+    named = flip_report([NAMES[c] for c in Y], [NAMES[c] for c in OLD], [NAMES[c] for c in NEW])
+    by_id = flip_report(Y, OLD, NEW)
+    assert named.class_names == ("cat", "dog", "eel") and by_id.class_names is None
+    assert named.to_dict() | {"class_names": None} == by_id.to_dict()
+    # --class-names order: eel first, and a class ("fox") that nobody uses
+    ordered = flip_report([NAMES[c] for c in Y], [NAMES[c] for c in OLD],
+                          [NAMES[c] for c in NEW], class_names=["eel", "cat", "dog", "fox"])
+    assert [c.count for c in ordered.per_class] == [4, 3, 3, 0]
+    assert ordered.nfr == 0.3 and math.isnan(ordered.per_class[3].nfr)
+    assert FlipReport.from_dict(json.loads(ordered.to_json())) == ordered
+    # a name only a prediction uses is a class the labels never show, not an error
+    odd = flip_report(["cat", "cat"], ["cat", "cat"], ["cat", "zebra"])
+    assert odd.class_names == ("cat", "zebra") and odd.per_class[1].count == 0
+    assert odd.nfr == 0.5
+
+
+def test_flip_counter_streams_class_names_with_a_fixed_order():
+    counter = FlipCounter(class_names=NAMES)
+    for lo in range(0, 10, 4):
+        counter.update([NAMES[c] for c in Y[lo:lo + 4]], [NAMES[c] for c in OLD[lo:lo + 4]],
+                       [NAMES[c] for c in NEW[lo:lo + 4]])
+    assert counter.compute().to_dict() == flip_report(Y, OLD, NEW, class_names=NAMES).to_dict()
+    with pytest.raises(ValueError, match="new_pred: holds class ids but y_true holds class "
+                                         "names; give both as names or both as ids"):
+        counter.update(["cat"], ["cat"], [1])
+    counter.reset()
+    with pytest.raises(ValueError, match="no samples"):
+        counter.compute()
+    with pytest.raises(ValueError, match="y_true: holds class names; pass class_names= to "
+                                         "FlipCounter"):
+        FlipCounter().update(["cat"], ["cat"], ["dog"])
+
+
+def test_churn_needs_no_labels():
+    from regfree.metrics import ChurnCounter, churn_report
+
+    report = churn_report(OLD, NEW)
+    assert (report.n, report.changed, report.churn) == (10, 6, 0.6)
+    assert report.change_confusion.tolist() == [[0, 1, 2], [0, 0, 2], [1, 0, 0]]
+    low, high = report.churn_ci
+    assert (low, high) == wilson_interval(6, 10)
+    a, b = ChurnCounter(), ChurnCounter()
+    a.update(OLD[:3], NEW[:3])
+    b.update(OLD[3:], NEW[3:])
+    assert a.merge(b) is a
+    merged = a.compute()
+    assert merged.changed == 6 and merged.change_confusion.tolist() == [[0, 1, 2], [0, 0, 2],
+                                                                         [1, 0, 0]]
+    a.reset()
+    with pytest.raises(ValueError, match="ChurnCounter: no samples"):
+        a.compute()
+    named = churn_report([NAMES[c] for c in OLD], [NAMES[c] for c in NEW])
+    assert named.class_names == ("cat", "dog", "eel") and named.changed == 6
+
+
+def test_group_counter_gives_flip_totals_per_group():
+    from regfree.metrics import GroupCounter
+
+    groups = [0, 1] * 5  # group 0: rows 0 2 4 6 8, group 1: rows 1 3 5 7 9
+    counter = GroupCounter()
+    counter.update(groups[:4], Y[:4], OLD[:4], NEW[:4])
+    other = GroupCounter()
+    other.update(groups[4:], Y[4:], OLD[4:], NEW[4:])
+    totals = counter.merge(other).compute()
+    assert totals[0].n == 5 and totals[0].negative_flips == 1 and totals[0].nfr == 0.2
+    assert totals[1].n == 5 and totals[1].negative_flips == 2 and totals[1].nfr == 0.4
+    assert counter.unchanged() == {0: 3, 1: 1}  # rows 0 2 6 and row 3 keep their prediction

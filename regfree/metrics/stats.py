@@ -51,9 +51,10 @@ def mcnemar_exact_p(b: int, c: int) -> float:
     Under the null hypothesis each discordant pair is a fair coin, so the p-value is
     ``min(1, 2 * P(X <= min(b, c)))`` with ``X ~ Binomial(b + c, 1/2)``; it is 1 when there are
     no discordant pairs. The binomial tail is the regularized incomplete beta function
-    ``I_{1/2}(m - k, k + 1)`` (``scipy.special.betainc``), which is exact to a few ulps at any
-    count without summing terms or allocating arrays; it equals
-    ``scipy.stats.binomtest(b, b + c).pvalue``.
+    ``I_{1/2}(m - k, k + 1)`` (``scipy.special.betainc``), exact to a few ulps at any count
+    without summing terms or allocating arrays. Like ``scipy.stats.binomtest(b, b + c)``, whose
+    p-value this equals, outcomes on the far side whose probability is within a relative 1e-7
+    of the observed one count as equally extreme (this only matters next to ``b == c``).
 
     Args:
         b: pairs where only the old model was right (negative flips).
@@ -77,7 +78,31 @@ def mcnemar_exact_p(b: int, c: int) -> float:
     from scipy.special import betainc  # scipy.stats alone would add 0.4 s to every report
 
     tail = float(betainc(float(m - k), float(k + 1), 0.5))
+    ties = _near_ties(k, m)
+    if ties:
+        below = float(betainc(float(m - k + 1), float(k), 0.5)) if k else 0.0
+        tail_pmf = tail - below if k else math.ldexp(1.0, -m)
+        return min(1.0, 2.0 * tail + tail_pmf * ties)
     return min(1.0, 2.0 * tail)
+
+
+_TIE = 1.0 + 1e-7  # scipy.stats.binomtest's relative tolerance for "as likely as observed"
+
+
+def _near_ties(k: int, m: int) -> float:
+    """Sum of ``pmf(k + j) / pmf(k)`` over the ``j >= 1`` with ratio <= 1 + 1e-7.
+
+    The ratio first exceeds the tolerance after at most about ``2.5e-8 * m`` steps, so the loop
+    is short even at 10^10 pairs, and it runs at all only within that distance of ``m / 2``.
+    """
+    ratio, total, j = 1.0, 0.0, 0
+    while k + j + 1 < m - k:
+        ratio *= (m - k - j) / (k + j + 1)
+        if ratio > _TIE:
+            break
+        total += ratio
+        j += 1
+    return total
 
 
 def discordant_pairs(events_a: Any, events_b: Any) -> tuple[int, int]:
