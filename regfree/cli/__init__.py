@@ -56,6 +56,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sys.stderr.write(f"regfree {args.command}: error: {err}\n")
         return EXIT_BAD_INPUT
     except OSError as err:  # e.g. the disk fills while writing an output file
-        sys.stderr.write(f"regfree {args.command}: error: {err.strerror or err}"
-                         f"{': ' + err.filename if err.filename else ''}\n")
+        text = " ".join(str(err.strerror or err).split())
+        sys.stderr.write(f"regfree {args.command}: error: {text}"
+                         f"{': ' + str(err.filename) if err.filename else ''}\n")
         return EXIT_BAD_INPUT

@@ -23,6 +23,7 @@ from regfree.metrics import (
     report_from_counts,
     wilson_interval,
 )
+from regfree.reporting.inputs import InputError, one_line
 from regfree.reporting.stream import Streamed, batches, close, connect, open_inputs
 
 
@@ -85,6 +86,12 @@ def count_report(specs: dict[str, str], *, id_column: Optional[str] = None,
                 groups.update(batch["--group"], y, old, new)
         streamed.missing.check()
         return _reduce(streamed, flips, churn, groups)
+    except InputError:
+        raise
+    except Exception as err:  # duckdb raises its own types, and OSError for out of memory
+        if not type(err).__module__.startswith("duckdb") and not isinstance(err, OSError):
+            raise
+        raise InputError(f"reading the inputs failed: {one_line(err)}") from None
     finally:
         close(con, spill)
 

@@ -1,10 +1,11 @@
 """Stream the inputs of ``regfree report`` batch by batch into the counters, at constant memory.
 
-Without ``--id`` the inputs are read side by side in row order (each through its own DuckDB
-cursor, or a memory-mapped ``.npy``) and cut into equal batches. With ``--id`` DuckDB joins them
-by that column out of core; the ids are checked first (same count and same id multiset in every
-input, by an order-free hash sum; duplicates stop the join early) and any problem is diagnosed
-exactly, with counts and examples.
+The inputs are read side by side (each through its own DuckDB cursor, or a memory-mapped
+``.npy``) and cut into equal batches: in file order without ``--id``; with ``--id``, after a
+check that every input holds the same ids (:mod:`regfree.reporting.joins`), each sorted by id
+out of core, which lines the rows up like a join at the memory of an external sort (a hash join
+of 100M rows needs more than 1 GB). Any id problem is diagnosed exactly, with counts and
+examples.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 from regfree.reporting.decode import ClassCoder, Decoder, MissingValues, kind_is_names, numpy_of
 from regfree.reporting.inputs import InputError
-from regfree.reporting.joins import check_ids, joined_batches
+from regfree.reporting.joins import check_ids, diagnose, id_type_of
 from regfree.reporting.sources import SCORES, Source, open_source, quote, resolve_values
 
 BATCH_ROWS = 1 << 20
@@ -114,10 +115,13 @@ def _known_classes(sources: Sequence[Source], class_names: Optional[Sequence[str
     return None, ""
 
 
-def _table_stream(con: Any, source: Source, extra: Sequence[str] = ()) -> Iterator[list[Any]]:
-    columns = [quote(c) for c in source.values] + [quote(c) for c in extra]
-    reader = con.cursor().sql(f"SELECT {', '.join(columns)} FROM {source.table}")
-    for batch in reader.to_arrow_reader(BATCH_ROWS):
+def _table_stream(con: Any, source: Source, id_expr: Optional[str], sort: bool
+                  ) -> Iterator[list[Any]]:
+    columns = [quote(c) for c in source.values] + ([f"{id_expr} AS __id"] if id_expr else [])
+    query = f"SELECT {', '.join(columns)} FROM {source.table}"
+    if sort:  # an external sort: DuckDB spills it to disk beyond its memory limit
+        query += " ORDER BY __id"
+    for batch in con.cursor().sql(query).to_arrow_reader(BATCH_ROWS):
         yield list(batch.columns)
 
 
@@ -128,45 +132,62 @@ def _npy_stream(source: Source) -> Iterator[list[Any]]:
 
 
 def positional_batches(con: Any, streamed: Streamed, options: Sequence[str],
-                       id_column: Optional[str]) -> Iterator[dict[str, np.ndarray]]:
-    """Equal batches of class ids (and group codes) read side by side, in row order.
+                       id_column: Optional[str] = None) -> Iterator[dict[str, np.ndarray]]:
+    """Equal batches of class ids (and group codes) read side by side.
 
-    When several table inputs hold the same id column (``id``/``index``), their ids must agree
-    row by row: rows in another order exit with a hint to pass ``--id`` instead of a wrong NFR.
+    Without ``id_column`` the rows are read in file order; when several table inputs hold the
+    same id column (``id``/``index``), their ids must agree row by row, so rows in another order
+    exit with a hint to pass ``--id`` instead of giving a wrong NFR. With ``id_column`` (after
+    :func:`~regfree.reporting.joins.check_ids` found the same ids in every input) each input is
+    sorted by id, which lines the rows up: a join at the memory of a sort, with any repeated id
+    caught as two equal neighbours.
     """
-    shared = _shared_id_column(streamed, options, id_column)
+    sort = id_column is not None
+    shared = id_column if sort else _shared_id_column(streamed, options)
+    id_type = id_type_of(streamed.sources, id_column) if sort else None
     streams = {}
     for option in options:
         source = streamed.sources[option]
         if source.array is not None:
             raw = _npy_stream(source)
         else:
-            raw = _table_stream(con, source, [shared] if shared else [])
+            id_expr = None
+            if shared:
+                id_expr = quote(shared) if id_type is None else \
+                    f"CAST({quote(shared)} AS {id_type})"
+            raw = _table_stream(con, source, id_expr, sort)
         streams[option] = _decoded(streamed, option, raw, bool(shared and source.table))
-    rows = 0
     wheres = {option: streamed.sources[option].where() for option in options}
+    rows, last = 0, None
     for parts in _align(streams, wheres):
         ids = [(option, part[1]) for option, part in parts.items() if part[1] is not None]
         for option, other in ids[1:]:
             first, base = ids[0]
             if not np.array_equal(other, base):
+                if sort:  # different ids although the hash sums matched
+                    diagnose(con, streamed.sources, id_column)
                 bad = int(np.argmax(other != base))
                 raise InputError(
                     f"{option}: rows are in another order than {first} (data row "
                     f"{rows + bad + 1} has {shared} {other[bad]} in {option} but {base[bad]} "
                     f"in {first}); pass --id {shared} to join the inputs by it")
+        if sort and ids:
+            base = ids[0][1]
+            if len(base) and ((last is not None and base[0] == last)
+                              or np.any(base[1:] == base[:-1])):
+                diagnose(con, streamed.sources, id_column)
+            last = base[-1] if len(base) else last
         rows += len(next(iter(parts.values()))[0])
         yield {option: part[0] for option, part in parts.items()}
     if rows == 0:
         raise InputError(f"{wheres[options[0]]}: no data rows")
 
 
-def _shared_id_column(streamed: Streamed, options: Sequence[str],
-                      id_column: Optional[str]) -> Optional[str]:
+def _shared_id_column(streamed: Streamed, options: Sequence[str]) -> Optional[str]:
     tables = [streamed.sources[o] for o in options if streamed.sources[o].table]
     if len(tables) < 2:
         return None
-    for name in ([id_column] if id_column else []) + ["id", "index"]:
+    for name in ("id", "index"):
         if all(name in s.schema and name not in s.values for s in tables):
             return name
     return None
@@ -180,7 +201,7 @@ def _decoded(streamed: Streamed, option: str, raw: Iterator[list[Any]], with_ids
         if with_ids:
             ids = numpy_of(columns[-1])
             columns = columns[:-1]
-        codes = decode(streamed, option, columns, offset)
+        codes = decode(streamed, option, columns, offset, ids)
         offset += len(codes)
         yield codes, ids
 
@@ -272,10 +293,9 @@ def batches(con: Any, streamed: Streamed, *, id_column: Optional[str]
             ) -> Iterator[dict[str, np.ndarray]]:
     """Aligned batches ``{option: class ids or group codes}`` of every input."""
     options = list(streamed.sources)
-    if id_column is None:
-        return positional_batches(con, streamed, options, None)
-    expected = check_ids(con, streamed.sources, id_column)
-    return joined_batches(con, streamed, id_column, expected, decode, BATCH_ROWS)
+    if id_column is not None:
+        check_ids(con, streamed.sources, id_column)
+    return positional_batches(con, streamed, options, id_column)
 
 
 def read_whole(spec: str, *, id_column: Optional[str] = None) -> np.ndarray:
