@@ -63,9 +63,10 @@ class ChurnCounter:
     """
 
     def __init__(self, num_classes: Optional[int] = None, *,
-                 class_names: Optional[Sequence[str]] = None) -> None:
+                 class_names: Optional[Sequence[str]] = None, validate: bool = True) -> None:
         self.class_names = None if class_names is None else check_class_names(class_names)
         self.num_classes = len(self.class_names) if self.class_names else num_classes
+        self.validate = validate
         self._table: Optional[np.ndarray] = None
 
     def _grow(self, k: int) -> np.ndarray:
@@ -78,7 +79,19 @@ class ChurnCounter:
         return self._table
 
     def update(self, old_pred: Any, new_pred: Any) -> None:
-        """Count one batch of old and new predictions (class ids, names or scores)."""
+        """Count one batch of old and new predictions (class ids, names or scores).
+
+        With ``validate=False`` and ``num_classes`` set, the batch must be two 1-D arrays of
+        class ids below ``num_classes`` (nothing is checked; the fast path of a reader that
+        checked them already).
+        """
+        if not self.validate and self.num_classes is not None:
+            if len(old_pred):
+                table = self._grow(self.num_classes)
+                codes = np.multiply(old_pred, len(table), dtype=np.intp)
+                codes += new_pred
+                add_codes(table.reshape(-1), codes)
+            return
         if self.class_names is not None:
             old_pred, new_pred, _, _ = encode_flip_inputs(old_pred, new_pred, old_pred[:0],
                                                           self.class_names)

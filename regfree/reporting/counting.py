@@ -23,6 +23,7 @@ from regfree.metrics import (
     report_from_counts,
     wilson_interval,
 )
+from regfree.metrics.counts import add_codes
 from regfree.reporting.inputs import InputError, one_line
 from regfree.reporting.stream import Streamed, batches, close, connect, open_inputs
 
@@ -73,34 +74,104 @@ def count_report(specs: dict[str, str], *, id_column: Optional[str] = None,
     con, spill = connect()
     try:
         streamed = open_inputs(con, specs, id_column=id_column, class_names=class_names)
-        known = streamed.decoders["--old"].num_classes
-        flips = FlipCounter(num_classes=known, validate=False) if "--labels" in specs else None
-        churn = ChurnCounter(num_classes=known)
+        counter = _Counter(labelled="--labels" in specs)
         groups = GroupCounter() if "--group" in specs else None
         for batch in batches(con, streamed, id_column=id_column):
             y, old, new = batch.get("--labels"), batch["--old"], batch["--new"]
-            if flips is not None:
-                flips.update(y, old, new)
-            churn.update(old, new)
+            counter.update(y, old, new, _classes_so_far(streamed))
             if groups is not None:
                 groups.update(batch["--group"], y, old, new)
         streamed.missing.check()
-        return _reduce(streamed, flips, churn, groups)
+        return _reduce(streamed, counter, groups)
     except InputError:
         raise
     except Exception as err:  # duckdb raises its own types, and OSError for out of memory
-        if not type(err).__module__.startswith("duckdb") and not isinstance(err, OSError):
+        if "duckdb" not in type(err).__module__ and not isinstance(err, OSError):
             raise
         raise InputError(f"reading the inputs failed: {one_line(err)}") from None
     finally:
         close(con, spill)
 
 
-def _reduce(streamed: Streamed, flips: Optional[FlipCounter], churn: ChurnCounter,
-            groups: Optional[GroupCounter]) -> CountedReport:
+def _classes_so_far(streamed: Streamed) -> int:
+    """Class count covering every id decoded so far (names seen, score width, or largest id)."""
+    decoders = [d for o, d in streamed.decoders.items() if o != "--group"]
+    known = next((d.num_classes for d in decoders if d.num_classes is not None), None)
+    if known is not None:
+        return known
+    if streamed.coder.by_name:
+        return max(1, len(streamed.coder.names))
+    return max((d.high for d in decoders if d.high is not None), default=0) + 1
+
+
+SMALL = 64  # up to this many classes one (K, K, K) table holds both flips and churn
+
+
+class _Counter:
+    """Flip counts (with labels) and the old x new table, batch by batch.
+
+    The decoders checked every id, so batches are counted unchecked with their class count
+    known. With few classes one bincount over ``(y * K + old) * K + new`` fills a
+    ``table[y, old, new]`` from which both follow (half the passes over the data of counting
+    them apart); with more, a FlipCounter and a ChurnCounter count them.
+    """
+
+    def __init__(self, labelled: bool) -> None:
+        self.labelled = labelled
+        self.flips = FlipCounter()
+        self.churn = ChurnCounter()
+        self.triples: Optional[np.ndarray] = None
+
+    def update(self, y: Optional[np.ndarray], old: np.ndarray, new: np.ndarray, k: int) -> None:
+        if self.labelled and k <= SMALL:
+            if self.triples is None or k > len(self.triples):
+                grown = np.zeros((k, k, k), dtype=np.int64)
+                if self.triples is not None:
+                    size = len(self.triples)
+                    grown[:size, :size, :size] = self.triples
+                self.triples = grown
+            size = len(self.triples)
+            codes = np.multiply(y, size * size, dtype=np.intp)
+            codes += np.multiply(old, size, dtype=np.intp)
+            codes += new
+            add_codes(self.triples.reshape(-1), codes)
+            return
+        if self.labelled:
+            part = FlipCounter(num_classes=k, validate=False)
+            part.update(y, old, new)
+            self.flips.merge(part)
+        part_churn = ChurnCounter(num_classes=k, validate=False)
+        part_churn.update(old, new)
+        self.churn.merge(part_churn)
+
+    def totals(self) -> tuple[Optional[FlipCounts], Optional[np.ndarray]]:
+        """The flip counts (None without labels) and the old x new table of all batches."""
+        counts, table = self.flips.counts, self.churn.table
+        if self.triples is not None:
+            t = self.triples
+            diag = np.arange(len(t))
+            joint = np.empty((len(t), len(t), 2), dtype=np.int64)
+            joint[:, :, 1] = t[diag, diag, :]
+            joint[:, :, 0] = t.sum(axis=1) - joint[:, :, 1]
+            counts = FlipCounts(joint) if counts is None else counts + FlipCounts(joint)
+            table = _add_tables(table, t.sum(axis=0))
+        return counts, table
+
+
+def _add_tables(a: Optional[np.ndarray], b: np.ndarray) -> np.ndarray:
+    if a is None:
+        return b
+    size = max(len(a), len(b))
+    out = np.zeros((size, size), dtype=np.int64)
+    out[:len(a), :len(a)] += a
+    out[:len(b), :len(b)] += b
+    return out
+
+
+def _reduce(streamed: Streamed, counter: _Counter, groups: Optional[GroupCounter]
+            ) -> CountedReport:
     coder = streamed.coder
-    table = churn.table
-    counts = flips.counts if flips is not None else None
+    counts, table = counter.totals()
     size = max(len(table), counts.num_classes if counts else 0, len(coder.names))
     table = np.pad(table, ((0, size - len(table)), (0, size - len(table))))
     names: Optional[tuple[str, ...]] = None

@@ -23,7 +23,7 @@ from regfree.reporting.joins import check_ids, diagnose, id_type_of
 from regfree.reporting.sources import SCORES, Source, open_source, quote, resolve_values
 
 BATCH_ROWS = 1 << 20
-MEMORY_LIMIT = "256MB"  # DuckDB spills joins beyond this to a temporary folder
+MEMORY_LIMIT = "384MB"  # DuckDB spills sorts beyond this to a temporary folder
 
 
 @dataclass
