@@ -120,16 +120,16 @@ def test_bad_columns_and_parquet_content(tmp_path):
     with pytest.raises(InputError, match=r"non-numeric content \(dtype complex128\)"):
         read_array(str(tmp_path / "c.npy"))
     (tmp_path / "sub.npy").mkdir()
-    with pytest.raises(InputError, match="is a directory"):
+    with pytest.raises(InputError, match=r"sub\.npy: is a directory, expected a file"):
         read_array(str(tmp_path / "sub.npy"))
 
 
 def test_read_class_names(tmp_path):
     assert read_class_names(_write(tmp_path / "n.txt", "cat\ndog\n\n")) == ["cat", "dog"]
     assert read_class_names(_write(tmp_path / "n.json", '["cat", "dog"]')) == ["cat", "dog"]
-    with pytest.raises(InputError, match="expected a JSON list"):
+    with pytest.raises(InputError, match="bad.json: expected a JSON list of class names"):
         read_class_names(_write(tmp_path / "bad.json", '{"a": 1}'))
-    with pytest.raises(InputError, match="file is empty"):
+    with pytest.raises(InputError, match=r"e\.txt: file is empty"):
         read_class_names(_write(tmp_path / "e.txt", ""))
 
 
