@@ -8,6 +8,7 @@ Compares, in one run and on the same arrays:
 
 Each timing is the median of ``--repeats`` runs. Run with OMP_NUM_THREADS=1:
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_metrics.py
+``--mcnemar`` times only ``mcnemar_exact_p`` (2e8 to 1e10 pairs) against scipy's binomtest.
 """
 
 from __future__ import annotations
@@ -110,13 +111,48 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-cli", action="store_true")
     parser.add_argument("--cli-only", action="store_true", help="only time `regfree report`")
+    parser.add_argument("--mcnemar", action="store_true",
+                        help="only time mcnemar_exact_p against scipy's binomtest")
     args = parser.parse_args()
+    if args.mcnemar:
+        time_mcnemar()
+        return
 
     y, old, new = make_predictions(args.n, args.classes, args.seed)
     if not args.cli_only:
         time_python_api(y, old, new, args.classes, args.repeats)
     if not args.skip_cli:
         time_command(y, old, new, args.repeats)
+
+
+def time_mcnemar() -> None:
+    """mcnemar_exact_p at 2e8 to 1e10 discordant pairs: time, peak allocation, scipy's value."""
+    import tracemalloc
+
+    from scipy.stats import binomtest
+
+    from regfree.metrics import mcnemar_exact_p
+
+    mcnemar_exact_p(1, 2)  # imports scipy.special
+    print("| discordant pairs | p | time (min of 20) | peak allocation | binomtest |")
+    print("| ---: | ---: | ---: | ---: | ---: |")
+    for b, c in [(10**8 - 10**4, 10**8 + 10**4), (5 * 10**8 - 3 * 10**4, 5 * 10**8 + 3 * 10**4),
+                 (5 * 10**9 - 10**5, 5 * 10**9 + 10**5), (5 * 10**9 - 1, 5 * 10**9 + 1)]:
+        seconds = []
+        for _ in range(20):
+            start = time.perf_counter()
+            p = mcnemar_exact_p(b, c)
+            seconds.append(time.perf_counter() - start)
+        tracemalloc.start()
+        mcnemar_exact_p(b, c)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        reference = "not run"
+        if b + c <= 10**9:
+            start = time.perf_counter()
+            value = binomtest(b, b + c).pvalue
+            reference = f"{value:.12g}, {(time.perf_counter() - start) * 1e3:.1f} ms"
+        print(f"| {b + c:.0e} | {p:.12g} | {min(seconds) * 1e3:.3f} ms | {peak} B | {reference} |")
 
 
 def time_python_api(y: np.ndarray, old: np.ndarray, new: np.ndarray, k: int,

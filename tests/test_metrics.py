@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from regfree.metrics import (
+    FlipCounter,
     FlipReport,
     backward_error_compatibility,
     compatibility_score,
@@ -57,7 +58,7 @@ def test_flip_report_fields_match_hand_computation():
     assert (report.error_rate_old, report.error_rate_new) == (0.4, 0.5)
     assert (report.nfr, report.pfr) == (0.3, 0.2)
     assert report.nfi == pytest.approx(0.6)
-    assert report.compatibility == pytest.approx(0.5)
+    assert report.btc == pytest.approx(0.5)
     assert report.bec == pytest.approx(0.4)
     assert [(c.label, c.count, c.negative_flips, c.positive_flips) for c in report.per_class] == [
         (0, 3, 1, 0), (1, 3, 1, 0), (2, 4, 1, 2)]
@@ -74,7 +75,7 @@ def test_flip_report_fields_match_hand_computation():
 def test_report_names_are_exactly_the_issue_fields():
     assert list(flip_report(Y, OLD, NEW).to_dict()) == [
         "n", "error_rate_old", "error_rate_new", "nfr", "pfr", "relative_nfr", "nfi",
-        "compatibility", "bec", "nfr_ci", "mcnemar_p", "per_class", "negative_flip_confusion"]
+        "btc", "bec", "nfr_ci", "mcnemar_p", "per_class", "negative_flip_confusion", "class_names"]
 
 
 def test_scores_are_reduced_by_argmax():
@@ -93,7 +94,7 @@ def test_zero_denominators_give_nan_and_json_null():
     y = [0, 1, 1]
     perfect = flip_report(y, [1, 0, 0], y)  # new makes no errors; old never right
     assert perfect.nfr == 0.0 and perfect.pfr == 1.0
-    for value in (perfect.relative_nfr, perfect.nfi, perfect.bec, perfect.compatibility):
+    for value in (perfect.relative_nfr, perfect.nfi, perfect.bec, perfect.btc):
         assert math.isnan(value)
     data = json.loads(perfect.to_json())
     assert data["relative_nfr"] is None and data["nfi"] is None and data["bec"] is None
@@ -157,7 +158,7 @@ def test_wilson_interval_formula():
 
 def test_flip_matrix_is_pairwise_nfr():
     preds = {"v1": OLD, "v2": NEW, "v3": Y}
-    matrix = flip_matrix(preds, Y)
+    matrix = flip_matrix(Y, preds)
     assert matrix.names == ("v1", "v2", "v3")
     for i, a in enumerate(preds):
         for j, b in enumerate(preds):
@@ -172,7 +173,7 @@ def test_torch_tensors_are_accepted():
     new = torch.tensor(NEW, dtype=torch.int32)
     assert flip_report(y, old_logits, new) == flip_report(Y, OLD, NEW)
     assert negative_flip_rate(y, old_logits.bfloat16(), new) == 0.3
-    assert flip_matrix({"a": old_logits, "b": new}, y).nfr[0, 1] == 0.3
+    assert flip_matrix(y, {"a": old_logits, "b": new}).nfr[0, 1] == 0.3
 
 
 def test_importing_metrics_does_not_import_torch():
@@ -196,7 +197,13 @@ def test_importing_metrics_does_not_import_torch():
     ((Y, OLD, NEW), {"num_classes": 0}, r"num_classes: expected a positive integer"),
     ((np.zeros((10, 3)), OLD, NEW), {}, r"y_true: expected 1-D class ids, got shape"),
     ((Y, OLD, np.zeros((10, 2, 2))), {}, r"new_pred: expected 1-D class ids or 2-D scores"),
-    ((Y, ["a"] * 10, NEW), {}, r"old_pred: expected integer class ids or numeric scores"),
+    ((Y, ["a"] * 10, NEW), {}, r"y_true: holds class ids but old_pred holds class names"),
+    ((["a"] * 10, OLD, NEW), {}, r"old_pred: holds class ids but y_true holds class names"),
+    ((["a"] * 10, ["a"] * 10, ["b"] * 10), {"class_names": ["a"]},
+     r"new_pred: 10 values are not class names \(first: 'b'\); the classes are a"),
+    ((["a"] * 10, ["a"] * 10, np.zeros((10, 2))), {},
+     r"class_names: needed to read scores next to class-name labels"),
+    ((Y, OLD, NEW), {"class_names": ["a", "a", "b"]}, r"class_names: 'a' appears more than once"),
     ((Y, OLD, NEW), {"num_classes": 5000}, r"num_classes: flip reports support up to 4096"),
 ])
 def test_bad_input_raises_value_error_naming_the_argument(args, kwargs, match):
@@ -205,14 +212,16 @@ def test_bad_input_raises_value_error_naming_the_argument(args, kwargs, match):
 
 
 def test_scalar_metrics_validate_too():
-    with pytest.raises(ValueError, match="old_pred: contains NaN"):
+    with pytest.raises(ValueError, match="old_pred: contains NaN or inf"):
         negative_flip_rate(Y, [np.nan] + OLD[1:], NEW)
-    with pytest.raises(ValueError, match="pred: has 9 rows"):
+    with pytest.raises(ValueError, match="^pred: has 9 rows but y_true has 10$"):
         error_rate(Y, NEW[:-1])
     with pytest.raises(ValueError, match=r"predictions\['b'\]: has 9 rows"):
-        flip_matrix({"a": OLD, "b": NEW[:-1]}, Y)
+        flip_matrix(Y, {"a": OLD, "b": NEW[:-1]})
     with pytest.raises(ValueError, match="predictions: expected a non-empty mapping"):
-        flip_matrix({}, Y)
+        flip_matrix(Y, {})
+    with pytest.raises(TypeError, match="flip_matrix: y_true comes first, then the {name: predictions} mapping"):
+        flip_matrix({"a": OLD}, Y)
 
 
 def test_validate_false_gives_the_same_numbers_on_good_input():
@@ -237,7 +246,7 @@ def test_identities_hold_for_any_data(data):
     assert r.nfr_ci[0] <= r.nfr <= r.nfr_ci[1]
     assert 0.0 <= r.mcnemar_p <= 1.0
     if r.error_rate_old < 1:
-        assert r.compatibility == pytest.approx(1 - r.nfr / (1 - r.error_rate_old))
+        assert r.btc == pytest.approx(1 - r.nfr / (1 - r.error_rate_old))
     if r.error_rate_new > 0 and r.error_rate_old < 1:
         assert r.relative_nfr == pytest.approx(
             r.nfr / ((1 - r.error_rate_old) * r.error_rate_new))
@@ -246,4 +255,130 @@ def test_identities_hold_for_any_data(data):
     assert sum(c.count for c in r.per_class) == r.n
     assert r.nfr == negative_flip_rate(y, old, new)
     assert r.pfr == positive_flip_rate(y, old, new)
-    assert r.compatibility == compatibility_score(y, old, new) or math.isnan(r.compatibility)
+    assert r.btc == compatibility_score(y, old, new) or math.isnan(r.btc)
+
+
+def _exact_tail(k, m):
+    """P(X <= k), X ~ Binomial(m, 1/2), as an exact fraction (big integers)."""
+    from fractions import Fraction
+
+    term, total = 1, 1
+    for i in range(1, k + 1):
+        term = term * (m - i + 1) // i
+        total += term
+    return Fraction(total, 2 ** m)
+
+
+@pytest.mark.parametrize("m", [1, 2, 7, 100, 10**3, 10**4, 10**5, 10**6, 10**7, 10**8, 10**9])
+def test_mcnemar_matches_scipy_binomtest_to_1e_9_up_to_1e9_pairs(m):
+    from scipy.stats import binomtest
+
+    for k in sorted({0, 1, m // 10, int(m / 2 - 3 * m**0.5), int(m / 2 - m**0.5),
+                     (m - 1) // 2, m // 2}):
+        if not 0 <= k <= m:
+            continue
+        for b, c in ((k, m - k), (m - k, k)):
+            expected = binomtest(b, m).pvalue
+            got = mcnemar_exact_p(b, c)
+            if expected > 1e-300:
+                assert got == pytest.approx(expected, rel=1e-9, abs=0), (b, c)
+            else:  # scipy's tail underflows: ours must be tiny too, never a wrong large value
+                assert got <= 1e-300, (b, c)
+
+
+@pytest.mark.parametrize("k, m", [(0, 1000), (3, 1000), (10, 1010), (60, 1100), (4, 40),
+                                  (2000, 5000), (24_000, 50_000)])
+def test_mcnemar_deep_tail_is_exact(k, m):
+    # Tails down to 1e-300 against exact big-integer sums (a relative error of 1e-9 at most).
+    expected = float(min(1, 2 * _exact_tail(k, m)))
+    assert mcnemar_exact_p(k, m - k) == pytest.approx(expected, rel=1e-9, abs=0)
+
+
+def test_mcnemar_at_1e10_pairs_allocates_no_large_arrays():
+    import tracemalloc
+
+    tracemalloc.start()
+    p = mcnemar_exact_p(5 * 10**9 - 10**5, 5 * 10**9 + 10**5)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    # z = 2e5 / sqrt(1e10) = 2: two-sided normal tail 0.0455 (the exact value is a hair above)
+    assert p == pytest.approx(0.04550, rel=1e-3)
+    assert peak < 1 << 20
+    assert mcnemar_exact_p(0, 10**10) == 0.0 and mcnemar_exact_p(10**10, 10**10) == 1.0
+    with pytest.raises(TypeError, match="b: expected an integer count, got float"):
+        mcnemar_exact_p(1.5, 2)
+    with pytest.raises(ValueError, match="c: counts must be >= 0, got -1"):
+        mcnemar_exact_p(1, -1)
+
+
+NAMES = ["cat", "dog", "eel"]
+
+
+def test_class_names_as_labels_and_predictions():
+    named = flip_report([NAMES[c] for c in Y], [NAMES[c] for c in OLD], [NAMES[c] for c in NEW])
+    by_id = flip_report(Y, OLD, NEW)
+    assert named.class_names == ("cat", "dog", "eel") and by_id.class_names is None
+    assert named.to_dict() | {"class_names": None} == by_id.to_dict()
+    # --class-names order: eel first, and a class ("fox") that nobody uses
+    ordered = flip_report([NAMES[c] for c in Y], [NAMES[c] for c in OLD],
+                          [NAMES[c] for c in NEW], class_names=["eel", "cat", "dog", "fox"])
+    assert [c.count for c in ordered.per_class] == [4, 3, 3, 0]
+    assert ordered.nfr == 0.3 and math.isnan(ordered.per_class[3].nfr)
+    assert FlipReport.from_dict(json.loads(ordered.to_json())) == ordered
+    # a name only a prediction uses is a class the labels never show, not an error
+    odd = flip_report(["cat", "cat"], ["cat", "cat"], ["cat", "zebra"])
+    assert odd.class_names == ("cat", "zebra") and odd.per_class[1].count == 0
+    assert odd.nfr == 0.5
+
+
+def test_flip_counter_streams_class_names_with_a_fixed_order():
+    counter = FlipCounter(class_names=NAMES)
+    for lo in range(0, 10, 4):
+        counter.update([NAMES[c] for c in Y[lo:lo + 4]], [NAMES[c] for c in OLD[lo:lo + 4]],
+                       [NAMES[c] for c in NEW[lo:lo + 4]])
+    assert counter.compute().to_dict() == flip_report(Y, OLD, NEW, class_names=NAMES).to_dict()
+    with pytest.raises(ValueError, match="new_pred: holds class ids but y_true holds class "
+                                         "names; give both as names or both as ids"):
+        counter.update(["cat"], ["cat"], [1])
+    counter.reset()
+    with pytest.raises(ValueError, match=r"FlipCounter: no samples; call update\(\) with data"):
+        counter.compute()
+    with pytest.raises(ValueError, match="y_true: holds class names; pass class_names= to "
+                                         "FlipCounter"):
+        FlipCounter().update(["cat"], ["cat"], ["dog"])
+
+
+def test_churn_needs_no_labels():
+    from regfree.metrics import ChurnCounter, churn_report
+
+    report = churn_report(OLD, NEW)
+    assert (report.n, report.changed, report.churn) == (10, 6, 0.6)
+    assert report.change_confusion.tolist() == [[0, 1, 2], [0, 0, 2], [1, 0, 0]]
+    low, high = report.churn_ci
+    assert (low, high) == wilson_interval(6, 10)
+    a, b = ChurnCounter(), ChurnCounter()
+    a.update(OLD[:3], NEW[:3])
+    b.update(OLD[3:], NEW[3:])
+    assert a.merge(b) is a
+    merged = a.compute()
+    assert merged.changed == 6 and merged.change_confusion.tolist() == [[0, 1, 2], [0, 0, 2],
+                                                                         [1, 0, 0]]
+    a.reset()
+    with pytest.raises(ValueError, match=r"ChurnCounter: no samples; call update\(\) with data first"):
+        a.compute()
+    named = churn_report([NAMES[c] for c in OLD], [NAMES[c] for c in NEW])
+    assert named.class_names == ("cat", "dog", "eel") and named.changed == 6
+
+
+def test_group_counter_gives_flip_totals_per_group():
+    from regfree.metrics import GroupCounter
+
+    groups = [0, 1] * 5  # group 0: rows 0 2 4 6 8, group 1: rows 1 3 5 7 9
+    counter = GroupCounter()
+    counter.update(groups[:4], Y[:4], OLD[:4], NEW[:4])
+    other = GroupCounter()
+    other.update(groups[4:], Y[4:], OLD[4:], NEW[4:])
+    totals = counter.merge(other).compute()
+    assert totals[0].n == 5 and totals[0].negative_flips == 1 and totals[0].nfr == 0.2
+    assert totals[1].n == 5 and totals[1].negative_flips == 2 and totals[1].nfr == 0.4
+    assert counter.unchanged() == {0: 3, 1: 1}  # rows 0 2 6 and row 3 keep their prediction

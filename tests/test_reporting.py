@@ -46,16 +46,32 @@ def test_read_csv_variants(tmp_path):
     both = _write(tmp_path / "c.csv", "old,new\n0,1\n2,2\n1,0\n")
     assert read_array(both + ":new").tolist() == [1, 2, 0]
     assert read_array(both + ":0").tolist() == [0, 2, 1]
-    assert read_array(both).shape == (3, 2)  # several numeric columns are scores
+    with pytest.raises(InputError, match=r"c\.csv: several columns could hold the predictions "
+                                         r"\(old, new\); pass .*c\.csv:COLUMN with one of old, new"):
+        read_array(both)  # integer columns are never guessed to be scores
+    floats = _write(tmp_path / "f.csv", "a,b\n0.1,0.9\n0.8,0.2\n")
+    np.testing.assert_array_equal(read_array(floats), [[0.1, 0.9], [0.8, 0.2]])
     scores = _write(tmp_path / "d.txt", "0.1 0.9\n0.8 0.2\n")
     np.testing.assert_array_equal(read_array(scores), [[0.1, 0.9], [0.8, 0.2]])
+    tsv = _write(tmp_path / "e.tsv", "id\tlabel\n7\tcat\n8\tdog\n")
+    assert read_array(tsv).tolist() == ["cat", "dog"]  # the id column is never a value
+    jsonl = _write(tmp_path / "g.jsonl", '{"index": 1, "p": 2}\n{"index": 2, "p": 0}\n')
+    assert read_array(jsonl).tolist() == [2, 0] and read_array(jsonl + ":p").tolist() == [2, 0]
 
 
 def test_read_parquet_variants(tmp_path):
     path = str(tmp_path / "p.parquet")
     pq.write_table(pa.table({"y": Y, "old": OLD, "p0": [0.5] * 10, "p1": [0.1] * 10}), path)
     assert read_array(path + ":old").tolist() == OLD
-    assert read_array(path).shape == (10, 4)
+    with pytest.raises(InputError, match=r"several columns could hold the predictions "
+                                         r"\(y, old, p0, p1\)"):
+        read_array(path)
+    scores = str(tmp_path / "s.parquet")
+    pq.write_table(pa.table({"p0": [0.5] * 10, "p1": [0.1] * 10}), scores)
+    assert read_array(scores).shape == (10, 2)
+    named = str(tmp_path / "c.parquet")
+    pq.write_table(pa.table({"c": pa.array(["b", "a"]).dictionary_encode()}), named)
+    assert read_array(named).tolist() == ["b", "a"]
     lists = str(tmp_path / "l.parquet")
     pq.write_table(pa.table({"scores": [[0.1, 0.9], [0.7, 0.3]]}), lists)
     np.testing.assert_array_equal(read_array(lists), [[0.1, 0.9], [0.7, 0.3]])
@@ -71,12 +87,11 @@ def test_split_spec_only_splits_known_suffixes(tmp_path):
 @pytest.mark.parametrize("name, content, match", [
     ("missing.npy", None, "no such file"),
     ("empty.csv", "", "file is empty"),
-    ("blank.csv", "\n\n", "file is empty"),
+    ("blank.csv", "\n\n", "column 'column0' has 1 missing values"),
     ("header_only.csv", "label\n", "no data rows"),
-    ("words.csv", "label\n0\ncat\n", "non-numeric content"),
-    ("ragged.csv", "0,1\n2\n", "non-numeric content"),
+    ("ragged.csv", "0,1\n2\n", r"cannot read csv \(Invalid Input Error: Error when sniffing"),
     ("bad.npy", "not really npy", r"cannot read \.npy"),
-    ("bad.parquet", "not really parquet", "cannot read parquet"),
+    ("bad.parquet", "not really parquet", r"cannot read parquet \("),
     ("data.xlsx", "0\n", "unsupported file type"),
 ])
 def test_bad_files_raise_input_error_naming_the_file(tmp_path, name, content, match):
@@ -94,26 +109,27 @@ def test_bad_columns_and_parquet_content(tmp_path):
         read_array(csv + ":x")
     path = str(tmp_path / "p.parquet")
     pq.write_table(pa.table({"y": [0, None, 1], "name": ["a", "b", "c"]}), path)
-    with pytest.raises(InputError, match="'y' has 1 missing values"):
+    with pytest.raises(InputError, match="column 'y' has 1 missing values"):
         read_array(path + ":y")
-    with pytest.raises(InputError, match="'name' is non-numeric"):
-        read_array(path + ":name")
-    with pytest.raises(InputError, match="no column 'z'"):
+    assert read_array(path + ":name").tolist() == ["a", "b", "c"]  # class names
+    with pytest.raises(InputError, match=r"no column 'z' \(columns: y, name\)"):
         read_array(path + ":z")
     np.save(tmp_path / "s.npy", np.array(["a", "b"]))
-    with pytest.raises(InputError, match="non-numeric content"):
-        read_array(str(tmp_path / "s.npy"))
+    assert read_array(str(tmp_path / "s.npy")).tolist() == ["a", "b"]
+    np.save(tmp_path / "c.npy", np.array([1 + 2j]))
+    with pytest.raises(InputError, match=r"non-numeric content \(dtype complex128\)"):
+        read_array(str(tmp_path / "c.npy"))
     (tmp_path / "sub.npy").mkdir()
-    with pytest.raises(InputError, match="is a directory"):
+    with pytest.raises(InputError, match=r"sub\.npy: is a directory, expected a file"):
         read_array(str(tmp_path / "sub.npy"))
 
 
 def test_read_class_names(tmp_path):
     assert read_class_names(_write(tmp_path / "n.txt", "cat\ndog\n\n")) == ["cat", "dog"]
     assert read_class_names(_write(tmp_path / "n.json", '["cat", "dog"]')) == ["cat", "dog"]
-    with pytest.raises(InputError, match="expected a JSON list"):
+    with pytest.raises(InputError, match="bad.json: expected a JSON list of class names"):
         read_class_names(_write(tmp_path / "bad.json", '{"a": 1}'))
-    with pytest.raises(InputError, match="file is empty"):
+    with pytest.raises(InputError, match=r"e\.txt: file is empty"):
         read_class_names(_write(tmp_path / "e.txt", ""))
 
 

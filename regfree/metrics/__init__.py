@@ -11,6 +11,8 @@ Example:
     (0.25, 0.25)
 """
 
+from regfree.metrics.churn import ChurnCounter, ChurnReport, churn_from_table, churn_report
+from regfree.metrics.classes import encode_flip_inputs
 from regfree.metrics.counts import MAX_REPORT_CLASSES, FlipCounts, flip_counts
 from regfree.metrics.flips import (
     FlipTotals,
@@ -24,6 +26,7 @@ from regfree.metrics.flips import (
     positive_flip_rate,
     relative_nfr,
 )
+from regfree.metrics.groups import GroupCounter
 from regfree.metrics.inputs import (
     FlipInputs,
     as_class_ids,
@@ -44,6 +47,12 @@ from regfree.metrics.stats import discordant_pairs, mcnemar_exact_p, wilson_inte
 from regfree.metrics.streaming import FlipCounter
 
 __all__ = [
+    "ChurnCounter",
+    "ChurnReport",
+    "GroupCounter",
+    "churn_from_table",
+    "churn_report",
+    "encode_flip_inputs",
     "MAX_REPORT_CLASSES",
     "ClassFlips",
     "FlipCounter",

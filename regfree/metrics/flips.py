@@ -5,8 +5,8 @@ report and the streaming counter share the same formulas.
 
 Zero denominators give ``nan`` (written as ``null`` in JSON):
 relative NFR when ``ER_new == 0`` or ``ER_old == 1``; NFI and BEC when the new model makes no
-errors; compatibility (BTC) when the old model is never right. In each case the numerator is
-zero as well, so the metric is undefined rather than infinite.
+errors; BTC (backward trust compatibility) when the old model is never right. In each case the
+numerator is zero as well, so the metric is undefined rather than infinite.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class FlipTotals(NamedTuple):
         return _ratio(self.negative_flips, self.n - self.new_correct)
 
     @property
-    def compatibility(self) -> float:
+    def btc(self) -> float:
         return _ratio(self.both_correct, self.old_correct)
 
     @property
@@ -189,7 +189,7 @@ def compatibility_score(y_true: Any, old_pred: Any, new_pred: Any, *,
         >>> round(compatibility_score([0, 1, 2, 2], [0, 1, 0, 2], [0, 2, 2, 2]), 4)
         0.6667
     """
-    return flip_totals(y_true, old_pred, new_pred, validate=validate).compatibility
+    return flip_totals(y_true, old_pred, new_pred, validate=validate).btc
 
 
 def backward_error_compatibility(y_true: Any, old_pred: Any, new_pred: Any, *,

@@ -23,23 +23,25 @@ class FlipMatrix:
                 for i, old in enumerate(self.names)}
 
 
-def flip_matrix(predictions: Mapping[str, Any], y_true: Any, *,
+def flip_matrix(y_true: Any, predictions: Mapping[str, Any], *,
                 validate: bool = True) -> FlipMatrix:
     """NFR between every ordered pair of models (row = old, column = new; diagonal 0).
 
     Args:
+        y_true: 1-D true class ids (first, as in every flip metric).
         predictions: ``{name: class ids (1-D) or scores (2-D)}``, at least one model.
-        y_true: 1-D true class ids.
         validate: check the inputs; ``False`` skips the checks for speed.
 
     Returns:
         A :class:`FlipMatrix` in the mapping's order.
 
     Example:
-        >>> m = flip_matrix({"v1": [0, 1, 1], "v2": [0, 0, 1]}, [0, 1, 1])
+        >>> m = flip_matrix([0, 1, 1], {"v1": [0, 1, 1], "v2": [0, 0, 1]})
         >>> m.to_dict()["v1"]["v2"], m.to_dict()["v2"]["v1"]
         (0.3333333333333333, 0.0)
     """
+    if not isinstance(predictions, Mapping) and isinstance(y_true, Mapping):
+        raise TypeError("flip_matrix: y_true comes first, then the {name: predictions} mapping")
     if not isinstance(predictions, Mapping) or len(predictions) == 0:
         raise ValueError("predictions: expected a non-empty mapping {name: predictions}")
     names = tuple(str(name) for name in predictions)

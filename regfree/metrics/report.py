@@ -9,6 +9,7 @@ from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from regfree.metrics.classes import encode_flip_inputs
 from regfree.metrics.counts import FlipCounts, flip_counts
 from regfree.metrics.flips import FlipTotals, _ratio
 from regfree.metrics.stats import mcnemar_exact_p, wilson_interval
@@ -60,7 +61,7 @@ class FlipReport:
         pfr: positive flip rate (old wrong, new right).
         relative_nfr: ``nfr / ((1 - error_rate_old) * error_rate_new)``.
         nfi: negative flip impact, negative flips / new errors.
-        compatibility: backward trust compatibility (BTC), both right / old right.
+        btc: backward trust compatibility (BTC), both right / old right.
         bec: backward error compatibility, both wrong / new wrong.
         nfr_ci: 95% Wilson interval of ``nfr`` as ``(low, high)``.
         mcnemar_p: exact two-sided McNemar p-value that the two models' accuracies differ.
@@ -68,6 +69,7 @@ class FlipReport:
             ``nan`` for classes with no samples).
         negative_flip_confusion: int array ``(K, K)``; ``[t, p]`` counts negative flips of true
             class ``t`` that the new model predicts as ``p``.
+        class_names: the name of each class id when the classes were given by name, else None.
     """
 
     n: int
@@ -77,12 +79,13 @@ class FlipReport:
     pfr: float
     relative_nfr: float
     nfi: float
-    compatibility: float
+    btc: float
     bec: float
     nfr_ci: tuple[float, float]
     mcnemar_p: float
     per_class: tuple[ClassFlips, ...]
     negative_flip_confusion: np.ndarray
+    class_names: Optional[tuple[str, ...]] = None
 
     @property
     def num_classes(self) -> int:
@@ -107,6 +110,7 @@ class FlipReport:
         out["nfr_ci"] = list(self.nfr_ci)
         out["per_class"] = [c._asdict() for c in self.per_class]
         out["negative_flip_confusion"] = self.negative_flip_confusion.tolist()
+        out["class_names"] = None if self.class_names is None else list(self.class_names)
         return out
 
     def to_json(self, indent: Optional[int] = 2) -> str:
@@ -117,7 +121,7 @@ class FlipReport:
     def from_dict(cls, data: dict[str, Any]) -> FlipReport:
         """Inverse of :meth:`to_dict` (also accepts the parsed output of :meth:`to_json`)."""
         scalars = {f.name: data[f.name] for f in fields(cls)
-                   if f.name not in ("nfr_ci", "per_class", "negative_flip_confusion")}
+                   if f.name not in ("nfr_ci", "per_class", "negative_flip_confusion", "class_names")}
         scalars = {k: (int(v) if k == "n" else _nan_if_none(v)) for k, v in scalars.items()}
         per_class = tuple(
             ClassFlips(int(c["label"]), int(c["count"]), int(c["negative_flips"]),
@@ -126,8 +130,10 @@ class FlipReport:
         confusion = np.asarray(data["negative_flip_confusion"], dtype=np.int64)
         confusion = confusion.reshape(len(per_class), len(per_class))
         low, high = data["nfr_ci"]
+        names = data.get("class_names")
         return cls(nfr_ci=(float(low), float(high)), per_class=per_class,
-                   negative_flip_confusion=confusion, **scalars)
+                   negative_flip_confusion=confusion,
+                   class_names=None if names is None else tuple(str(n) for n in names), **scalars)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, FlipReport):
@@ -143,10 +149,11 @@ class FlipReport:
             f"n={self.n}  error old {self.error_rate_old:.2%}  new {self.error_rate_new:.2%}",
             f"NFR {self.nfr:.2%} (95% CI {low:.2%} to {high:.2%})  PFR {self.pfr:.2%}  "
             f"relative NFR {self.relative_nfr:.3f}",
-            f"NFI {self.nfi:.3f}  BTC {self.compatibility:.4f}  BEC {self.bec:.3f}  "
+            f"NFI {self.nfi:.3f}  BTC {self.btc:.4f}  BEC {self.bec:.3f}  "
             f"McNemar p {self.mcnemar_p:.3g}",
         ]
         worst = self.most_regressed(top)
+        class_names = self.class_names if class_names is None else class_names
         if worst:
             names = [class_label(c.label, class_names) for c in worst]
             lines.append("most regressed classes: " + ", ".join(
@@ -164,14 +171,21 @@ def class_label(label: int, class_names: Optional[Sequence[str]]) -> str:
     return str(label)
 
 
-def report_from_counts(counts: FlipCounts) -> FlipReport:
+def report_from_counts(counts: FlipCounts, *,
+                       class_names: Optional[Sequence[str]] = None) -> FlipReport:
     """Reduce sufficient statistics to a :class:`FlipReport` (the reduce step).
+
+    Args:
+        counts: the counts of every sample.
+        class_names: the name of each class id, recorded in the report (padded to the count).
 
     Example:
         >>> from regfree.metrics import flip_counts
         >>> report_from_counts(flip_counts([0, 1, 1], [0, 1, 0], [1, 1, 1])).nfr
         0.3333333333333333
     """
+    if class_names is not None:
+        counts = counts.padded(max(counts.num_classes, len(class_names)))
     joint = counts.joint
     k = counts.num_classes
     diag = np.arange(k)
@@ -200,12 +214,13 @@ def report_from_counts(counts: FlipCounts) -> FlipReport:
         pfr=totals.pfr,
         relative_nfr=totals.relative_nfr,
         nfi=totals.nfi,
-        compatibility=totals.compatibility,
+        btc=totals.btc,
         bec=totals.bec,
         nfr_ci=wilson_interval(totals.negative_flips, n),
         mcnemar_p=mcnemar_exact_p(totals.negative_flips, totals.positive_flips),
         per_class=per_class,
         negative_flip_confusion=confusion,
+        class_names=None if class_names is None else tuple(str(n) for n in class_names),
     )
 
 
@@ -215,16 +230,19 @@ def flip_report(
     new_pred: Any,
     *,
     num_classes: Optional[int] = None,
+    class_names: Optional[Sequence[str]] = None,
     validate: bool = True,
 ) -> FlipReport:
     """All flip metrics of an update from ``old_pred`` to ``new_pred`` in one call.
 
     Args:
-        y_true: 1-D true class ids (list, numpy array or torch tensor).
-        old_pred: old model's class ids (1-D) or scores/logits (2-D, reduced by argmax).
-        new_pred: new model's class ids (1-D) or scores/logits (2-D).
+        y_true: 1-D true class ids or class names (list, numpy array or torch tensor).
+        old_pred: old model's class ids or names (1-D) or scores/logits (2-D, argmax).
+        new_pred: new model's class ids or names (1-D) or scores/logits (2-D).
         num_classes: class count; from the score width or the largest id if None. At most
             ``MAX_REPORT_CLASSES`` (4096), since the negative-flip confusion is ``K x K``.
+        class_names: the name of each class id. With names as inputs it fixes their order
+            (default: sorted); with ids it names them. Recorded in the report.
         validate: check the inputs (raises ValueError naming the argument); ``False`` skips
             the checks for speed.
 
@@ -237,6 +255,15 @@ def flip_report(
         (0.25, 0.25, 1)
         >>> int(report.negative_flip_confusion[1, 2])
         1
+        >>> named = flip_report(["cat", "dog", "dog"], ["cat", "dog", "cat"], ["dog", "dog", "cat"])
+        >>> named.nfr, named.class_names
+        (0.3333333333333333, ('cat', 'dog'))
     """
-    return report_from_counts(flip_counts(y_true, old_pred, new_pred, num_classes=num_classes,
-                                          validate=validate))
+    y_true, old_pred, new_pred, names = encode_flip_inputs(y_true, old_pred, new_pred,
+                                                           class_names)
+    if names is not None:
+        if num_classes is not None and num_classes != len(names):
+            raise ValueError(f"num_classes: is {num_classes} but class_names has {len(names)}")
+        num_classes = len(names)
+    counts = flip_counts(y_true, old_pred, new_pred, num_classes=num_classes, validate=validate)
+    return report_from_counts(counts, class_names=names)

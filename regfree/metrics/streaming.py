@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
+from regfree.metrics.classes import check_class_names, encode_flip_inputs, is_names
 from regfree.metrics.counts import FlipCounts, check_num_classes, flip_counts
 from regfree.metrics.inputs import as_numpy
 from regfree.metrics.report import FlipReport, report_from_counts
@@ -12,8 +13,13 @@ from regfree.metrics.report import FlipReport, report_from_counts
 class FlipCounter:
     """Accumulates flip counts over batches; :meth:`compute` equals the one-shot report exactly.
 
+    The streaming contract (shared with :class:`~regfree.metrics.RetrievalScores`):
+    ``update(...) -> None``, ``merge(other) -> self`` (in place), ``reset() -> None`` (back to
+    empty) and ``compute()`` (the result).
+
     Args:
         num_classes: fixed class count, or None to grow with the largest id / score width seen.
+        class_names: the name of each class id; batches may then hold names (fixed order).
         validate: check every batch; ``False`` skips the checks for speed.
 
     Example:
@@ -25,7 +31,14 @@ class FlipCounter:
         True
     """
 
-    def __init__(self, num_classes: Optional[int] = None, validate: bool = True) -> None:
+    def __init__(self, num_classes: Optional[int] = None, validate: bool = True, *,
+                 class_names: Optional[Sequence[str]] = None) -> None:
+        self.class_names = None if class_names is None else check_class_names(class_names)
+        if self.class_names is not None:
+            if num_classes is not None and num_classes != len(self.class_names):
+                raise ValueError(f"num_classes: is {num_classes} but class_names has "
+                                 f"{len(self.class_names)}")
+            num_classes = len(self.class_names)
         if num_classes is not None:
             check_num_classes(num_classes)
         self.num_classes = num_classes
@@ -44,6 +57,12 @@ class FlipCounter:
         """
         if all(len(as_numpy(x)) == 0 for x in (y_true, old_pred, new_pred)):
             return
+        if any(is_names(as_numpy(x)) for x in (y_true, old_pred, new_pred)):
+            if self.class_names is None:
+                raise ValueError("y_true: holds class names; pass class_names= to FlipCounter "
+                                 "(the order must be fixed before the first batch)")
+            y_true, old_pred, new_pred, _ = encode_flip_inputs(y_true, old_pred, new_pred,
+                                                               self.class_names)
         # Count the batch apart first, so a bad slice midway leaves the counter unchanged.
         batch = flip_counts(y_true, old_pred, new_pred, num_classes=self.num_classes,
                             validate=self.validate)
@@ -69,4 +88,4 @@ class FlipCounter:
         """The :class:`~regfree.metrics.FlipReport` of everything counted so far."""
         if self._counts is None:
             raise ValueError("FlipCounter: no samples; call update() with data first")
-        return report_from_counts(self._counts)
+        return report_from_counts(self._counts, class_names=self.class_names)

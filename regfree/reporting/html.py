@@ -15,7 +15,16 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from regfree.metrics import FlipReport
-from regfree.reporting.console import REGRESSED_HEADER, metric_rows, regressed_rows
+from regfree.reporting.console import (
+    GROUP_HEADER,
+    REGRESSED_HEADER,
+    churn_rows,
+    group_rows,
+    metric_rows,
+    regressed_rows,
+)
+
+PLOT_CLASSES, HEATMAP_CLASSES = 30, 20  # what the plots show at most (see reporting.plots)
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
@@ -25,6 +34,7 @@ th, td { border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: left; }
 th { background: #f3f3f3; }
 img { max-width: 100%; display: block; margin: 1em 0; }
 .note { color: #666; font-size: 0.9em; }
+.passed { color: #1e7b34; font-weight: bold; } .failed { color: #b3261e; font-weight: bold; }
 """
 
 
@@ -97,14 +107,25 @@ def flip_report_section(report: FlipReport, class_names: Optional[Sequence[str]]
     """
     from regfree.reporting.plots import plot_negative_flip_confusion, plot_per_class_nfr
 
+    class_names = report.class_names if class_names is None else class_names
     worst = regressed_rows(report, class_names, top)
+    present = sum(1 for c in report.per_class if c.count > 0)
     parts = [
         html_table(("metric", "value", "meaning"), metric_rows(report)),
         "<h3>Classes that regress most</h3>",
         html_table(REGRESSED_HEADER, worst) if worst else '<p class="note">No negative flips.</p>',
-        image_html(plot_per_class_nfr(report, class_names), "per-class NFR and PFR"),
-        image_html(plot_negative_flip_confusion(report, class_names), "negative-flip confusion"),
+        image_html(plot_per_class_nfr(report, class_names, top=PLOT_CLASSES),
+                   "per-class NFR and PFR"),
     ]
+    if present > PLOT_CLASSES:
+        parts.append(f'<p class="note">{PLOT_CLASSES} of {present:,} classes: the highest '
+                     "NFR.</p>")
+    parts.append(image_html(plot_negative_flip_confusion(report, class_names,
+                                                         top=HEATMAP_CLASSES),
+                            "negative-flip confusion"))
+    if report.num_classes > HEATMAP_CLASSES:
+        parts.append(f'<p class="note">{HEATMAP_CLASSES} of {report.num_classes:,} classes: '
+                     "those in the most negative flips.</p>")
     return HtmlSection(title, "\n".join(parts))
 
 
@@ -112,3 +133,38 @@ def flip_report_page(report: FlipReport, class_names: Optional[Sequence[str]] = 
                      title: str = "regfree flip report") -> str:
     """A whole page holding just :func:`flip_report_section`."""
     return render_html_page(title, [flip_report_section(report, class_names)])
+
+
+def counted_report_page(counted: Any, gate: Any, inputs: dict[str, Optional[str]],
+                        title: str = "regfree report") -> str:
+    """The page of one ``regfree report`` run: gate verdict, inputs and date, flips, churn,
+    groups and notes.
+
+    Args:
+        counted: a :class:`~regfree.reporting.counting.CountedReport`.
+        gate: a :class:`~regfree.reporting.gate.Gate`, or None without thresholds.
+        inputs: ``{option: FILE[:column]}`` as given on the command line.
+    """
+    from datetime import datetime, timezone
+
+    sections = []
+    if gate is not None:
+        verdict = ('<p class="passed">Gate passed</p>' if gate.passed
+                   else '<p class="failed">Gate FAILED</p>')
+        sections.append(HtmlSection("Gate", verdict + html_table(
+            ("check", "result"), [(line, "passed" if line not in gate.failed else "FAILED")
+                                  for line in gate.checks])))
+    rows = [(option, spec) for option, spec in inputs.items() if spec is not None]
+    rows.append(("date", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")))
+    sections.append(HtmlSection("Inputs", html_table(("input", "file"), rows)))
+    if counted.flips is not None:
+        sections.append(flip_report_section(counted.flips))
+    sections.append(HtmlSection("Churn: old -> new", html_table(
+        ("metric", "value", "meaning"), churn_rows(counted.churn))))
+    if counted.groups is not None:
+        sections.append(HtmlSection("Groups", html_table(GROUP_HEADER,
+                                                         group_rows(counted.groups))))
+    if counted.notes:
+        sections.append(HtmlSection("Notes", "".join(
+            f'<p class="note">{html.escape(note)}</p>' for note in counted.notes)))
+    return render_html_page(title, sections)

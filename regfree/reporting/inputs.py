@@ -1,23 +1,24 @@
-"""Read label, prediction and class-name files for ``regfree report``.
+"""Input files of ``regfree report``: the ``FILE[:column]`` syntax, file checks, class names.
 
-Supported: ``.npy``; ``.csv``/``.txt`` (one column with or without a header, several numeric
-columns as scores, ``FILE.csv:column`` by header name or 0-based index); ``.parquet`` (numeric
-columns, list columns as scores, ``FILE.parquet:column``). Every problem raises
-:class:`InputError` (a ValueError) whose one-line message starts with the file name.
+Supported: ``.npy``; ``.csv``/``.tsv``/``.txt``; JSON lines (``.jsonl``/``.ndjson``/``.json``);
+``.parquet``. ``FILE:column`` picks a column by name (or 0-based index) in every table format.
+Every problem raises :class:`InputError` (a ValueError) whose one-line message starts with
+the file name. Reading the rows is :mod:`regfree.reporting.sources` and
+:mod:`regfree.reporting.stream`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-TEXT_SUFFIXES = (".csv", ".txt")
-SUFFIXES = (".npy", ".parquet", *TEXT_SUFFIXES)
+TEXT_SUFFIXES = (".csv", ".tsv", ".txt")
+JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
+SUFFIXES = (".npy", ".parquet", *TEXT_SUFFIXES, *JSON_SUFFIXES)
 
 
 class InputError(ValueError):
@@ -28,8 +29,8 @@ def split_spec(spec: str) -> tuple[str, Optional[str]]:
     """Split ``FILE[:column]`` into the path and the column (None when not given).
 
     Example:
-        >>> split_spec("preds.csv:new")
-        ('preds.csv', 'new')
+        >>> split_spec("preds.jsonl:label")
+        ('preds.jsonl', 'label')
         >>> split_spec("labels.npy")
         ('labels.npy', None)
     """
@@ -41,7 +42,12 @@ def split_spec(spec: str) -> tuple[str, Optional[str]]:
     return spec, None
 
 
-def _check_file(path: str) -> None:
+def check_file(path: str) -> None:
+    """Raise :class:`InputError` unless ``path`` is a readable, non-empty file of a known type."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in SUFFIXES:
+        raise InputError(f"{path}: unsupported file type {suffix or '(none)'!r} "
+                         f"(expected {', '.join(SUFFIXES)})")
     if not os.path.exists(path):
         raise InputError(f"{path}: no such file")
     if os.path.isdir(path):
@@ -52,155 +58,40 @@ def _check_file(path: str) -> None:
         raise InputError(f"{path}: file is empty")
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line, at most 200 characters."""
     text = " ".join(str(err).split())
     return text[:200] or type(err).__name__
 
 
-def _first_line(path: str) -> str:
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            if line.strip():
-                return line
-    return ""
+def sql_string(text: str) -> str:
+    """``text`` as a SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
 
 
-def _is_number(field: str) -> bool:
-    try:
-        float(field)
-    except ValueError:
-        return False
-    return True
-
-
-def _read_text(path: str, column: Optional[str]) -> np.ndarray:
-    first = _first_line(path)
-    if not first:
-        raise InputError(f"{path}: file is empty")
-    delimiter = "," if "," in first else None
-    fields = [f.strip().strip('"').strip("'") for f in first.split(delimiter)]
-    has_header = not all(_is_number(f) for f in fields)
-    usecols = None
-    if column is not None:
-        if has_header and column in fields:
-            usecols = fields.index(column)
-        elif column.isdigit() and int(column) < len(fields):
-            usecols = int(column)
-        else:
-            known = ", ".join(fields) if has_header else f"0..{len(fields) - 1}"
-            raise InputError(f"{path}: no column {column!r} (columns: {known})")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # numpy warns on files without data rows
-            data = np.loadtxt(path, delimiter=delimiter, skiprows=int(has_header),
-                              usecols=usecols, ndmin=2, dtype=np.float64, comments=None)
-    except ValueError as err:
-        raise InputError(f"{path}: non-numeric content ({_one_line(err)})") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not a text file") from None
-    if data.size == 0:
-        raise InputError(f"{path}: no data rows")
-    return data[:, 0] if data.shape[1] == 1 else data
-
-
-def _parquet_column_to_numpy(path: str, name: str, col) -> np.ndarray:  # noqa: ANN001
-    import pyarrow as pa
-
-    if col.null_count:
-        raise InputError(f"{path}: column {name!r} has {col.null_count} missing values")
-    kind = col.type
-    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
-        return col.to_numpy()
-    if pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind) or pa.types.is_large_list(kind):
-        value_type = kind.value_type
-        if not (pa.types.is_integer(value_type) or pa.types.is_floating(value_type)):
-            raise InputError(f"{path}: column {name!r} holds lists of {value_type}, "
-                             "expected numbers")
-        rows = col.combine_chunks()
-        lengths = set(rows.value_lengths().unique().to_pylist()) if len(rows) else {0}
-        if len(lengths) != 1 or None in lengths:
-            raise InputError(f"{path}: column {name!r} holds lists of different lengths")
-        width = lengths.pop()
-        return rows.flatten().to_numpy().reshape(len(rows), width)
-    raise InputError(f"{path}: column {name!r} is non-numeric ({kind})")
-
-
-def _read_parquet(path: str, column: Optional[str]) -> np.ndarray:
-    import pyarrow.parquet as pq
-
-    try:
-        parquet = pq.ParquetFile(path)
-        names = parquet.schema_arrow.names
-        if column is not None and column not in names:
-            raise InputError(f"{path}: no column {column!r} (columns: {', '.join(names)})")
-        # One thread: on a busy machine the thread pool costs more than it saves.
-        table = parquet.read(columns=None if column is None else [column], use_threads=False)
-    except InputError:
-        raise
-    except Exception as err:  # pyarrow raises several types for corrupt files
-        raise InputError(f"{path}: cannot read parquet ({_one_line(err)})") from None
-    if table.num_columns == 0:
-        raise InputError(f"{path}: has no columns")
-    if table.num_rows == 0:
-        raise InputError(f"{path}: no data rows")
-    arrays = [_parquet_column_to_numpy(path, name, table.column(name))
-              for name in table.column_names]
-    if len(arrays) == 1:
-        return arrays[0]
-    if any(a.ndim != 1 for a in arrays):
-        raise InputError(f"{path}: mixes list columns with other columns; pick one with :column")
-    return np.column_stack(arrays)
-
-
-def _read_npy(path: str) -> np.ndarray:
-    try:
-        data = np.load(path, allow_pickle=False)
-    except Exception as err:  # bad header, pickled objects, truncated data
-        raise InputError(f"{path}: cannot read .npy ({_one_line(err)})") from None
-    if not isinstance(data, np.ndarray):
-        raise InputError(f"{path}: expected one array in .npy format")
-    if data.dtype.kind not in "biuf":
-        raise InputError(f"{path}: non-numeric content (dtype {data.dtype})")
-    if data.size == 0:
-        raise InputError(f"{path}: array is empty")
-    return data
-
-
-def read_array(spec: str) -> np.ndarray:
-    """Read one input array from ``FILE`` or ``FILE:column``.
+def read_array(spec: str, *, id_column: Optional[str] = None) -> np.ndarray:
+    """Read one whole input from ``FILE`` or ``FILE:column`` (small files; reports stream).
 
     Args:
-        spec: path to a .npy, .csv, .txt or .parquet file, optionally ``:column``.
+        spec: path to a .npy, .csv, .tsv, .txt, .jsonl or .parquet file, optionally ``:column``.
+        id_column: a column that is never a value (besides ``id`` and ``index``).
 
     Returns:
-        A 1-D array (class ids) or a 2-D array (scores).
+        A 1-D array (class ids or names) or a 2-D array (scores).
 
     Raises:
-        InputError: one line naming the file: missing, unreadable, empty, non-numeric, ...
+        InputError: one line naming the file: missing, unreadable, empty, ambiguous, ...
 
     Example:
         >>> import tempfile, os
         >>> path = os.path.join(tempfile.mkdtemp(), "labels.csv")
-        >>> _ = open(path, "w").write("label\\n0\\n2\\n1\\n")
+        >>> _ = open(path, "w").write("id,label\\n7,cat\\n8,dog\\n")
         >>> read_array(path).tolist()
-        [0.0, 2.0, 1.0]
+        ['cat', 'dog']
     """
-    path, column = split_spec(spec)
-    suffix = Path(path).suffix.lower()
-    if suffix not in SUFFIXES:
-        raise InputError(f"{path}: unsupported file type {suffix or '(none)'!r} "
-                         f"(expected {', '.join(SUFFIXES)})")
-    _check_file(path)
-    try:
-        if suffix == ".npy":
-            if column is not None:
-                raise InputError(f"{path}: column selection needs .csv, .txt or .parquet")
-            return _read_npy(path)
-        if suffix == ".parquet":
-            return _read_parquet(path, column)
-        return _read_text(path, column)
-    except OSError as err:
-        raise InputError(f"{path}: cannot read file ({_one_line(err)})") from None
+    from regfree.reporting.stream import read_whole
+
+    return read_whole(spec, id_column=id_column)
 
 
 def read_class_names(path: str) -> list[str]:
@@ -213,17 +104,17 @@ def read_class_names(path: str) -> list[str]:
         >>> read_class_names(path)
         ['cat', 'dog']
     """
-    _check_file(path)
+    check_file_any(path)
     try:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
     except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: cannot read file ({_one_line(err)})") from None
+        raise InputError(f"{path}: cannot read file ({one_line(err)})") from None
     if path.lower().endswith(".json"):
         try:
             names = json.loads(text)
         except json.JSONDecodeError as err:
-            raise InputError(f"{path}: invalid JSON ({_one_line(err)})") from None
+            raise InputError(f"{path}: invalid JSON ({one_line(err)})") from None
         if not isinstance(names, list) or not all(isinstance(n, (str, int)) for n in names):
             raise InputError(f"{path}: expected a JSON list of class names")
         names = [str(n) for n in names]
@@ -234,3 +125,13 @@ def read_class_names(path: str) -> list[str]:
     if not names:
         raise InputError(f"{path}: no class names")
     return names
+
+
+def check_file_any(path: str) -> None:
+    """Like :func:`check_file` for a file of any type (class-name lists)."""
+    if not os.path.exists(path):
+        raise InputError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise InputError(f"{path}: is a directory, expected a file")
+    if os.path.getsize(path) == 0:
+        raise InputError(f"{path}: file is empty")
