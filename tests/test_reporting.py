@@ -173,3 +173,23 @@ def test_page_composes_several_sections_and_many_classes():
     page = render_html_page("upgrade", [section, extra])
     assert page.index("v1 -&gt; v2") < page.index("<h2>Retrieval</h2>")
     assert page.count("data:image/png;base64,") == 2
+
+
+def test_plot_legends_sit_beside_the_axes_and_hide_no_bar():
+    from regfree.reporting.plots import plot_backfill_curves, plot_per_class_nfr
+    from regfree.retrieval import BackfillCurve
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 8, 400)
+    old = np.where(rng.random(400) < 0.9, y, (y + 1) % 8)
+    new = np.where(rng.random(400) < 0.8, y, (y + 2) % 8)
+    curve = BackfillCurve(np.array([0.0, 0.5, 1.0]),
+                          {"random": {"top1": np.array([0.2, 0.6, 0.9])}})
+    for fig in (plot_per_class_nfr(flip_report(y, old, new)), plot_backfill_curves(curve)):
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        renderer = fig.canvas.get_renderer()
+        legend = ax.get_legend().get_window_extent(renderer)
+        plot_area = ax.get_window_extent(renderer)
+        assert legend.x0 >= plot_area.x1  # entirely to the right of the plotting area
+        assert legend.x1 <= fig.bbox.x1 + 1  # and still inside the figure

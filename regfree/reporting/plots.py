@@ -17,6 +17,12 @@ if TYPE_CHECKING:
     from regfree.retrieval import BackfillCurve
 
 
+def _legend_beside(ax) -> None:
+    # Beside the axes, not inside: a legend drawn over the plot hides the bars or points under
+    # it (constrained layout makes room for it).
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+
+
 def _new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
@@ -38,7 +44,7 @@ def plot_per_class_nfr(report: FlipReport, class_names: Optional[Sequence[str]] 
     bounds = np.array([wilson_interval(c.negative_flips, c.count) for c in classes])
     bounds = bounds.reshape(-1, 2)
     err = np.vstack([nfr - bounds[:, 0], bounds[:, 1] - nfr])
-    fig = _new_figure(max(5.0, 0.45 * len(classes) + 2), 3.4)
+    fig = _new_figure(max(5.0, 0.45 * len(classes) + 2) + 1.6, 3.4)
     ax = fig.add_subplot()
     ax.bar(x - 0.2, nfr * 100, 0.4, yerr=err * 100, capsize=2, color="#c0392b",
            label="NFR (95% CI)")
@@ -51,7 +57,7 @@ def plot_per_class_nfr(report: FlipReport, class_names: Optional[Sequence[str]] 
     ax.set_ylabel("% of the class's samples")
     ax.set_xlabel("true class")
     ax.set_title("Per-class negative and positive flip rates")
-    ax.legend(fontsize="small")
+    _legend_beside(ax)
     return fig
 
 
@@ -111,7 +117,7 @@ def plot_backfill_curves(curve: BackfillCurve, metric: str = "top1",
     first = next(iter(curve.scores.values()))
     if metric not in first:
         raise ValueError(f"metric must be one of {sorted(first)}, got {metric!r}")
-    fig = _new_figure(6, 4)
+    fig = _new_figure(8, 4)
     ax = fig.add_subplot()
     for name, values in curve.scores.items():
         ax.plot(100 * curve.fractions, values[metric], marker="o",
@@ -120,7 +126,7 @@ def plot_backfill_curves(curve: BackfillCurve, metric: str = "top1",
     ax.set_ylabel(metric)
     ax.set_title(title or f"Partial backfill: {metric} of new-model queries")
     ax.grid(alpha=0.3)
-    ax.legend()
+    _legend_beside(ax)
     if path is not None:
         atomic_write(path, lambda handle: fig.savefig(handle, format="png"))
     return fig
