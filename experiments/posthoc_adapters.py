@@ -51,7 +51,7 @@ class Config:
     batch_size: int = 128
     pair_shares: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3)
     kinds: tuple[str, ...] = ADAPTER_KINDS
-    mlp_epochs: int = 200  # fit_adapter's default
+    mlp_epochs: int = 200  # fit_adapter's default for every paired sample measured here
     seeds: tuple[int, ...] = (0, 1, 2)
 
 

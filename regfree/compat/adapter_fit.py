@@ -18,6 +18,9 @@ from tqdm.auto import tqdm
 
 from regfree.compat.adapter import ADAPTER_KINDS, EmbeddingAdapter, _l2_normalise
 
+_MAX_EPOCHS = 200
+_STEP_BUDGET = 4000  # optimiser steps the default epochs aim for on large paired samples
+
 
 def _as_pairs(values: Any, name: str) -> np.ndarray:
     if isinstance(values, torch.Tensor):
@@ -95,7 +98,7 @@ def _check_number(value: Any, name: str, *, low: float, integer: bool = False) -
 
 def fit_adapter(source: Any, target: Any, *, kind: str = "affine", normalize: bool = True,
                 ridge: float = 1e-3, rank: Optional[int] = None, hidden: Optional[int] = None,
-                epochs: int = 200, lr: float = 1e-2, batch_size: int = 256, seed: int = 0,
+                epochs: Optional[int] = None, lr: float = 1e-2, batch_size: int = 256, seed: int = 0,
                 progress: bool = True) -> EmbeddingAdapter:
     """Learn a map from ``source`` embeddings to ``target`` embeddings of the same items.
 
@@ -113,7 +116,9 @@ def fit_adapter(source: Any, target: Any, *, kind: str = "affine", normalize: bo
         ridge: ``"affine"``/``"mlp"``: penalty per pair on the squared weights.
         rank: ``"affine"``/``"mlp"``: keep only this many output directions (None: all).
         hidden: ``"mlp"``: width of the residual branch (None: twice the target width).
-        epochs, lr, batch_size, seed: ``"mlp"``: Adam training of the residual map.
+        epochs: ``"mlp"``: passes over the pairs (None: 200, or fewer when that would exceed
+            about 4,000 optimiser steps, so a large paired sample does not train for hours).
+        lr, batch_size, seed: ``"mlp"``: Adam training of the residual map.
         progress: show a progress bar over ``"mlp"`` epochs.
 
     Returns:
@@ -142,8 +147,11 @@ def fit_adapter(source: Any, target: Any, *, kind: str = "affine", normalize: bo
                          "(pass more pairs, or ridge > 0)")
     if rank is not None:
         _check_number(rank, "rank", low=1, integer=True)
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        _check_number(value, name, low=1, integer=True)
+    _check_number(batch_size, "batch_size", low=1, integer=True)
+    if epochs is None:
+        batches = -(-len(source) // batch_size)
+        epochs = max(1, min(_MAX_EPOCHS, -(-_STEP_BUDGET // batches)))
+    _check_number(epochs, "epochs", low=1, integer=True)
     _check_number(lr, "lr", low=0)
     if normalize:
         source, target = _l2_normalise(source), _l2_normalise(target)
