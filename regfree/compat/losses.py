@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -28,6 +28,17 @@ def _check_weight(weight: float) -> float:
     return float(weight)
 
 
+def _check_head_weights(head_weights: Optional[Sequence[float]], heads: int) -> list[float]:
+    if head_weights is None:
+        return [1.0] * heads
+    values = list(head_weights)
+    if len(values) != heads or not all(isinstance(v, (int, float)) and np.isfinite(v) and v >= 0
+                                       for v in values) or not any(values):
+        raise ValueError(f"head_weights must be {heads} finite numbers >= 0, not all 0 (one per "
+                         f"old head), got {head_weights!r}")
+    return [float(v) for v in values]
+
+
 def _step_embeddings(step: TrainStep, term: str) -> torch.Tensor:
     if step.embeddings is None:
         raise ValueError(f"{term} needs the model's embeddings: build the model with "
@@ -37,6 +48,12 @@ def _step_embeddings(step: TrainStep, term: str) -> torch.Tensor:
 
 class BackwardCompatibleLoss(nn.Module):
     """BCT influence loss ``weight * CE(old_head(new_embeddings), targets)``, old head frozen.
+
+    Several earlier heads (``[v1_head, v2_head]``, oldest first) keep a new version compatible
+    with every version whose embeddings are still in a gallery: the term is then the weighted
+    mean ``weight * sum_h w_h CE(head_h(new_embeddings), targets) / sum_h w_h`` (``head_weights``
+    ``w_h``, 1 each by default). Trained through the last head only, compatibility does not carry
+    down a chain (v3 through v2's head stays far from v1's space).
 
     The loss keeps a frozen copy of ``old_head`` (``requires_grad=False``, eval mode): gradients
     flow through it into the new embeddings but it is never updated and stores no ``.grad``.
@@ -58,8 +75,12 @@ class BackwardCompatibleLoss(nn.Module):
 
     Args:
         old_head: the old model's head (``nn.Linear``, :class:`CosineClassifier`, any module
-            mapping embeddings to logits). A frozen copy is stored; the original is untouched.
-        weight: lambda, the multiplier of the cross-entropy through the old head.
+            mapping embeddings to logits), or a sequence of earlier versions' heads that all take
+            the same embedding size. Frozen copies are stored (``old_heads``; ``old_head`` is the
+            last one); the originals are untouched.
+        weight: lambda, the multiplier of the cross-entropy through the old head(s).
+        head_weights: with several heads, each head's share of the term (non-negative, not all
+            zero); None weighs them equally.
         projection: optional trainable module mapping new embeddings ``(B, D_new)`` to the old
             space ``(B, D_old)``.
         unseen: ``"error"`` (default) raises on targets the old head has no output for;
@@ -73,16 +94,22 @@ class BackwardCompatibleLoss(nn.Module):
         True
     """
 
-    def __init__(self, old_head: nn.Module, weight: float = 1.0,
+    def __init__(self, old_head: Union[nn.Module, Sequence[nn.Module]], weight: float = 1.0,
                  projection: Optional[nn.Module] = None, unseen: str = "error",
-                 name: str = "bct") -> None:
+                 name: str = "bct", *,
+                 head_weights: Optional[Sequence[float]] = None) -> None:
         super().__init__()
+        heads = [old_head] if isinstance(old_head, nn.Module) else list(old_head)
+        if not heads or not all(isinstance(h, nn.Module) for h in heads):
+            raise ValueError("old_head must be an nn.Module or a non-empty sequence of them, got "
+                             f"{type(old_head).__name__}")
         if unseen not in _UNSEEN_POLICIES:
             raise ValueError(f"unseen must be one of {_UNSEEN_POLICIES}, got {unseen!r}")
         if projection is not None and not isinstance(projection, nn.Module):
             raise ValueError(f"projection must be an nn.Module or None, got "
                              f"{type(projection).__name__}")
-        self.old_head = freeze(old_head)
+        self.old_heads = nn.ModuleList(freeze(h) for h in heads)
+        self.head_weights = _check_head_weights(head_weights, len(heads))
         self.projection = projection
         self.weight = _check_weight(weight)
         self.unseen = unseen
@@ -90,9 +117,14 @@ class BackwardCompatibleLoss(nn.Module):
         self.last_old_head_accuracy: Optional[float] = None
         self.last_used = 0
 
+    @property
+    def old_head(self) -> nn.Module:
+        """The frozen copy of the (last, most recent) old head."""
+        return self.old_heads[-1]
+
     def train(self, mode: bool = True) -> BackwardCompatibleLoss:
         super().train(mode)
-        self.old_head.eval()  # the old head never runs in training mode (dropout, batch norm)
+        self.old_heads.eval()  # old heads never run in training mode (dropout, batch norm)
         return self
 
     def loss(self, new_embeddings: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -114,22 +146,24 @@ class BackwardCompatibleLoss(nn.Module):
                              f"{tuple(targets.shape)}")
         if self.projection is not None:
             new_embeddings = self.projection(new_embeddings)
-        logits = self.old_head(new_embeddings)
-        known = targets < logits.shape[1]
-        if not bool(known.all()):
-            if self.unseen == "error":
+        total, used, accuracy = new_embeddings.sum() * 0.0, [], None
+        for head, share in zip(self.old_heads, self.head_weights):
+            logits = head(new_embeddings)
+            known = targets < logits.shape[1]
+            if not bool(known.all()) and self.unseen == "error":
                 unseen = sorted(set(targets[~known].tolist()))
                 raise ValueError(
                     f"targets has classes {unseen} the old head ({logits.shape[1]} outputs) never "
                     "saw; extend it with extend_head(...) or pass unseen='ignore'")
-            logits, targets = logits[known], targets[known]
-        self.last_used = int(targets.numel())
-        if self.last_used == 0:
-            self.last_old_head_accuracy = None
-            return new_embeddings.sum() * 0.0
-        with torch.no_grad():
-            self.last_old_head_accuracy = float((logits.argmax(1) == targets).float().mean())
-        return self.weight * F.cross_entropy(logits, targets)
+            used.append(int(known.sum()))
+            if used[-1] and share:
+                total = total + share * F.cross_entropy(logits[known], targets[known])
+            if head is self.old_head and used[-1]:
+                with torch.no_grad():
+                    accuracy = float((logits[known].argmax(1) == targets[known]).float().mean())
+        self.last_used = used[-1]
+        self.last_old_head_accuracy = accuracy
+        return self.weight * total / sum(self.head_weights)
 
     def forward(self, step: TrainStep) -> torch.Tensor:
         return self.loss(_step_embeddings(step, "BackwardCompatibleLoss"), step.targets)
