@@ -18,7 +18,8 @@ from torch import nn
 from regfree.training.data import BatchSource, TrainData
 from regfree.training.distributed import setup_process
 from regfree.training.history import History
-from regfree.training.loop import FitData, NFRRiseWarning, term_name, train
+from regfree.training.loop import FitData, term_name, train
+from regfree.training.nfr_watch import NFRRiseWarning
 from regfree.training.options import FitOptions, OptimizerSpec, SchedulerFactory
 from regfree.training.steps import LossTerm
 
@@ -85,8 +86,9 @@ def fit(
         batch_size: global batch size (split across processes).
         val_data: validation ``(x, y)`` or Dataset; enables ``val_error`` per epoch.
         old_val_preds: v1's predicted classes on ``val_data`` (length ``len(val_data)``); enables
-            ``val_nfr`` / ``val_pfr`` per epoch and the :class:`NFRRiseWarning` that fires when
-            NFR rises two epochs in a row.
+            ``val_nfr`` / ``val_pfr`` per epoch and the :class:`NFRRiseWarning` that fires, once
+            per run, when an epoch's negative flips rise above the best epoch's by more than
+            noise explains (one-sided exact McNemar p < 0.01 on the paired flips).
         seed: governs shuffling and random layers (see Determinism).
         checkpoint_dir: when given, rank 0 writes ``epoch_NNNN.pt`` after every epoch (atomic
             rename) holding model, optimizer, scheduler, trainable loss-term state and history.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
@@ -82,11 +81,3 @@ class History:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> History:
         return cls([EpochStats(**e) for e in data["epochs"]])
-
-
-def nfr_rose_twice(values: list[Optional[float]]) -> bool:
-    """True when the last three values are known and strictly increasing."""
-    last = values[-3:]
-    if len(last) < 3 or any(v is None or math.isnan(v) for v in last):
-        return False
-    return last[0] < last[1] < last[2]  # type: ignore[operator]

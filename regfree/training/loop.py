@@ -30,13 +30,10 @@ from regfree.training.data import (
     shard_range,
 )
 from regfree.training.distributed import ProcessContext
-from regfree.training.history import EpochStats, History, nfr_rose_twice
+from regfree.training.history import EpochStats, History
+from regfree.training.nfr_watch import NFRRiseWarning, NFRWatch
 from regfree.training.options import FitOptions, OptimizerSpec
 from regfree.training.steps import LossTerm, TrainStep, split_outputs
-
-
-class NFRRiseWarning(UserWarning):
-    """Validation negative flip rate against v1 rose two epochs in a row."""
 
 
 def term_name(term: Any) -> str:
@@ -217,19 +214,21 @@ def _predict_shard(model: nn.Module, source: BatchSource, ctx: ProcessContext, b
 
 
 def _validate(session: _Session, data: FitData
-              ) -> tuple[Optional[float], Optional[float], Optional[float]]:
-    """Validation error, NFR and PFR against v1 (None where the inputs are missing)."""
+              ) -> tuple[Optional[float], Optional[float], Optional[float], Optional[np.ndarray]]:
+    """Validation error, NFR and PFR against v1 and the per-sample negative flips (None where
+    the inputs are missing)."""
     if data.val is None:
-        return None, None, None
+        return None, None, None, None
     options = session.options
     session.model.eval()
     preds = _predict_shard(session.model, data.val, session.ctx, options.eval_batch_size,
                            options.amp, options.num_workers)
     labels = data.val_labels
     if data.old_preds is None:
-        return error_rate(labels, preds, validate=False), None, None
+        return error_rate(labels, preds, validate=False), None, None, None
     totals = flip_totals(labels, data.old_preds, preds, validate=False)
-    return totals.error_rate_new, totals.nfr, totals.pfr
+    flips = (data.old_preds == labels) & (preds != labels)
+    return totals.error_rate_new, totals.nfr, totals.pfr, flips
 
 
 def _checkpoint(session: _Session, epochs_done: int, num_samples: int) -> None:
@@ -264,23 +263,20 @@ def train(model: nn.Module, data: FitData, ctx: ProcessContext, options: FitOpti
     bar = tqdm(range(session.start, options.epochs), desc="fit", unit="epoch",
                initial=session.start, total=options.epochs,
                disable=not (options.progress and ctx.is_main))
+    watch = NFRWatch()
     for epoch in bar:
         began = time.perf_counter()
         means = _run_epoch(session, data.train, epoch)
-        val_error, val_nfr, val_pfr = _validate(session, data)
+        val_error, val_nfr, val_pfr, flips = _validate(session, data)
         stats = EpochStats(epoch=epoch + 1, train_loss=means[0], train_ce=means[1],
                            terms=dict(zip(session.objective.names, means[2:])),
                            val_error=val_error, val_nfr=val_nfr, val_pfr=val_pfr,
                            lr=float(session.opt.param_groups[0]["lr"]),
                            seconds=time.perf_counter() - began)
         session.history.epochs.append(stats)
-        if ctx.is_main and nfr_rose_twice(session.history.val_nfr):
-            a, b, c = session.history.val_nfr[-3:]
-            warnings.warn(  # stacklevel 3: the line that called fit
-                f"validation NFR against v1 rose two epochs in a row ({a:.2%} -> {b:.2%} -> "
-                f"{c:.2%} at epoch {epoch + 1}): the new model keeps adding errors where v1 was "
-                "right; consider early stopping or a stronger distillation term",
-                NFRRiseWarning, stacklevel=3)
+        alarm = watch.update(epoch + 1, flips) if flips is not None else None
+        if ctx.is_main and alarm:
+            warnings.warn(alarm, NFRRiseWarning, stacklevel=3)  # 3: the line that called fit
         bar.set_postfix(_postfix(stats))
         if options.checkpoint_dir is not None:
             _checkpoint(session, epoch + 1, len(data.train))

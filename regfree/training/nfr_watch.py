@@ -1,0 +1,75 @@
+"""The validation NFR alarm: warn when v2's negative flips against v1 rise beyond noise.
+
+Epoch-to-epoch NFR moves by a few flips on any validation set, so "NFR rose" alone fires on
+noise and teaches users to ignore it. The watch keeps the per-sample negative flips of the best
+epoch so far and compares each later epoch with it, paired over the same validation samples:
+``b`` samples flip now and did not then, ``c`` flipped then and no longer do. Under "no real
+change" each of these discordant samples is a fair coin, so the one-sided exact McNemar p-value
+``P(X >= b)``, ``X ~ Binomial(b + c, 1/2)``, says whether the rise is unlikely to be noise.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+ALARM_P = 0.01  # one-sided McNemar p below which a rise is reported
+
+
+class NFRRiseWarning(UserWarning):
+    """Validation negative flip rate against v1 rose significantly above its best epoch."""
+
+
+def rise_p(b: int, c: int) -> float:
+    """One-sided exact McNemar p-value that ``b`` new flips against ``c`` fixed ones is noise.
+
+    Example:
+        >>> round(rise_p(12, 2), 4), rise_p(0, 5)
+        (0.0065, 1.0)
+    """
+    if b <= c:
+        return 1.0
+    from scipy.special import betainc
+
+    return float(betainc(float(b), float(c + 1), 0.5))  # P(X >= b), X ~ Bin(b + c, 1/2)
+
+
+class NFRWatch:
+    """Follows the per-sample negative flips epoch by epoch; :meth:`update` returns a warning
+    message the first time an epoch's flips rise significantly above the best epoch's.
+
+    Example:
+        >>> watch = NFRWatch()
+        >>> best = np.zeros(100, bool); best[:2] = True
+        >>> watch.update(1, best) is None
+        True
+        >>> worse = np.zeros(100, bool); worse[:14] = True
+        >>> print(watch.update(2, worse)[:60])
+        validation NFR against v1 rose from 2.00% (epoch 1) to 14.00
+    """
+
+    def __init__(self, alarm_p: float = ALARM_P) -> None:
+        self.alarm_p = alarm_p
+        self.best_epoch: Optional[int] = None
+        self._best: Optional[np.ndarray] = None
+        self.warned = False
+
+    def update(self, epoch: int, flips: np.ndarray) -> Optional[str]:
+        """Record ``epoch``'s negative-flip mask; the warning text, or None."""
+        if self._best is None or flips.sum() < self._best.sum():
+            self._best, self.best_epoch = flips.copy(), epoch
+            return None
+        if self.warned:
+            return None
+        b = int(np.count_nonzero(flips & ~self._best))
+        c = int(np.count_nonzero(self._best & ~flips))
+        p = rise_p(b, c)
+        if p >= self.alarm_p:
+            return None
+        self.warned = True
+        return (f"validation NFR against v1 rose from {self._best.mean():.2%} (epoch "
+                f"{self.best_epoch}) to {flips.mean():.2%} at epoch {epoch}: {b} new negative "
+                f"flips against {c} fixed (one-sided McNemar p = {p:.2g}); consider the best "
+                "epoch's weights (checkpoint_dir) or a stronger distillation term. Reported once "
+                "per run; History.val_nfr has every epoch")
