@@ -82,7 +82,13 @@ def run_blend(args: argparse.Namespace) -> int:
     except InputError as err:
         raise CliError(str(err)) from None
     except ValueError as err:  # from fit_blend: names the problem (e.g. rows not summing to 1)
-        raise CliError(" ".join(str(err).split())) from None
+        text = " ".join(str(err).split())
+        for name, option in (("old_val_scores", f"--old {args.old}"),
+                             ("new_val_scores", f"--new {args.new}"),
+                             ("scores='probabilities'", "--scores probabilities"),
+                             ("scores='logits'", "--scores logits")):
+            text = text.replace(name, option)
+        raise CliError(text) from None
     # A chosen blend that ties a front point on both numbers stands for it in the table.
     best = next(p for p in points if (p.kind, p.knob) == (blend.kind, blend.knob))
     front = [best if (p.error_rate, p.nfr) == (best.error_rate, best.nfr) else p
