@@ -64,9 +64,10 @@ def check_pair(streamed: Streamed, old: np.ndarray, new: np.ndarray) -> np.ndarr
     """The class id of each column, once both batches are known to have the same classes."""
     old_dec, new_dec = (streamed.decoders[o] for o in SCORED)
     if old.shape[1] != new.shape[1] or not np.array_equal(old_dec.classes, new_dec.classes):
-        raise InputError(f"{new_dec.where}: {new.shape[1]} score columns do not match the "
-                         f"{old.shape[1]} of {old_dec.where}; a blend needs the same classes in "
-                         "both, in the same order")
+        what = (f"{new.shape[1]} score columns do not match the {old.shape[1]} of"
+                if old.shape[1] != new.shape[1] else "score columns name other classes than")
+        raise InputError(f"{new_dec.where}: {what} {old_dec.where}; a blend needs the same "
+                         "classes in both")
     return old_dec.classes
 
 
