@@ -155,6 +155,17 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(files, capsys, argv,
     assert not (files / "b.json").exists() and not (files / "b.html").exists()
 
 
+def test_score_columns_naming_other_classes_are_refused(files, capsys):
+    (files / "y.csv").write_text("label\n" + "".join(f"{['cat', 'dog'][c]}\n" for c in Y))
+    (files / "o.csv").write_text("cat,dog\n" + "0.5,0.5\n" * 6)
+    (files / "n.csv").write_text("cat,eel\n" + "0.5,0.5\n" * 6)
+    code, out, err = run(capsys, "blend", "--labels", "y.csv", "--old", "o.csv", "--new",
+                         "n.csv")
+    assert (code, out) == (2, "")
+    assert err == ("regfree blend: error: --new n.csv: score columns name other classes than "
+                   "--old o.csv; a blend needs the same classes in both\n")
+
+
 @pytest.mark.parametrize("blend_text, message", [
     (None, "--blend b.json: no such file"),
     ("{not json", "--blend b.json: Expecting property name"),
@@ -189,3 +200,12 @@ def test_blend_console_script_imports_neither_torch_nor_matplotlib(files):
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
     assert "chosen" not in result.stdout and "blend of --old and --new" in result.stdout
+
+
+def test_every_pctraining_name_still_imports_from_the_package():
+    import regfree.pctraining as pctraining
+
+    for name in pctraining.__all__:
+        assert getattr(pctraining, name).__name__ == name
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
+        pctraining.no_such_name  # noqa: B018

@@ -128,7 +128,8 @@ def run_report(args: argparse.Namespace) -> int:
     # Render everything before writing anything, so a failure leaves no partial output.
     outputs = []
     if args.json:
-        outputs.append((args.json, record_json(report_record(counted, gate, inputs, blend=applied))))
+        record = report_record(counted, gate, inputs, blend=applied)
+        outputs.append((args.json, record_json(record)))
     if args.html:
         from regfree.reporting.html import counted_report_page
 

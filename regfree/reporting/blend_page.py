@@ -16,9 +16,12 @@ def blend_rows(points: Sequence[Any], front: Sequence[Any], chosen: tuple[str, f
 
     Example:
         >>> from regfree.pctraining.blend import BlendPoint
-        >>> alone, half = BlendPoint("weighted", 0.0, 0.2, 0.1), BlendPoint("weighted", 0.5, 0.2, 0.0)
-        >>> blend_rows([alone, half], [half], ("weighted", 0.5))
-        [('weighted', '0.5', '20.00%', '0.00%', 'chosen'), ('weighted', '0', '20.00%', '10.00%', 'v2 alone')]
+        >>> alone = BlendPoint("weighted", 0.0, 0.2, 0.1)
+        >>> half = BlendPoint("weighted", 0.5, 0.2, 0.0)
+        >>> for row in blend_rows([alone, half], [half], ("weighted", 0.5)):
+        ...     print(row)
+        ('weighted', '0.5', '20.00%', '0.00%', 'chosen')
+        ('weighted', '0', '20.00%', '10.00%', 'v2 alone')
     """
     alone = points[0]
     best = next(p for p in points if (p.kind, p.knob) == tuple(chosen))

@@ -140,6 +140,15 @@ def plot_blend_pareto(points: Sequence, front: Sequence, chosen: tuple[str, floa
         points: every :class:`~regfree.pctraining.blend.BlendPoint` of the sweep.
         front: the Pareto front (:func:`~regfree.pctraining.pareto_front`).
         chosen: ``(kind, knob)`` of the chosen blend.
+
+    Returns:
+        The ``matplotlib.figure.Figure``.
+
+    Example:
+        >>> from regfree.pctraining.blend import BlendPoint
+        >>> points = [BlendPoint("weighted", 0.0, 0.2, 0.1), BlendPoint("gate", 0.3, 0.2, 0.0)]
+        >>> len(plot_blend_pareto(points, points[1:], ("gate", 0.3)).axes[0].collections)
+        4
     """
     fig = _new_figure(7.5, 4)
     ax = fig.add_subplot()
