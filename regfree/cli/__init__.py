@@ -27,6 +27,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The ``regfree`` parser with all subcommands."""
     from regfree import __version__
+    from regfree.cli.blend import add_blend_parser
     from regfree.cli.demo import add_demo_parser
     from regfree.cli.report import add_report_parser
 
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                        parser_class=_Parser)
     add_report_parser(subparsers)
+    add_blend_parser(subparsers)
     add_demo_parser(subparsers)
     return parser
 

@@ -37,6 +37,9 @@ def add_report_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="a slice per row (country, device, ...): NFR per group")
     parser.add_argument("--class-names", metavar="FILE",
                         help="one class name per line (or a .json list): the class order")
+    parser.add_argument("--blend", metavar="FILE",
+                        help="a blend from `regfree blend --json`: the new predictions become "
+                             "the blend of the --old and --new scores")
     parser.add_argument("--json", metavar="FILE", help="write the report as JSON")
     parser.add_argument("--html", metavar="FILE", help="write a self-contained HTML page")
     parser.add_argument("--max-nfr", type=share, metavar="X",
@@ -65,6 +68,29 @@ def _check_options(args: argparse.Namespace) -> None:
     check_output_path("--html", args.html)
 
 
+def read_blend(path: str):
+    """The :class:`~regfree.pctraining.LogitBlend` in a ``regfree blend --json`` file (or a bare
+    ``LogitBlend.to_dict()``); raises :class:`CliError` naming the file."""
+    import json
+
+    from regfree.pctraining.blend import LogitBlend
+    from regfree.reporting.inputs import InputError, check_file_any, one_line
+
+    try:
+        check_file_any(path)
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        if isinstance(data, dict) and isinstance(data.get("blend"), dict):
+            data = data["blend"]
+        return LogitBlend.from_dict(data)
+    except (InputError, OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError,
+            KeyError) as err:
+        text = str(err) if isinstance(err, InputError) else f"{path}: {one_line(err)}"
+        if isinstance(err, KeyError):
+            text = f"{path}: the blend has no {err.args[0]!r}"
+        raise CliError(f"--blend {text}") from None
+
+
 def run_report(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -77,6 +103,7 @@ def run_report(args: argparse.Namespace) -> int:
     from regfree.reporting.record import record_json, report_record
 
     _check_options(args)
+    blend = read_blend(args.blend) if args.blend else None
     names = None
     if args.class_names:
         try:
@@ -87,23 +114,29 @@ def run_report(args: argparse.Namespace) -> int:
              "--group": args.group}
     specs = {option: spec for option, spec in specs.items() if spec is not None}
     try:
-        counted = count_report(specs, id_column=args.id, class_names=names)
+        counted = count_report(specs, id_column=args.id, class_names=names, blend=blend)
     except InputError as err:
         raise CliError(str(err)) from None
     except ValueError as err:  # from the counters: already names the problem
         raise CliError(" ".join(str(err).split())) from None
     gate = evaluate_gate(counted, max_nfr=args.max_nfr, max_group_nfr=args.max_group_nfr,
                          min_group_size=args.min_group_size, max_churn=args.max_churn)
-    inputs = {**specs, "--id": args.id, "--class-names": args.class_names}
+    inputs = {**specs, "--id": args.id, "--class-names": args.class_names,
+              "--blend": args.blend}
+    applied = None if blend is None else blend.to_dict()
 
     # Render everything before writing anything, so a failure leaves no partial output.
     outputs = []
     if args.json:
-        outputs.append((args.json, record_json(report_record(counted, gate, inputs))))
+        record = report_record(counted, gate, inputs, blend=applied)
+        outputs.append((args.json, record_json(record)))
     if args.html:
         from regfree.reporting.html import counted_report_page
 
-        outputs.append((args.html, counted_report_page(counted, gate, inputs)))
+        outputs.append((args.html, counted_report_page(counted, gate, inputs, blend=applied)))
+    if blend is not None:
+        print(f"new predictions: the blend of --old and --new scores ({blend.kind} "
+              f"{blend.knob:g}, scores: {blend.scores}; v1 keeps running beside v2)")
     print_counted_report(counted, Console(), top=args.top)
     for path, text in outputs:
         write_text_atomic(path, text)

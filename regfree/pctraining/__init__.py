@@ -8,9 +8,13 @@ v1 on noisy copies of each batch as well. Training-free alternatives for a v2 tr
 regfree: :func:`fit_blend` (combine v1's and v2's scores) and :func:`interpolate_weights` (BCWI,
 for a v2 fine-tuned from v1).
 
+Only the blend is imported with the package (numpy and scipy: ``regfree blend`` runs from score
+files without torch); every torch-backed name is imported on first use.
+
 Example:
     >>> import numpy as np, torch
     >>> from regfree.models import MLP
+    >>> from regfree.pctraining import DistillationTerm, FocalDistillationLoss
     >>> from regfree.training import fit
     >>> x, y = np.random.default_rng(0).normal(size=(32, 4)).astype("float32"), np.arange(32) % 2
     >>> v1 = MLP(4, num_classes=2)
@@ -21,17 +25,21 @@ Example:
     ['fd_kl']
 """
 
+import importlib
+
 from regfree.pctraining.blend import LogitBlend, blend_sweep, fit_blend, pareto_front
-from regfree.pctraining.cache import OldLogitCache
-from regfree.pctraining.distances import kl_distance, logit_distance, margin_logit_distance
-from regfree.pctraining.interpolation import interpolate_weights, interpolation_sweep
-from regfree.pctraining.losses import (
-    DistillationLoss,
-    FocalDistillationLoss,
-    KnowledgeDistillationLoss,
-)
-from regfree.pctraining.term import DistillationTerm, NoisyDistillationTerm
-from regfree.pctraining.weighting import focal_weights, old_correct, uniform_weights
+
+# name -> submodule, for the names that need torch (imported on first use, PEP 562).
+_LAZY = {
+    "OldLogitCache": "cache",
+    "kl_distance": "distances", "logit_distance": "distances",
+    "margin_logit_distance": "distances",
+    "interpolate_weights": "interpolation", "interpolation_sweep": "interpolation",
+    "DistillationLoss": "losses", "FocalDistillationLoss": "losses",
+    "KnowledgeDistillationLoss": "losses",
+    "DistillationTerm": "term", "NoisyDistillationTerm": "term",
+    "focal_weights": "weighting", "old_correct": "weighting", "uniform_weights": "weighting",
+}
 
 __all__ = [
     "DistillationLoss",
@@ -53,3 +61,15 @@ __all__ = [
     "pareto_front",
     "uniform_weights",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"regfree.pctraining.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'regfree.pctraining' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -25,6 +25,7 @@ from regfree.metrics import (
 )
 from regfree.metrics.counts import add_codes
 from regfree.reporting.inputs import InputError, one_line
+from regfree.reporting.scores import blend_batch, keep_scores
 from regfree.reporting.stream import Streamed, batches, close, connect, open_inputs
 
 
@@ -61,9 +62,13 @@ class CountedReport:
 
 
 def count_report(specs: dict[str, str], *, id_column: Optional[str] = None,
-                 class_names: Optional[Sequence[str]] = None) -> CountedReport:
+                 class_names: Optional[Sequence[str]] = None,
+                 blend: Optional[Any] = None) -> CountedReport:
     """Stream ``{option: FILE[:column]}`` (``--labels`` optional, ``--old``, ``--new``,
     ``--group`` optional) through the counters and reduce them.
+
+    With ``blend`` (a :class:`~regfree.pctraining.LogitBlend`) ``--old`` and ``--new`` must be
+    scores and the new predictions are ``blend.predict(old_scores, new_scores)``.
 
     Raises:
         InputError: one line naming the option, the file and the problem.
@@ -74,10 +79,14 @@ def count_report(specs: dict[str, str], *, id_column: Optional[str] = None,
     con, spill = connect()
     try:
         streamed = open_inputs(con, specs, id_column=id_column, class_names=class_names)
+        if blend is not None:
+            keep_scores(streamed)
         counter = _Counter(labelled="--labels" in specs)
         groups = GroupCounter() if "--group" in specs else None
         for batch in batches(con, streamed, id_column=id_column):
             y, old, new = batch.get("--labels"), batch["--old"], batch["--new"]
+            if blend is not None:
+                old, new = blend_batch(streamed, blend, old, new)
             counter.update(y, old, new, _classes_so_far(streamed))
             if groups is not None:
                 groups.update(batch["--group"], y, old, new)

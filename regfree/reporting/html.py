@@ -136,7 +136,8 @@ def flip_report_page(report: FlipReport, class_names: Optional[Sequence[str]] = 
 
 
 def counted_report_page(counted: Any, gate: Any, inputs: dict[str, Optional[str]],
-                        title: str = "regfree report") -> str:
+                        title: str = "regfree report", *,
+                        blend: Optional[dict[str, Any]] = None) -> str:
     """The page of one ``regfree report`` run: gate verdict, inputs and date, flips, churn,
     groups and notes.
 
@@ -144,6 +145,8 @@ def counted_report_page(counted: Any, gate: Any, inputs: dict[str, Optional[str]
         counted: a :class:`~regfree.reporting.counting.CountedReport`.
         gate: a :class:`~regfree.reporting.gate.Gate`, or None without thresholds.
         inputs: ``{option: FILE[:column]}`` as given on the command line.
+        blend: the applied blend's dict (``LogitBlend.to_dict()``) when the new predictions
+            are a blend of the old and new scores.
     """
     from datetime import datetime, timezone
 
@@ -157,6 +160,11 @@ def counted_report_page(counted: Any, gate: Any, inputs: dict[str, Optional[str]
     rows = [(option, spec) for option, spec in inputs.items() if spec is not None]
     rows.append(("date", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")))
     sections.append(HtmlSection("Inputs", html_table(("input", "file"), rows)))
+    if blend is not None:
+        sections.append(HtmlSection("Blend applied", '<p class="note">The new predictions are '
+                                    "the blend of the old and new scores (v1 keeps running "
+                                    "beside v2).</p>" + html_table(("field", "value"),
+                                                                   list(blend.items()))))
     if counted.flips is not None:
         sections.append(flip_report_section(counted.flips))
     sections.append(HtmlSection("Churn: old -> new", html_table(

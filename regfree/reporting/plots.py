@@ -130,3 +130,43 @@ def plot_backfill_curves(curve: BackfillCurve, metric: str = "top1",
     if path is not None:
         atomic_write(path, lambda handle: fig.savefig(handle, format="png"))
     return fig
+
+
+def plot_blend_pareto(points: Sequence, front: Sequence, chosen: tuple[str, float]) -> Figure:
+    """Validation error against NFR of every candidate blend, the Pareto front joined, v2 alone
+    and the chosen blend marked.
+
+    Args:
+        points: every :class:`~regfree.pctraining.blend.BlendPoint` of the sweep.
+        front: the Pareto front (:func:`~regfree.pctraining.pareto_front`).
+        chosen: ``(kind, knob)`` of the chosen blend.
+
+    Returns:
+        The ``matplotlib.figure.Figure``.
+
+    Example:
+        >>> from regfree.pctraining.blend import BlendPoint
+        >>> points = [BlendPoint("weighted", 0.0, 0.2, 0.1), BlendPoint("gate", 0.3, 0.2, 0.0)]
+        >>> len(plot_blend_pareto(points, points[1:], ("gate", 0.3)).axes[0].collections)
+        4
+    """
+    fig = _new_figure(7.5, 4)
+    ax = fig.add_subplot()
+    for kind, marker in (("weighted", "o"), ("gate", "s")):
+        mine = [p for p in points if p.kind == kind]
+        ax.scatter([100 * p.nfr for p in mine], [100 * p.error_rate for p in mine], s=18,
+                   marker=marker, alpha=0.5, label=f"{kind} (each knob)")
+    ax.plot([100 * p.nfr for p in front], [100 * p.error_rate for p in front], color="#555",
+            linewidth=1, label="Pareto front")
+    alone = points[0]
+    ax.scatter([100 * alone.nfr], [100 * alone.error_rate], s=90, marker="x", color="#c0392b",
+               label="v2 alone")
+    best = next(p for p in points if (p.kind, p.knob) == tuple(chosen))
+    ax.scatter([100 * best.nfr], [100 * best.error_rate], s=140, marker="*", color="#27ae60",
+               label=f"chosen: {best.kind} {best.knob:g}")
+    ax.set_xlabel("validation NFR (%)")
+    ax.set_ylabel("validation error (%)")
+    ax.set_title("Blends of v1 and v2: error against negative flips")
+    ax.grid(alpha=0.3)
+    _legend_beside(ax)
+    return fig

@@ -11,9 +11,11 @@ from regfree.reporting.gate import Gate
 
 
 def report_record(counted: CountedReport, gate: Optional[Gate],
-                  inputs: dict[str, Optional[str]]) -> dict[str, Any]:
+                  inputs: dict[str, Optional[str]], *,
+                  blend: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """The FlipReport fields at the top level (with labels), then ``churn``, ``groups`` (when
-    grouped), ``gate`` (None without thresholds), ``inputs``, ``notes`` and ``regfree_version``.
+    grouped), ``gate`` (None without thresholds), ``blend`` (the applied blend's dict, when the
+    new predictions are a blend), ``inputs``, ``notes`` and ``regfree_version``.
 
     Example:
         >>> from regfree.metrics import churn_report
@@ -29,6 +31,8 @@ def report_record(counted: CountedReport, gate: Optional[Gate],
     if counted.groups is not None:
         out["groups"] = [group.to_dict() for group in counted.groups]
     out["gate"] = None if gate is None else gate.to_dict()
+    if blend is not None:
+        out["blend"] = blend
     out["inputs"] = {option.lstrip("-").replace("-", "_"): value
                      for option, value in inputs.items() if value is not None}
     out["notes"] = list(counted.notes)
