@@ -96,9 +96,9 @@ def check_adapter(adapter: Any, dim: int) -> tuple[int, int]:
 
 
 def adapt_in_batches(adapter: Any, vectors: np.ndarray, target_dim: int, *, batch_size: int,
-                     progress: bool) -> np.ndarray:
+                     progress: bool, nonzero: bool) -> np.ndarray:
     """``adapter.transform`` over ``vectors`` in batches (a tqdm bar unless ``progress`` is
-    False), each output checked for shape and finiteness."""
+    False), each output checked for shape, finiteness and (``nonzero``) zero rows."""
     out = np.empty((vectors.shape[0], target_dim), dtype=np.float32)
     starts = range(0, vectors.shape[0], batch_size)
     for start in tqdm(starts, desc="transform", unit="batch", disable=not progress):
@@ -109,6 +109,9 @@ def adapt_in_batches(adapter: Any, vectors: np.ndarray, target_dim: int, *, batc
                              f"{batch.shape[0]}; expected ({batch.shape[0]}, {target_dim})")
         if not np.isfinite(mapped).all():
             raise ValueError("adapter.transform returned NaN or inf; the gallery is unchanged")
+        if nonzero and not np.linalg.norm(mapped, axis=1).all():
+            raise ValueError("adapter.transform returned zero vectors, whose cosine similarity "
+                             "is undefined; the gallery is unchanged")
         out[start:start + batch.shape[0]] = mapped
     return out
 
@@ -138,11 +141,8 @@ def transform_gallery(gallery: Any, adapter: Any, *, version: Version, new_versi
     ids, vectors = stored_vectors(gallery._index)
     chosen = np.isin(ids, moved)
     mapped = adapt_in_batches(adapter, vectors[chosen], target_dim, batch_size=batch_size,
-                              progress=progress)
+                              progress=progress, nonzero=gallery.similarity == "cosine")
     if gallery.similarity == "cosine":
-        if np.any(np.linalg.norm(mapped, axis=1) == 0):
-            raise ValueError("adapter.transform returned zero vectors, whose cosine similarity "
-                             "is undefined; the gallery is unchanged")
         faiss.normalize_L2(mapped)
     if target_dim == gallery.dim:
         vectors = vectors.copy()
