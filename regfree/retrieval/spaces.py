@@ -9,8 +9,13 @@ gallery whose versions were trained to be compatible searches exactly as before.
 A version's space is fixed when the version is first added (``add``/``replace`` with
 ``space=``, or :meth:`Gallery.transform`); naming another space for it later is an error. A
 search over a gallery that holds items in more than one space must name the space its queries
-were embedded in, and then only that space's items are searched (a FAISS id selector): a search
-never ranks one space's scores against another's.
+were embedded in, and then only that space's items are searched (a FAISS id selector, on the
+CPU index): a search never ranks one space's scores against another's.
+
+Why restrict rather than merge per-space results on their scores: a query expressed in each space
+through an adapter scores that space's items on a scale of its own, and
+``experiments/results/posthoc_mixed_gallery.md`` measures what ranking those scores together
+costs against re-expressing the old items in the query's space (:meth:`Gallery.transform`).
 
 Example:
     >>> import numpy as np
