@@ -322,6 +322,10 @@ class Gallery(GalleryLabels, GalleryTransform):
         Returns:
             ``(scores, ids)``, both ``(nq, k)``, best first: float32 cosine similarities (cosine)
             or squared L2 distances (l2), and the caller's int64 ids.
+
+        Raises:
+            ValueError: ``space`` left out while the gallery holds several spaces, or naming a
+                space with no items.
         """
         vectors = self._prepare(queries, "queries")
         k = check_positive_int(k, "k")
