@@ -333,12 +333,13 @@ def test_load_reads_format_version_1_and_refuses_newer_files(tmp_path):
                  meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
     loaded = Gallery.load(old)
     assert (loaded.similarity, loaded.versions()) == ("l2", {"v1": 30})
+    assert loaded.spaces() == {"shared": 30}  # before spaces, every version shared one
     np.testing.assert_array_equal(loaded.search(x[:4], 3)[1], gallery.search(x[:4], 3)[1])
-    newer = tmp_path / "v3.npz"
-    meta.update(format_version=3)
+    newer = tmp_path / "v4.npz"
+    meta.update(format_version=4)
     np.savez(newer, index=np.zeros(3, np.uint8), ids=np.zeros(0), codes=np.zeros(0),
              meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
-    with pytest.raises(ValueError, match="format version 3; this regfree reads versions"):
+    with pytest.raises(ValueError, match="format version 4; this regfree reads versions"):
         Gallery.load(newer)
 
 

@@ -2,7 +2,9 @@
 partial-backfill planning.
 
 - :class:`Gallery`: flat / hnsw / ivf FAISS index under the caller's 64-bit ids, with the model
-  version of every item, atomic save/load.
+  version of every item, atomic save/load; every version belongs to an embedding space (a
+  search never ranks one space's items against another's) and ``Gallery.transform`` re-expresses
+  one version's stored items through an embedding adapter.
 - :func:`evaluate`: top-k accuracy and mAP of one gallery (ties scored as one block; optional
   leave-one-out when the queries are gallery items).
 - :func:`retrieval_matrix`, :func:`cross_model_table`: the same scores for every (query version,

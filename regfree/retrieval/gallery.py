@@ -22,6 +22,9 @@ Design (what FAISS can and cannot do, and what the gallery does about it):
   index stays the source of truth (all mutations, ``index``, ``save``); searches use a GPU copy made
   on demand and dropped after each change. hnsw has no FAISS GPU form and stays on the CPU.
 - save: one file, written atomically (``regfree.retrieval.gallery_file``).
+- spaces: every version belongs to an embedding space (``regfree.retrieval.spaces``; default one
+  shared space); a search over items of several spaces must name one, and :meth:`transform`
+  re-expresses a version's items through an adapter (``regfree.retrieval.transform``).
 """
 
 from __future__ import annotations
@@ -44,7 +47,9 @@ from regfree.retrieval._checks import (
 from regfree.retrieval.devices import gpu_available, resolve_device
 from regfree.retrieval.gallery_file import read_gallery_file, write_gallery_file
 from regfree.retrieval.index_types import SIMILARITIES, faiss_metric, lookup_index_type
+from regfree.retrieval.spaces import GalleryLabels, restricted_search
 from regfree.retrieval.stale import mark_stale, rebuild_live, search_live
+from regfree.retrieval.transform import GalleryTransform
 
 # An hnsw graph is rebuilt once its stale nodes exceed this share of the live items: the graph
 # stays within 1.5x the gallery (memory, search effort) and a backfill pays one rebuild per half
@@ -54,7 +59,7 @@ _MAX_STALE_SHARE = 0.5
 __all__ = ["Gallery", "gpu_available"]
 
 
-class Gallery:
+class Gallery(GalleryLabels, GalleryTransform):
     """Embeddings of several model versions in one FAISS index, under the caller's 64-bit ids.
 
     Args:
@@ -105,6 +110,7 @@ class Gallery:
         self._ids = np.empty(0, dtype=np.int64)
         self._codes = np.empty(0, dtype=np.int32)
         self._version_labels: list[Version] = []
+        self._spaces: dict[Version, str] = {}  # every version's embedding space
         self._gpu_index: Any = None
         self._gpu_resources: Any = None
 
@@ -159,39 +165,6 @@ class Gallery:
         (hnsw only; never returned by :meth:`search`)."""
         return int(self._index.ntotal) - len(self)
 
-    def versions(self) -> dict[Version, int]:
-        """``{version: number of items}`` for every version that still has items, in the order
-        the versions were first added."""
-        counts = np.bincount(self._codes, minlength=len(self._version_labels))
-        return {label: int(n) for label, n in zip(self._version_labels, counts) if n > 0}
-
-    def ids(self, version: Optional[Version] = None) -> np.ndarray:
-        """The sorted ids in the gallery, or only those whose embedding is of ``version``."""
-        if version is None:
-            return self._ids.copy()
-        version = check_version(version)
-        if version not in self._version_labels:
-            return np.empty(0, dtype=np.int64)
-        return self._ids[self._codes == self._version_labels.index(version)]
-
-    def version_of(self, ids: Any) -> list[Version]:
-        """The version label of each of ``ids`` (all must be in the gallery)."""
-        positions = self._positions(as_ids(ids))
-        return [self._version_labels[c] for c in self._codes[positions]]
-
-    def _positions(self, ids: np.ndarray) -> np.ndarray:
-        positions = np.searchsorted(self._ids, ids)
-        found = positions < self._ids.size
-        found[found] = self._ids[positions[found]] == ids[found]
-        if not found.all():
-            raise ValueError(f"unknown ids (not in the gallery): {preview(ids[~found])}")
-        return positions
-
-    def _version_code(self, version: Version) -> int:
-        if version not in self._version_labels:
-            self._version_labels.append(version)
-        return self._version_labels.index(version)
-
     def _prepare(self, embeddings: Any, name: str = "embeddings") -> np.ndarray:
         vectors = as_matrix(embeddings, name, self.dim)
         if self.similarity == "cosine":
@@ -233,31 +206,36 @@ class Gallery:
         self._index.train(vectors)
         self._changed()
 
-    def add(self, embeddings: Any, ids: Any, *, version: Version) -> None:
+    def add(self, embeddings: Any, ids: Any, *, version: Version,
+            space: Optional[str] = None) -> None:
         """Add new items embedded by model ``version``.
 
         Args:
             embeddings: ``(n, dim)`` float array (numpy or torch), finite, ``n >= 1``.
             ids: ``(n,)`` unique non-negative integer ids not yet in the gallery.
             version: the model version that produced the embeddings (str or int).
+            space: the embedding space of ``version`` (see ``regfree.retrieval.spaces``): only
+                for a new version (default ``"shared"``); a known version keeps its own.
         """
         check_embeddings_then_ids(embeddings, ids, "add")
         vectors = self._prepare(embeddings)
         new_ids = as_ids(ids, expected=vectors.shape[0])
         version = check_version(version)
+        space = self._resolve_space(version, space)
         self._require_trained()
         present = np.isin(new_ids, self._ids)
         if present.any():
             raise ValueError(f"ids already in the gallery (use replace): {preview(new_ids[present])}")
         self._index.add_with_ids(vectors, new_ids)
-        code = self._version_code(version)
+        code = self._version_code(version, space)
         merged_ids = np.concatenate([self._ids, new_ids])
         merged_codes = np.concatenate([self._codes, np.full(new_ids.size, code, np.int32)])
         order = np.argsort(merged_ids, kind="stable")
         self._ids, self._codes = merged_ids[order], merged_codes[order]
         self._changed()
 
-    def replace(self, embeddings: Any, ids: Any, *, version: Version) -> None:
+    def replace(self, embeddings: Any, ids: Any, *, version: Version,
+                space: Optional[str] = None) -> None:
         """Re-embed existing items (a backfill step): their vectors and version change.
 
         Same argument order as :meth:`add`. On hnsw the cost is inserting ``n`` vectors into the
@@ -267,6 +245,8 @@ class Gallery:
             embeddings: ``(n, dim)`` the new embeddings, in the order of ``ids``.
             ids: ``(n,)`` unique ids, all already in the gallery.
             version: the model version that produced them.
+            space: the embedding space of ``version``, as for :meth:`add`; a v2 not trained
+                to be compatible with the items it joins needs its own (e.g. ``"v2"``).
 
         Raises:
             TypeError: ``(ids, embeddings)`` passed in that order (a 1-D first argument and a
@@ -276,10 +256,11 @@ class Gallery:
         vectors = self._prepare(embeddings)
         ids = as_ids(ids, expected=vectors.shape[0])
         version = check_version(version)
+        space = self._resolve_space(version, space)
         positions = self._positions(ids)
         self._drop(ids)
         self._index.add_with_ids(vectors, ids)
-        self._codes[positions] = self._version_code(version)
+        self._codes[positions] = self._version_code(version, space)
         self._changed()
         self._compact_when_stale()
 
@@ -327,22 +308,32 @@ class Gallery:
             raise RuntimeError(f"FAISS removed {removed} of {ids.size} ids; gallery is inconsistent")
 
     # -- search ----------------------------------------------------------------------------
-    def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` nearest items of each query.
+    def search(self, queries: Any, k: int, *,
+               space: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest items of each query, among the items of the queries' space.
 
         Args:
             queries: ``(nq, dim)`` float array, finite.
             k: neighbours per query; when the gallery holds fewer, trailing ids are ``-1`` with
                 score ``-inf`` (cosine) or ``inf`` (l2).
+            space: the embedding space the queries were embedded in; required when the
+                gallery holds items of more than one space, and only its items are searched.
 
         Returns:
             ``(scores, ids)``, both ``(nq, k)``, best first: float32 cosine similarities (cosine)
             or squared L2 distances (l2), and the caller's int64 ids.
+
+        Raises:
+            ValueError: ``space`` left out while the gallery holds several spaces, or naming a
+                space with no items.
         """
         vectors = self._prepare(queries, "queries")
         k = check_positive_int(k, "k")
         self._require_trained()
-        if self.stale_count:
+        allowed = self._allowed_ids(space)
+        if allowed is not None:
+            scores, ids = restricted_search(self._index, vectors, k, self._type, allowed)
+        elif self.stale_count:
             scores, ids = search_live(self._index, vectors, k, self._type, len(self))
         else:
             scores, ids = self._search_index().search(vectors, k)
@@ -366,7 +357,8 @@ class Gallery:
             {1: 1}
         """
         meta = {"dim": self.dim, "similarity": self.similarity, "index_type": self.index_type,
-                "params": self.params, "versions": self._version_labels}
+                "params": self.params, "versions": self._version_labels,
+                "spaces": [self._spaces[v] for v in self._version_labels]}
         write_gallery_file(path, self.index, self._ids, self._codes, meta)
 
     @classmethod
@@ -384,4 +376,5 @@ class Gallery:
                       device=device, **meta["params"])
         gallery._index, gallery._ids, gallery._codes = index, ids, codes
         gallery._version_labels = list(meta["versions"])
+        gallery._spaces = dict(zip(gallery._version_labels, meta["spaces"]))
         return gallery

@@ -1,18 +1,20 @@
 """The gallery file format: what :meth:`Gallery.save` writes and :meth:`Gallery.load` reads.
 
 One ``numpy.savez`` archive: the serialised FAISS index, the sorted ids, each id's version code,
-and JSON metadata (dim, similarity, index type, tuning parameters, version labels). It is written
+and JSON metadata (dim, similarity, index type, tuning parameters, version labels, each
+version's embedding space). It is written
 to a temporary name in the same folder, fsynced, then ``os.replace``-d over the target, so a
 crash mid-save leaves the previous file intact (a stray ``.<name>.*.tmp`` may remain).
 
-Format versions: 2 names the cosine/l2 choice ``similarity``; 1 (regfree before the rename)
-called it ``metric``. Both are read; files are written as 2.
+Format versions: 3 adds ``spaces`` (one per version label); 2 (before embedding spaces) put
+every version in the one shared space; 1 (before 2's rename) also called the cosine/l2 choice
+``metric`` instead of ``similarity``. All are read; files are written as 3.
 
 Example:
     >>> import json, numpy as np
     >>> meta = upgrade_meta({"format": FORMAT, "format_version": 1, "metric": "l2"}, "g.gallery")
-    >>> meta["similarity"], meta["format_version"]
-    ('l2', 2)
+    >>> meta["similarity"], meta["spaces"], meta["format_version"]
+    ('l2', [], 3)
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ import faiss
 import numpy as np
 
 from regfree.atomic import atomic_write
+from regfree.retrieval.spaces import DEFAULT_SPACE
 
 FORMAT = "regfree.Gallery"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 _ARRAYS = ("index", "ids", "codes", "meta")
 
 
@@ -86,6 +89,8 @@ def upgrade_meta(meta: dict[str, Any], path: Union[str, os.PathLike]) -> dict[st
     meta = dict(meta)
     if version == 1:  # version 1 called the cosine/l2 choice "metric"
         meta["similarity"] = meta.pop("metric")
+    if version < 3:  # before embedding spaces, every version shared one space
+        meta["spaces"] = [DEFAULT_SPACE] * len(meta.get("versions", []))
     meta["format_version"] = FORMAT_VERSION
     return meta
 
