@@ -318,7 +318,11 @@ def _ready_adapter(adapter: Any, name: str, source: np.ndarray, target: np.ndarr
     if adapter is None:
         return None
     if isinstance(adapter, str):
-        return fit_adapter(source[:pairs], target[:pairs], progress=progress)
+        try:
+            return fit_adapter(source[:pairs], target[:pairs], progress=progress)
+        except ValueError as error:
+            raise ValueError(f"{name}='fit' on the first {pairs} gallery items failed ({error}): "
+                             "raise adapter_pairs, or pass a fitted adapter") from error
     source_dim = getattr(adapter, "source_dim", source.shape[1])
     moved = adapter.transform(source[:1]) if source_dim == source.shape[1] else None
     if moved is None or np.shape(moved) != (1, target.shape[1]):

@@ -238,6 +238,10 @@ def test_adapter_arguments_are_refused_with_their_name(toy):
     with pytest.raises(ValueError, match=r"adapter_pairs must be a share in \(0, 1\]"):
         evaluate_upgrade(old, new, (x, y), gallery=gallery, adapter="fit", adapter_pairs=0.0,
                          progress=False)
+    with pytest.raises(ValueError, match=r"adapter='fit' on the first 1 gallery items failed "
+                                         r"\(kind 'affine' needs at least 2 pairs"):
+        evaluate_upgrade(old, new, (x, y), gallery=gallery, adapter="fit", adapter_pairs=0.01,
+                         progress=False)
     _, wrong, _ = _rotation_adapters(np.random.default_rng(0), 5)
     with pytest.raises(ValueError, match="adapter must map 8-d embeddings to 8-d ones here, "
                                          "got an adapter for 5-d -> 5-d"):
