@@ -188,8 +188,8 @@ def evaluate_upgrade(
     Post-hoc adapters (for a v2 not trained to be compatible; :func:`regfree.compat.fit_adapter`)
     act on v2's own (native) embeddings. ``adapter`` maps v1's embeddings into v2's space: v2
     queries search v1's stored gallery transformed (:data:`GALLERY_TRANSFORMED`, FCT-style), and
-    the backfill curve gains one order per order, named ``"<order> + adapter"``, where the items
-    not yet re-embedded are the transformed ones. ``query_adapter`` maps v2's queries into v1's
+    the backfill curve gains, for each order, a curve ``"<order> + adapter"`` whose items not
+    yet re-embedded are the transformed ones (it starts at the transformed gallery). ``query_adapter`` maps v2's queries into v1's
     space to search v1's gallery as stored (:data:`QUERY_ADAPTED`, Drift-Adapter-style).
     ``"fit"`` fits either on the first ``adapter_pairs`` share of the gallery items (the items a
     team re-embeds first; the transformed gallery still maps every item, those included).
