@@ -3,7 +3,8 @@
 :func:`evaluate_upgrade` runs v1 and v2 once over the evaluation data (and, when a gallery is
 given, over the gallery), and gathers what the rooms measure: the :class:`FlipReport`, the
 cross-version retrieval matrix (v2 queries on v1's FAISS gallery with no backfill, and on its own),
-and the partial-backfill curve. Models are plain ``torch.nn.Module`` s; embedders are a method
+the partial-backfill curve, and, with post-hoc adapters (a v2 not trained for compatibility),
+v2 through the adapter on v1's gallery and the share of the full-backfill gain it recovers. Models are plain ``torch.nn.Module`` s; embedders are a method
 name (``"forward_features"``) or a callable on an input batch.
 """
 
@@ -18,15 +19,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from regfree.compat import CompatibilityReport
+from regfree.compat import CompatibilityReport, fit_adapter
 from regfree.metrics import FlipReport, correct_mask, flip_report, json_safe
 from regfree.retrieval import (
     BackfillCurve,
     Gallery,
     backfill_curve,
+    evaluate,
     plan_backfill,
     retrieval_matrix,
 )
+from regfree.retrieval.cross_version import exact_gallery
 from regfree.training.data import TrainData
 from regfree.training.predict import Embedder, ModelRun, run_model
 
@@ -34,6 +37,10 @@ OLD, NEW = "v1", "v2"
 # The backfill curve searches the gallery once per step and order; ranking all of it for mAP
 # at every step costs far more than a top-100 search, so the curve reports mAP@100.
 BACKFILL_MAP_K = 100
+# The two post-hoc entries beside the matrix (names in UpgradeReport.adapted).
+QUERY_ADAPTED = "v2 adapted query/v1"
+GALLERY_TRANSFORMED = "v2/v1 transformed"
+ADAPTER_SUFFIX = " + adapter"  # backfill-curve orders whose old items go through the adapter
 
 
 @dataclass
@@ -49,6 +56,11 @@ class UpgradeReport:
         class_names: names of the classes, for the page.
         negative_flip_mask: per sample of the evaluation data (in order), True where v1 was
             right and v2 is wrong; for comparing several v2s sample by sample.
+        adapted: with adapters, ``{entry: {score name: value}}`` for :data:`QUERY_ADAPTED`
+            (v2 queries mapped into v1's space, on v1's gallery) and/or
+            :data:`GALLERY_TRANSFORMED` (v2 queries on v1's gallery mapped into v2's space).
+        adapter_pairs: how many gallery items the adapters were fitted on (``adapter="fit"``),
+            else ``None``.
     """
 
     flips: FlipReport
@@ -57,22 +69,48 @@ class UpgradeReport:
     max_nfr: Optional[float] = None
     class_names: Optional[list[str]] = field(default=None, repr=False)
     negative_flip_mask: Optional[np.ndarray] = field(default=None, repr=False)
+    adapted: Optional[dict[str, dict[str, float]]] = None
+    adapter_pairs: Optional[int] = None
 
     @property
     def passed(self) -> bool:
         """True unless NFR is above the gate."""
         return self.max_nfr is None or self.flips.nfr <= self.max_nfr
 
+    def gain_recovered(self, entry: str, metric: str = "top1") -> float:
+        """Share of the full-backfill gain an adapter entry recovers:
+        ``(M(entry) - M(v1, v1)) / (M(v2, v2) - M(v1, v1))`` (1: as good as re-embedding every
+        item; NaN when v2 is no better than v1 on its own gallery).
+
+        Args:
+            entry: :data:`QUERY_ADAPTED` or :data:`GALLERY_TRANSFORMED`.
+            metric: ``"top1"``, ``"top5"``, ``"top10"`` or ``"mAP"``.
+        """
+        if self.retrieval is None or not self.adapted:
+            raise ValueError("no adapter was evaluated: pass gallery= and adapter= or "
+                             "query_adapter= to evaluate_upgrade")
+        if entry not in self.adapted:
+            raise ValueError(f"entry must be one of {list(self.adapted)}, got {entry!r}")
+        return self.retrieval.recovered_share(self.adapted[entry][metric], NEW, OLD, metric)
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form: ``flips``, ``retrieval``, ``backfill``, ``gate``."""
+        """JSON-ready form: ``flips``, ``retrieval``, ``adapter`` (scores and the share of the
+        full-backfill gain of each adapter entry), ``backfill``, ``gate``."""
         backfill = None
         if self.backfill is not None:
             backfill = {"fractions": self.backfill.fractions.tolist(),
                         "scores": {order: {name: values.tolist() for name, values in s.items()}
                                    for order, s in self.backfill.scores.items()}}
+        adapter = None
+        if self.adapted:
+            adapter = {"pairs": self.adapter_pairs, "entries": {
+                entry: {"scores": dict(scores),
+                        "gain_recovered": {m: self.gain_recovered(entry, m) for m in scores}}
+                for entry, scores in self.adapted.items()}}
         return {
             "flips": self.flips.to_dict(),
             "retrieval": self.retrieval.to_dict() if self.retrieval else None,
+            "adapter": adapter,
             "backfill": backfill,
             "gate": {"max_nfr": self.max_nfr, "passed": self.passed},
         }
@@ -86,10 +124,14 @@ class UpgradeReport:
         lines = [self.flips.summary()]
         if self.retrieval is not None:
             c = self.retrieval
+            raw = c.value(NEW, OLD)
             lines.append(
                 f"retrieval top-1: v1/v1 {c.value(OLD, OLD):.1%}, v2/v1 (no backfill) "
-                f"{c.value(NEW, OLD):.1%}, v2/v2 {c.value(NEW, NEW):.1%}; compatible: "
-                f"{'yes' if c.criterion(NEW, OLD) else 'no'}")
+                f"{_share(raw, '.1%', 'n/a (another size)')}, v2/v2 {c.value(NEW, NEW):.1%}; "
+                f"compatible: {'n/a' if np.isnan(raw) else 'yes' if c.criterion(NEW, OLD) else 'no'}")
+        for entry, scores in (self.adapted or {}).items():
+            lines.append(f"adapter: {entry} top-1 {scores['top1']:.1%}, "
+                         f"{_share(self.gain_recovered(entry), '.0%')} of the full-backfill gain")
         if self.max_nfr is not None:
             verdict = "PASS" if self.passed else "FAIL"
             lines.append(f"gate: NFR {self.flips.nfr:.2%} vs max {self.max_nfr:.2%} -> {verdict}")
@@ -103,7 +145,12 @@ class UpgradeReport:
 
         write_text_atomic(path, upgrade_page(
             self.flips, retrieval=self.retrieval, backfill=self.backfill, max_nfr=self.max_nfr,
-            passed=self.passed, class_names=self.class_names, title=title))
+            passed=self.passed, class_names=self.class_names, title=title,
+            adapted=self.adapted))
+
+
+def _share(value: float, spec: str, missing: str = "n/a") -> str:
+    return missing if np.isnan(value) else format(value, spec)
 
 
 def evaluate_upgrade(
@@ -116,6 +163,9 @@ def evaluate_upgrade(
     old_embedder: Embedder = "forward_features",
     new_embedder: Embedder = "forward_features",
     new_native_embedder: Optional[Embedder] = None,
+    adapter: Any = None,
+    query_adapter: Any = None,
+    adapter_pairs: float = 0.1,
     backfill_orders: Sequence[str] = ("random", "margin"),
     backfill_fractions: Sequence[float] = tuple(np.linspace(0.0, 1.0, 11)),
     class_names: Optional[Sequence[str]] = None,
@@ -135,6 +185,18 @@ def evaluate_upgrade(
     ``backfill_orders`` (``"random"``, ``"margin"``, ``"entropy"``: see
     :func:`regfree.retrieval.plan_backfill`).
 
+    Post-hoc adapters (for a v2 not trained to be compatible; :func:`regfree.compat.fit_adapter`)
+    act on v2's own (native) embeddings. ``adapter`` maps v1's embeddings into v2's space: v2
+    queries search v1's stored gallery transformed (:data:`GALLERY_TRANSFORMED`, FCT-style), and
+    the backfill curve gains, for each order, a curve ``"<order> + adapter"`` whose items not
+    yet re-embedded are the transformed ones (it starts at the transformed gallery). ``query_adapter`` maps v2's queries into v1's
+    space to search v1's gallery as stored (:data:`QUERY_ADAPTED`, Drift-Adapter-style).
+    ``"fit"`` fits either on the first ``adapter_pairs`` share of the gallery items (the items a
+    team re-embeds first; the transformed gallery still maps every item, those included).
+    :meth:`UpgradeReport.gain_recovered` gives the share of the full-backfill gain each
+    recovers. When v2's embeddings are not v1's size, the raw v2/v1 entry and the raw backfill
+    curve cannot exist and are left out (an adapter is then required).
+
     Args:
         old, new: the two models; they return logits, ``(logits, embeddings)`` or a mapping.
         data: evaluation ``(x, y)`` arrays or a Dataset of ``(x, y)``.
@@ -145,6 +207,11 @@ def evaluate_upgrade(
             projection, its projected embeddings, e.g. ``"compatible_embeddings"``).
         new_native_embedder: v2's embedder for its own gallery, when it differs from
             ``new_embedder`` (e.g. ``"native_embeddings"``); default: ``new_embedder``.
+        adapter: ``None``, ``"fit"`` or an object with ``transform`` (e.g. an
+            :class:`~regfree.compat.EmbeddingAdapter`) from v1's embeddings to v2's native ones.
+        query_adapter: ``None``, ``"fit"`` or an object with ``transform`` from v2's native
+            embeddings to v1's.
+        adapter_pairs: share of the gallery, in (0, 1], that ``"fit"`` fits on.
         backfill_orders: orders of the backfill curve; empty skips the curve.
         backfill_fractions: backfilled shares at which the curve is measured.
         class_names: names of the classes, for the report.
@@ -165,6 +232,10 @@ def evaluate_upgrade(
         ...                           progress=False)
         >>> report.passed, report.retrieval.versions
         (True, ['v1', 'v2'])
+        >>> adapted = evaluate_upgrade(MLP(4, 2), MLP(4, 2), (x, y), gallery=(x, y),
+        ...                            adapter="fit", adapter_pairs=0.5, progress=False)
+        >>> list(adapted.adapted), adapted.adapter_pairs
+        (['v2/v1 transformed'], 20)
     """
     if max_nfr is not None and not (isinstance(max_nfr, (int, float)) and 0.0 <= max_nfr <= 1.0):
         raise ValueError(f"max_nfr must be a number in [0, 1], got {max_nfr!r}")
@@ -172,6 +243,7 @@ def evaluate_upgrade(
         if not isinstance(model, nn.Module):
             raise ValueError(f"{name} must be a torch.nn.Module, got {type(model).__name__}")
     with_gallery = gallery is not None
+    _check_adapter_arguments(adapter, query_adapter, adapter_pairs, with_gallery)
     common = {"device": device, "batch_size": batch_size, "progress": progress,
               "num_workers": num_workers}
     old_q = run_model(old, data, embedder=old_embedder if with_gallery else None,
@@ -188,11 +260,13 @@ def evaluate_upgrade(
         return report
 
     old_g = run_model(old, gallery, embedder=old_embedder, desc="v1 on gallery", **common)
-    if new_q.embeddings.shape[1] != old_g.embeddings.shape[1]:
+    raw_cross = new_q.embeddings.shape[1] == old_g.embeddings.shape[1]
+    if not raw_cross and adapter is None and query_adapter is None:
         raise ValueError(
             f"new_embedder gives {new_q.embeddings.shape[1]}-d embeddings but v1's gallery is "
             f"{old_g.embeddings.shape[1]}-d: pass v2's projection into v1's space as "
-            "new_embedder (e.g. 'compatible_embeddings') and its own as new_native_embedder")
+            "new_embedder (e.g. 'compatible_embeddings') and its own as new_native_embedder, "
+            "or a post-hoc adapter (adapter= or query_adapter=, e.g. 'fit')")
     new_g = run_model(new, gallery, embedder=new_embedder, desc="v2 on gallery", **common)
     native_q, native_g = new_q, new_g
     if new_native_embedder is not None:
@@ -200,25 +274,107 @@ def evaluate_upgrade(
                              **common)
         native_g = run_model(new, gallery, embedder=new_native_embedder,
                              desc="v2 native on gallery", **common)
+    cross = {OLD: new_q.embeddings} if raw_cross else {}
     report.retrieval = CompatibilityReport(retrieval_matrix(
-        {OLD: old_q.embeddings, NEW: {NEW: native_q.embeddings, OLD: new_q.embeddings}},
+        {OLD: old_q.embeddings, NEW: {NEW: native_q.embeddings, **cross}},
         old_q.labels, {OLD: old_g.embeddings, NEW: native_g.embeddings}, old_g.labels))
+    pairs = max(1, int(round(adapter_pairs * len(old_g.labels))))
+    if isinstance(adapter, str) or isinstance(query_adapter, str):
+        report.adapter_pairs = pairs
+    adapter = _ready_adapter(adapter, "adapter", old_g.embeddings, native_g.embeddings, pairs,
+                             progress)
+    query_adapter = _ready_adapter(query_adapter, "query_adapter", native_g.embeddings,
+                                   old_g.embeddings, pairs, progress)
+    report.adapted = _adapted_scores(adapter, query_adapter, old_g, native_q, old_q.labels)
     if backfill_orders:
-        report.backfill = _backfill(old_g, new_g, new_q, old_q.labels, backfill_orders,
+        report.backfill = _backfill(old_g, new_g if raw_cross else None, new_q, native_g,
+                                    native_q, adapter, old_q.labels, backfill_orders,
                                     backfill_fractions, seed, progress)
     return report
 
 
-def _backfill(old_g: ModelRun, new_g: ModelRun, new_q: ModelRun, query_labels: np.ndarray,
+def _check_adapter_arguments(adapter: Any, query_adapter: Any, adapter_pairs: float,
+                             with_gallery: bool) -> None:
+    """Refuse bad adapter arguments before any model runs."""
+    for name, value in (("adapter", adapter), ("query_adapter", query_adapter)):
+        if value is None:
+            continue
+        if not with_gallery:
+            raise ValueError(f"{name} needs gallery= (the items v1 indexed) to evaluate it")
+        if isinstance(value, str) and value != "fit":
+            raise ValueError(f"{name} must be 'fit', an EmbeddingAdapter or None, got {value!r}")
+        if not isinstance(value, str) and not callable(getattr(value, "transform", None)):
+            raise TypeError(f"{name} must have a transform(x) method (e.g. an EmbeddingAdapter "
+                            f"from regfree.compat.fit_adapter) or be 'fit', got "
+                            f"{type(value).__name__}")
+    if not (isinstance(adapter_pairs, (int, float)) and 0.0 < adapter_pairs <= 1.0):
+        raise ValueError(f"adapter_pairs must be a share in (0, 1], got {adapter_pairs!r}")
+
+
+def _ready_adapter(adapter: Any, name: str, source: np.ndarray, target: np.ndarray,
+                   pairs: int, progress: bool) -> Any:
+    """The adapter to use: fitted on the first ``pairs`` items for ``"fit"``; a given one is
+    checked against both spaces' sizes."""
+    if adapter is None:
+        return None
+    if isinstance(adapter, str):
+        try:
+            return fit_adapter(source[:pairs], target[:pairs], progress=progress)
+        except ValueError as error:
+            raise ValueError(f"{name}='fit' on the first {pairs} gallery items failed ({error}): "
+                             "raise adapter_pairs, or pass a fitted adapter") from error
+    source_dim = getattr(adapter, "source_dim", source.shape[1])
+    moved = adapter.transform(source[:1]) if source_dim == source.shape[1] else None
+    if moved is None or np.shape(moved) != (1, target.shape[1]):
+        target_dim = np.shape(moved)[-1] if moved is not None else getattr(adapter, "target_dim",
+                                                                           "?")
+        got = f"{source_dim}-d -> {target_dim}-d"
+        raise ValueError(f"{name} must map {source.shape[1]}-d embeddings to "
+                         f"{target.shape[1]}-d ones here, got an adapter for {got}; fit it with "
+                         "fit_adapter(source, target) in this direction")
+    return adapter
+
+
+def _adapted_scores(adapter: Any, query_adapter: Any, old_g: ModelRun, native_q: ModelRun,
+                    query_labels: np.ndarray) -> Optional[dict[str, dict[str, float]]]:
+    """Retrieval of v2 through each adapter (exact galleries, as the matrix is scored)."""
+    scores: dict[str, dict[str, float]] = {}
+    if query_adapter is not None:
+        stored = exact_gallery(old_g.embeddings, OLD, "cosine")
+        scores[QUERY_ADAPTED] = evaluate(query_adapter.transform(native_q.embeddings),
+                                         query_labels, stored, old_g.labels)
+    if adapter is not None:
+        transformed = exact_gallery(np.asarray(adapter.transform(old_g.embeddings)), OLD,
+                                    "cosine")
+        scores[GALLERY_TRANSFORMED] = evaluate(native_q.embeddings, query_labels, transformed,
+                                               old_g.labels)
+    return scores or None
+
+
+def _backfill(old_g: ModelRun, new_g: Optional[ModelRun], new_q: ModelRun, native_g: ModelRun,
+              native_q: ModelRun, adapter: Any, query_labels: np.ndarray,
               orders: Sequence[str], fractions: Sequence[float], seed: int,
-              progress: bool) -> BackfillCurve:
-    """v2 queries on v1's gallery re-embedded (in v2's query space) in each order."""
+              progress: bool) -> Optional[BackfillCurve]:
+    """v2 queries on v1's gallery re-embedded in each order: raw (in v2's query space for v1's
+    gallery, when it has v1's size) and, with an adapter, with the not-yet-re-embedded items
+    transformed into v2's native space."""
     index = Gallery(dim=old_g.embeddings.shape[1], device="cpu")
     ids = np.arange(len(old_g.labels))
     index.add(old_g.embeddings, ids=ids, version=OLD)
     plans = {order: plan_backfill(index, order, logits=old_g.logits, seed=seed)
              for order in orders}
-    return backfill_curve(new_q.embeddings, query_labels, old_g.embeddings, new_g.embeddings,
-                          old_g.labels, plans, fractions, gallery_ids=ids, ks=(1, 5),
-                          map_k=BACKFILL_MAP_K, old_version=OLD, new_version=NEW,
-                          progress=progress)
+    options = {"gallery_ids": ids, "ks": (1, 5), "map_k": BACKFILL_MAP_K, "old_version": OLD,
+               "new_version": NEW, "progress": progress}
+    curves = []
+    if new_g is not None:
+        curves.append(("", backfill_curve(new_q.embeddings, query_labels, old_g.embeddings,
+                                          new_g.embeddings, old_g.labels, plans, fractions,
+                                          **options)))
+    if adapter is not None:
+        curves.append((ADAPTER_SUFFIX, backfill_curve(
+            native_q.embeddings, query_labels, old_g.embeddings, native_g.embeddings,
+            old_g.labels, plans, fractions, adapter=adapter, **options)))
+    if not curves:
+        return None
+    return BackfillCurve(curves[0][1].fractions, {
+        order + suffix: values for suffix, curve in curves for order, values in curve.scores.items()})

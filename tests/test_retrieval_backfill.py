@@ -148,3 +148,51 @@ def test_plot_returns_a_figure_and_writes_png(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["curve.png"]
     with pytest.raises(ValueError, match=r"metric must be one of \['mAP', 'top1'\], got 'top5'"):
         plot_backfill_curves(curve, metric="top5")
+
+
+class _Linear:
+    """A duck-typed adapter: anything with transform(x) will do (no regfree.compat needed)."""
+
+    def __init__(self, weight, rows=None):
+        self.weight, self.rows = weight, rows
+
+    def transform(self, x):
+        return (x @ self.weight)[: self.rows]
+
+
+def test_backfill_curve_with_adapter_starts_on_the_transformed_gallery():
+    queries, query_labels, old, new, labels, logits = _update_scenario()
+    lift = np.random.default_rng(1).normal(size=(8, 12)).astype(np.float32)  # v2's space: 12-d
+    new_queries, new_items = queries @ lift, new @ lift
+    order = np.argsort(-logits.max(axis=1), kind="stable")[::-1]  # any permutation
+    curve = backfill_curve(new_queries, query_labels, old, new_items, labels, {"o": order},
+                           fractions=(0.0, 0.5, 1.0), adapter=_Linear(lift), ks=(1,),
+                           progress=False)
+    expected = []
+    for done in (0, 200, 400):  # the same galleries by hand: first `done` items re-embedded
+        stored = old @ lift
+        stored[order[:done]] = new_items[order[:done]]
+        by_hand = Gallery(12, device="cpu")
+        by_hand.add(stored, np.arange(400), version="mixed")
+        expected.append(evaluate(new_queries, query_labels, by_hand, labels, ks=(1,))["mAP"])
+    np.testing.assert_allclose(curve.scores["o"]["mAP"], expected, atol=1e-9)
+    assert expected[-1] > expected[0] + 0.05, "the scenario must leave room to gain"
+
+
+def test_backfill_curve_refuses_a_bad_adapter():
+    queries, query_labels, old, new, labels, _ = _update_scenario(n=40, n_queries=5)
+    good = {"random": np.arange(40)}
+    with pytest.raises(TypeError, match="adapter must have a transform"):
+        backfill_curve(queries, query_labels, old, new, labels, good, adapter=np.eye(8),
+                       progress=False)
+    narrow = _Linear(np.eye(5, dtype=np.float32))
+    narrow.source_dim = 5
+    with pytest.raises(ValueError, match="adapter maps 5-d embeddings but old_embeddings are 8-d"):
+        backfill_curve(queries, query_labels, old, new, labels, good, adapter=narrow,
+                       progress=False)
+    with pytest.raises(ValueError, match=r"adapter.transform\(old_embeddings\) gave 39 rows"):
+        backfill_curve(queries, query_labels, old, new, labels, good,
+                       adapter=_Linear(np.eye(8, dtype=np.float32), rows=39), progress=False)
+    with pytest.raises(ValueError, match="new_embeddings has dimension 8, the gallery expects 4"):
+        backfill_curve(queries, query_labels, old, new, labels, good,
+                       adapter=_Linear(np.eye(8, 4, dtype=np.float32)), progress=False)

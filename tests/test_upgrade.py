@@ -6,12 +6,20 @@ import numpy as np
 import pytest
 import torch
 
-from regfree.compat import ProjectedModel, compatibility_report, embedder
+from regfree.compat import (
+    EmbeddingAdapter,
+    ProjectedModel,
+    compatibility_report,
+    embedder,
+    fit_adapter,
+)
 from regfree.data.images import as_tensor_dataset
 from regfree.metrics import flip_report
 from regfree.models import MLP
 from regfree.reporting.upgrade_page import upgrade_page
-from regfree.upgrade import evaluate_upgrade, run_model
+from regfree.retrieval import evaluate
+from regfree.retrieval.cross_version import exact_gallery
+from regfree.upgrade import GALLERY_TRANSFORMED, QUERY_ADAPTED, evaluate_upgrade, run_model
 
 
 @pytest.fixture()
@@ -132,3 +140,113 @@ def test_top_level_api_is_lazy_so_metrics_and_report_stay_torch_free():
             "from regfree import evaluate_upgrade; assert 'torch' in sys.modules")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def _rotation_adapters(rng, dim):
+    rotation = np.linalg.qr(rng.normal(size=(dim, dim)))[0].astype(np.float32)
+    zero = np.zeros(dim, np.float32)
+    forward = EmbeddingAdapter("orthogonal", {"weight": rotation, "bias": zero}, normalize=False)
+    back = EmbeddingAdapter("orthogonal", {"weight": rotation.T.copy(), "bias": zero},
+                            normalize=False)
+    return rotation, forward, back
+
+
+def test_exact_rotation_adapter_recovers_v2_on_v2(toy):
+    x, y, old, _ = toy
+    rotation, adapter, query_adapter = _rotation_adapters(np.random.default_rng(3), 8)
+
+    def rotated(inputs):  # v2 = v1 rotated: the same retrieval, another space
+        return old.forward_features(torch.as_tensor(inputs)) @ torch.as_tensor(rotation)
+
+    report = evaluate_upgrade(old, old, (x[:30], y[:30]), gallery=(x[30:], y[30:]),
+                              new_embedder=rotated, adapter=adapter, query_adapter=query_adapter,
+                              backfill_fractions=(0.0, 0.5, 1.0), progress=False)
+    c = report.retrieval
+    assert c.value("v2", "v1", "mAP") < c.value("v1", "v1", "mAP") - 0.1  # raw: another space
+    for metric in ("top1", "top5", "mAP"):
+        for entry in (QUERY_ADAPTED, GALLERY_TRANSFORMED):
+            assert report.adapted[entry][metric] == pytest.approx(c.value("v2", "v2", metric),
+                                                                  abs=1e-6), (entry, metric)
+    curve = report.backfill
+    assert set(curve.scores) == {"random", "margin", "random + adapter", "margin + adapter"}
+    for order in ("random", "margin"):
+        raw, adapted = curve.scores[order]["mAP"], curve.scores[order + " + adapter"]["mAP"]
+        assert raw[0] == pytest.approx(c.value("v2", "v1", "mAP"))
+        # the transformed items are v2's own embeddings here: flat at v2/v2 all the way
+        np.testing.assert_allclose(adapted, c.value("v2", "v2", "mAP"), atol=1e-6)
+    assert report.to_dict()["adapter"]["pairs"] is None
+
+
+def test_fitted_adapters_report_the_share_of_the_full_backfill_gain(toy):
+    x, y, old, _ = toy
+
+    def inputs(batch):  # a 6-d v2 that separates the classes better than v1's 8-d features
+        return torch.as_tensor(batch)
+
+    report = evaluate_upgrade(old, old, (x[:30], y[:30]), gallery=(x[30:], y[30:]),
+                              new_embedder=inputs, adapter="fit", query_adapter="fit",
+                              adapter_pairs=0.25, backfill_fractions=(0.0, 0.5, 1.0),
+                              progress=False)
+    c = report.retrieval
+    old_old, new_new = c.value("v1", "v1", "mAP"), c.value("v2", "v2", "mAP")
+    assert new_new > old_old + 0.05
+    assert np.isnan(c.value("v2", "v1"))  # 6-d queries cannot search the 8-d index raw
+    assert report.adapter_pairs == 15  # a quarter of the 60 gallery items
+    # the transformed gallery, rebuilt by hand from the first 15 items' pairs
+    v1_items = old.forward_features(torch.as_tensor(x[30:])).detach().numpy()
+    transformed = fit_adapter(v1_items[:15], x[30:45], progress=False).transform(v1_items)
+    expected = evaluate(x[:30], y[:30], exact_gallery(transformed, "v1", "cosine"), y[30:])
+    assert report.adapted[GALLERY_TRANSFORMED]["mAP"] == pytest.approx(expected["mAP"], abs=1e-6)
+    for entry in (QUERY_ADAPTED, GALLERY_TRANSFORMED):
+        share = (report.adapted[entry]["mAP"] - old_old) / (new_new - old_old)
+        assert report.gain_recovered(entry, "mAP") == pytest.approx(share)
+        payload = json.loads(report.to_json())["adapter"]["entries"][entry]
+        assert payload["gain_recovered"]["mAP"] == pytest.approx(share)
+    top1_share = report.gain_recovered(GALLERY_TRANSFORMED)
+    assert f"{top1_share:.0%} of the full-backfill gain" in report.summary()
+    # only adapted curves: a raw mixed gallery cannot hold 6-d and 8-d vectors
+    curve = report.backfill
+    assert set(curve.scores) == {"random + adapter", "margin + adapter"}
+    for scores in curve.scores.values():
+        assert scores["mAP"][0] == pytest.approx(expected["mAP"], abs=1e-6)
+        assert scores["mAP"][-1] == pytest.approx(new_new, abs=1e-6)
+
+
+def test_upgrade_page_says_the_share_the_adapter_recovers(toy, tmp_path):
+    x, y, old, new = toy
+    report = evaluate_upgrade(old, new, (x[:30], y[:30]), gallery=(x[30:], y[30:]),
+                              adapter="fit", adapter_pairs=0.5, backfill_fractions=(0.0, 1.0),
+                              progress=False)
+    page = upgrade_page(report.flips, retrieval=report.retrieval, backfill=report.backfill,
+                        adapted=report.adapted)
+    assert "<td>v2/v1 transformed</td>" in page
+    share = report.gain_recovered(GALLERY_TRANSFORMED)
+    said = "n/a" if np.isnan(share) else f"{100 * share:.0f}%"
+    assert f"<b>v2/v1 transformed</b> recovers {said} in top-1" in page
+    assert "<td>random + adapter</td>" in page and "<td>random</td>" in page
+
+
+def test_adapter_arguments_are_refused_with_their_name(toy):
+    x, y, old, new = toy
+    gallery = (x[30:], y[30:])
+    with pytest.raises(ValueError, match="adapter needs gallery="):
+        evaluate_upgrade(old, new, (x, y), adapter="fit", progress=False)
+    with pytest.raises(ValueError, match="query_adapter must be 'fit', an EmbeddingAdapter"):
+        evaluate_upgrade(old, new, (x, y), gallery=gallery, query_adapter="fitt", progress=False)
+    with pytest.raises(TypeError, match="adapter must have a transform"):
+        evaluate_upgrade(old, new, (x, y), gallery=gallery, adapter=np.eye(8), progress=False)
+    with pytest.raises(ValueError, match=r"adapter_pairs must be a share in \(0, 1\]"):
+        evaluate_upgrade(old, new, (x, y), gallery=gallery, adapter="fit", adapter_pairs=0.0,
+                         progress=False)
+    with pytest.raises(ValueError, match=r"adapter='fit' on the first 1 gallery items failed "
+                                         r"\(kind 'affine' needs at least 2 pairs"):
+        evaluate_upgrade(old, new, (x, y), gallery=gallery, adapter="fit", adapter_pairs=0.01,
+                         progress=False)
+    _, wrong, _ = _rotation_adapters(np.random.default_rng(0), 5)
+    with pytest.raises(ValueError, match="adapter must map 8-d embeddings to 8-d ones here, "
+                                         "got an adapter for 5-d -> 5-d"):
+        evaluate_upgrade(old, new, (x, y), gallery=gallery, adapter=wrong, progress=False)
+    report = evaluate_upgrade(old, new, (x[:30], y[:30]), gallery=gallery, backfill_orders=(),
+                              progress=False)
+    with pytest.raises(ValueError, match="no adapter was evaluated"):
+        report.gain_recovered(GALLERY_TRANSFORMED)

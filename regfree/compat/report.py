@@ -81,13 +81,29 @@ class CompatibilityReport:
         """``(M(new, old) - M(old, old)) / (M(new, new) - M(old, old))``: the share of the full
         (backfilled) improvement that the compatible update gets without backfilling. NaN when
         the new model is no better than the old one on its own gallery."""
+        return self.recovered_share(self.value(new, old, metric), new, old, metric)
+
+    def recovered_share(self, score: float, new: str, old: str, metric: str = "top1") -> float:
+        """``(score - M(old, old)) / (M(new, new) - M(old, old))``: the share of the full
+        (backfilled) improvement that a retrieval ``score`` of the same queries and gallery
+        items reaches, e.g. v2 through a post-hoc adapter on v1's gallery. NaN when the new
+        model is no better than the old one on its own gallery.
+
+        Example:
+            >>> from regfree.retrieval import retrieval_matrix
+            >>> x = np.eye(4, dtype=np.float32); labels = np.array([0, 1, 0, 1])
+            >>> report = CompatibilityReport(retrieval_matrix(
+            ...     {"v1": x, "v2": x}, labels, {"v1": x[::-1], "v2": x}, labels, ks=(1,)))
+            >>> report.recovered_share(0.5, "v2", "v1")
+            0.5
+        """
         if self._index(new, "new") <= self._index(old, "old"):
             raise ValueError(f"new ({new!r}) must be a later version than old ({old!r})")
         old_old = self.value(old, old, metric)
         full = self.value(new, new, metric) - old_old
         if not full > 0:
             return math.nan
-        return (self.value(new, old, metric) - old_old) / full
+        return (float(score) - old_old) / full
 
     def _pairs(self, metric: str) -> list[tuple[int, int]]:
         values = self.matrix(metric)

@@ -140,13 +140,17 @@ def backfill_curve(query_embeddings: Any, query_labels: Any, old_embeddings: Any
                    map_k: Optional[int] = None, ap_denominator: str = "relevant",
                    index_params: Optional[Mapping[str, int]] = None,
                    old_version: Version = "old", new_version: Version = "new",
-                   progress: bool = True) -> BackfillCurve:
+                   adapter: Any = None, progress: bool = True) -> BackfillCurve:
     """Measure retrieval while a gallery is backfilled from old to new embeddings, per order.
 
     For each order a real :class:`Gallery` is built from ``old_embeddings``; at each fraction
     ``f`` the next items of the order are :meth:`Gallery.replace`-d by their new embeddings until
     ``round(f * n)`` are new, and the new model's queries are evaluated with :func:`evaluate`.
-    At ``f = 0`` this is new/old retrieval, at ``f = 1`` new/new.
+    At ``f = 0`` this is new/old retrieval, at ``f = 1`` new/new. With ``adapter`` (a post-hoc
+    map from the old space into the new one, e.g. :class:`regfree.compat.EmbeddingAdapter`), the
+    items not yet backfilled are stored as ``adapter.transform(old_embeddings)`` instead of raw:
+    ``f = 0`` is then the new queries on the transformed gallery, and every search compares
+    vectors of the new space only.
 
     Args:
         query_embeddings: ``(nq, dim)`` queries embedded by the new model.
@@ -162,6 +166,8 @@ def backfill_curve(query_embeddings: Any, query_labels: Any, old_embeddings: Any
             keyword options such as ``nlist``; an ivf gallery is trained on ``old_embeddings``).
         ks, map_k, ap_denominator: as in :func:`evaluate`.
         old_version, new_version: version labels stored in the gallery.
+        adapter: ``None`` or any object with ``transform(x)`` mapping ``(n, old dim)`` to
+            ``(n, new dim)``: expresses the not-yet-backfilled items in the new space.
         progress: a tqdm bar over the steps.
 
     Returns:
@@ -179,6 +185,8 @@ def backfill_curve(query_embeddings: Any, query_labels: Any, old_embeddings: Any
         (3,)
     """
     old = as_matrix(old_embeddings, "old_embeddings")
+    if adapter is not None:
+        old = _through_adapter(adapter, old)
     new = as_matrix(new_embeddings, "new_embeddings", old.shape[1])
     if new.shape[0] != old.shape[0]:
         raise ValueError(f"new_embeddings has {new.shape[0]} rows, old_embeddings {old.shape[0]}")
@@ -226,3 +234,20 @@ def backfill_curve(query_embeddings: Any, query_labels: Any, old_embeddings: Any
     bar.close()
     return BackfillCurve(fractions=steps, scores=results)
 
+
+
+def _through_adapter(adapter: Any, old: np.ndarray) -> np.ndarray:
+    """``adapter.transform(old)`` as a float32 matrix with one row per item (duck-typed, so
+    this room needs no import of :mod:`regfree.compat`)."""
+    if not callable(getattr(adapter, "transform", None)):
+        raise TypeError(f"adapter must have a transform(x) method (e.g. an EmbeddingAdapter "
+                        f"from regfree.compat.fit_adapter), got {type(adapter).__name__}")
+    source_dim = getattr(adapter, "source_dim", None)
+    if source_dim is not None and source_dim != old.shape[1]:
+        raise ValueError(f"adapter maps {source_dim}-d embeddings but old_embeddings are "
+                         f"{old.shape[1]}-d: fit it from the old model's embeddings")
+    moved = as_matrix(adapter.transform(old), "adapter.transform(old_embeddings)")
+    if moved.shape[0] != old.shape[0]:
+        raise ValueError(f"adapter.transform(old_embeddings) gave {moved.shape[0]} rows for "
+                         f"{old.shape[0]} items")
+    return moved
