@@ -17,6 +17,8 @@ _DEMO_HELP = {
     "batch_size": "training batch size",
     "lr": "Adam learning rate (cosine schedule)",
     "bct_weight": "weight of the backward-compatible influence loss",
+    "adapter_pairs": "share of the gallery re-embedded by v2 to fit the post-hoc adapters",
+    "blend_max_error_increase": "error (a share) the post-hoc blend may add over plain v2",
     "max_nfr": "exit 1 when a v2's NFR is above this share",
     "seed": "seed of training (data is fixed)",
     "output": "folder for the HTML reports, plot and summary.json",

@@ -20,6 +20,8 @@ class DemoConfig:
     batch_size: int = 128
     lr: float = 3e-3
     bct_weight: float = 1.0
+    adapter_pairs: float = 0.1
+    blend_max_error_increase: float = 0.005
     max_nfr: Optional[float] = None
     seed: int = 0
     output: str = "demo_output"
@@ -36,5 +38,10 @@ class DemoConfig:
             raise ValueError(f"samples must be at least 100, got {self.samples}")
         if not 0.0 < self.old_fraction <= 1.0:
             raise ValueError(f"old_fraction must be in (0, 1], got {self.old_fraction}")
+        if not 0.0 < self.adapter_pairs <= 1.0:
+            raise ValueError(f"adapter_pairs must be in (0, 1], got {self.adapter_pairs}")
+        if not 0.0 <= self.blend_max_error_increase <= 1.0:
+            raise ValueError("blend_max_error_increase must be in [0, 1], got "
+                             f"{self.blend_max_error_increase}")
         if not self.lr > 0 or self.bct_weight < 0:
             raise ValueError("lr must be positive and bct_weight non-negative")

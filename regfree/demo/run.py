@@ -4,7 +4,9 @@ v1 is a small 1-D CNN trained on a third of the data; v2 is a wider CNN trained 
 three ways: plain, positive-congruent (focal distillation from v1), and backward-compatible plus
 positive-congruent (influence loss through v1's frozen head as well). Each v2 is checked with
 :func:`regfree.evaluate_upgrade` against v1: negative flips on the test split, and retrieval of
-test queries against a FAISS gallery of the training split embedded by v1 (no backfill).
+test queries against a FAISS gallery of the training split embedded by v1 (no backfill). Then
+the post-hoc rows (:mod:`regfree.demo.posthoc`): plain v2 with no retraining, through an
+embedding adapter and through a blend of v1's and v2's scores.
 """
 
 from __future__ import annotations
@@ -13,16 +15,26 @@ import copy
 import tempfile
 import time
 
+import numpy as np
 import torch
 
 from regfree.compat import BackwardCompatibleLoss
 from regfree.data import DataSplit, load_mnist1d
 from regfree.demo.config import DemoConfig
-from regfree.demo.report import DemoRow, print_rows, write_outputs
+from regfree.demo.posthoc import adapter_top1, blend_numbers
+from regfree.demo.report import (
+    ADAPTER_GALLERY,
+    ADAPTER_QUERY,
+    BLEND,
+    DemoRow,
+    print_rows,
+    write_outputs,
+)
 from regfree.metrics import discordant_pairs, mcnemar_exact_p
 from regfree.models import cosine_convnet1d
 from regfree.pctraining import DistillationTerm, FocalDistillationLoss, OldLogitCache
 from regfree.training import fit_adam_cosine
+from regfree.training.predict import run_model
 from regfree.upgrade import UpgradeReport, evaluate_upgrade
 
 
@@ -59,11 +71,41 @@ def train_models(config: DemoConfig, data: DataSplit, cache_dir: str
     return old, new_models
 
 
-def run_demo(config: DemoConfig) -> tuple[list[DemoRow], dict[str, UpgradeReport]]:
-    """Train everything, evaluate each v2 against v1, write ``config.output``; return the rows.
+def posthoc_rows(config: DemoConfig, old: torch.nn.Module, plain: torch.nn.Module,
+                 data: DataSplit, plain_row: DemoRow, plain_flips: np.ndarray
+                 ) -> tuple[list[DemoRow], dict]:
+    """The rows of plain v2 with an adapter (gallery side, query side) and with a blend, from
+    v1 and plain v2 as trained (no training here); returns ``(rows, what they were fit with)``."""
+    common = {"embedder": "forward_features", "progress": config.progress}
+    old_q = run_model(old, (data.x_test, data.y_test), desc="v1 on data", **common)
+    new_q = run_model(plain, (data.x_test, data.y_test), desc="v2 on data", **common)
+    old_g = run_model(old, (data.x_train, data.y_train), desc="v1 on gallery", **common)
+    new_g = run_model(plain, (data.x_train, data.y_train), desc="v2 on gallery", **common)
+    top1 = adapter_top1(old_q.embeddings, new_q.embeddings, data.y_test, old_g.embeddings,
+                        new_g.embeddings, data.y_train, share=config.adapter_pairs,
+                        seed=config.seed)
+    blend = blend_numbers(data.y_test, old_q.logits, new_q.logits, plain_flips,
+                          max_error_increase=config.blend_max_error_increase, seed=config.seed)
+    shared = {"top1_old_old": plain_row.top1_old_old, "old_error": plain_row.old_error}
+    retrieval_only = {"error": None, "nfr": None, "nfr_ci": None, "mcnemar_p": None,
+                      "nfr_vs_plain_p": None, "top1_new_new": None, **shared}
+    rows = [DemoRow(ADAPTER_GALLERY, top1_new_old=top1.gallery, **retrieval_only),
+            DemoRow(ADAPTER_QUERY, top1_new_old=top1.query, **retrieval_only),
+            DemoRow(BLEND, error=blend["error"], nfr=blend["nfr"], nfr_ci=blend["nfr_ci"],
+                    mcnemar_p=blend["mcnemar_p"], nfr_vs_plain_p=blend["nfr_vs_plain_p"],
+                    top1_new_old=None, top1_new_new=None, **shared)]
+    details = {"adapter_pairs": top1.pairs, "adapters": top1.adapters,
+               "blend_validation": "2-fold cross-fitting on the test split",
+               "blends": blend["blends"]}
+    return rows, details
+
+
+def run_demo(config: DemoConfig) -> tuple[list[DemoRow], dict[str, UpgradeReport], dict]:
+    """Train everything, evaluate each v2 against v1, add the post-hoc rows, write
+    ``config.output``; return the rows, the reports and what the post-hoc rows were fit with.
 
     Example:
-        >>> rows, reports = run_demo(DemoConfig(samples=600, old_epochs=1, new_epochs=1,
+        >>> rows, reports, posthoc = run_demo(DemoConfig(samples=600, old_epochs=1, new_epochs=1,
         ...                                     progress=False))  # doctest: +SKIP
     """
     data = load_mnist1d(num_samples=config.samples, seed=42)
@@ -87,14 +129,17 @@ def run_demo(config: DemoConfig) -> tuple[list[DemoRow], dict[str, UpgradeReport
                             compat.value("v2", "v1"), compat.value("v2", "v2"),
                             compat.value("v1", "v1"),
                             old_error=report.flips.error_rate_old))
-    write_outputs(config, rows, reports)
-    return rows, reports
+    posthoc, details = posthoc_rows(config, old, new_models["plain"], data, rows[0],
+                                    flips["plain"])
+    rows += posthoc
+    write_outputs(config, rows, reports, details)
+    return rows, reports, details
 
 
 def main(config: DemoConfig) -> int:
     """Run the demo and print it; returns the exit code (1 when a v2 fails ``max_nfr``)."""
     began = time.perf_counter()
-    rows, reports = run_demo(config)
-    print_rows(rows, time.perf_counter() - began)
+    rows, reports, details = run_demo(config)
+    print_rows(rows, time.perf_counter() - began, config, details["adapter_pairs"])
     print(f"Reports and plots written to {config.output}/")
     return 0 if all(r.passed for r in reports.values()) else 1
