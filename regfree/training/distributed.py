@@ -55,6 +55,10 @@ class ProcessContext:
 
     def close(self) -> None:
         if self.owns_group and dist.is_initialized():
+            # Every rank finishes its collectives before any rank tears its connections down: a
+            # gloo peer that closes its sockets while the other still reads can abort it
+            # ("terminate called without an active exception").
+            self.barrier()
             dist.destroy_process_group()
 
 
