@@ -13,12 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import blobs, mlp  # tests/ is on sys.path, also under torchrun
+from conftest import blobs, launch_ranks, mlp  # tests/ is on sys.path, also under torchrun
 from torch import nn
 
 from regfree.compat import BackwardCompatibleLoss, EmbeddingRegressionLoss
 from regfree.training import fit
-from regfree.training.distributed import launch_local
 
 # 45 samples in global batches of 8: the last batch (5 samples) splits 3/2 across the ranks
 N_TRAIN, BATCH, EPOCHS = 45, 8, 3
@@ -46,7 +45,7 @@ def train():
 
 def test_bct_under_two_processes_equals_one_process(tmp_path):
     out = tmp_path / "ddp"
-    done = launch_local(__file__, str(out), nproc_per_node=2, timeout=300)
+    done = launch_ranks(__file__, str(out))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     v1, v2, bct, history = train()

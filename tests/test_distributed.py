@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import blobs, mlp  # tests/ is on sys.path, also under torchrun
+from conftest import blobs, launch_ranks, mlp  # tests/ is on sys.path, also under torchrun
 from test_training import Projection
 
 from regfree.pctraining import DistillationTerm, FocalDistillationLoss, NoisyDistillationTerm
 from regfree.training import fit, latest_checkpoint, load_checkpoint
-from regfree.training.distributed import launch_local
 
 # 41 training samples in global batches of 8: the last batch has 1 sample, so rank 1 gets a
 # weight-0 placeholder; 23 validation samples split 12/11 across ranks.
@@ -48,7 +47,7 @@ def train(checkpoint_dir):
 
 def test_two_processes_equal_one_process(tmp_path):
     out = tmp_path / "ddp"
-    done = launch_local(__file__, str(out), nproc_per_node=2, timeout=300)
+    done = launch_ranks(__file__, str(out))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     model, scale, history = train(tmp_path / "single")
@@ -90,3 +89,23 @@ if __name__ == "__main__":
     if rank == 0:
         torch.save({"model": model.state_dict(), "scale": scale.scale.detach()},
                    target / "weights.pt")
+
+
+def test_launch_ranks_relaunches_only_after_a_teardown_abort(monkeypatch):
+    import subprocess
+
+    import conftest
+
+    results = iter([
+        subprocess.CompletedProcess([], -6, "", "terminate called without an active exception"),
+        subprocess.CompletedProcess([], 0, "second launch", ""),
+        subprocess.CompletedProcess([], 1, "", "AssertionError: weights differ"),
+        subprocess.CompletedProcess([], 0, "never reached", ""),
+    ])
+    calls = []
+    monkeypatch.setattr(conftest, "launch_local",
+                        lambda *args, **kwargs: calls.append(args) or next(results))
+    assert conftest.launch_ranks("script.py", "out").stdout == "second launch"
+    assert len(calls) == 2
+    failed = conftest.launch_ranks("script.py", "out")  # a real failure is not retried
+    assert failed.returncode == 1 and len(calls) == 3
