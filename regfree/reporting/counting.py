@@ -24,9 +24,8 @@ from regfree.metrics import (
     wilson_interval,
 )
 from regfree.metrics.counts import add_codes
-from regfree.reporting.inputs import InputError, one_line
 from regfree.reporting.scores import blend_batch, keep_scores
-from regfree.reporting.stream import Streamed, batches, close, connect, open_inputs
+from regfree.reporting.stream import Streamed, batches, open_inputs, reading_session
 
 
 @dataclass(frozen=True)
@@ -76,8 +75,7 @@ def count_report(specs: dict[str, str], *, id_column: Optional[str] = None,
     # The McNemar p-value needs scipy.special (a third of a second to import): load it in a
     # thread while the main thread streams, instead of after.
     threading.Thread(target=importlib.import_module, args=("scipy.special",), daemon=True).start()
-    con, spill = connect()
-    try:
+    with reading_session() as con:
         streamed = open_inputs(con, specs, id_column=id_column, class_names=class_names)
         if blend is not None:
             keep_scores(streamed)
@@ -92,14 +90,6 @@ def count_report(specs: dict[str, str], *, id_column: Optional[str] = None,
                 groups.update(batch["--group"], y, old, new)
         streamed.missing.check()
         return _reduce(streamed, counter, groups)
-    except InputError:
-        raise
-    except Exception as err:  # duckdb raises its own types, and OSError for out of memory
-        if "duckdb" not in type(err).__module__ and not isinstance(err, OSError):
-            raise
-        raise InputError(f"reading the inputs failed: {one_line(err)}") from None
-    finally:
-        close(con, spill)
 
 
 def _classes_so_far(streamed: Streamed) -> int:

@@ -17,7 +17,7 @@ import numpy as np
 from regfree.reporting.decode import Decoder
 from regfree.reporting.inputs import InputError, one_line
 from regfree.reporting.sources import SCORES
-from regfree.reporting.stream import Streamed, batches, close, connect, open_inputs
+from regfree.reporting.stream import Streamed, batches, open_inputs, reading_session
 
 SCORED = ("--old", "--new")
 
@@ -113,8 +113,7 @@ def read_scored(specs: dict[str, str], *, id_column: Optional[str] = None,
         >>> read.y.tolist(), read.old.shape
         ([1, 0], (2, 2))
     """
-    con, spill = connect()
-    try:
+    with reading_session() as con:
         streamed = open_inputs(con, specs, id_column=id_column, class_names=class_names)
         keep_scores(streamed)
         parts: dict[str, list[np.ndarray]] = {option: [] for option in specs}
@@ -123,14 +122,6 @@ def read_scored(specs: dict[str, str], *, id_column: Optional[str] = None,
             for option, values in batch.items():
                 parts[option].append(values)
         streamed.missing.check()
-    except InputError:
-        raise
-    except Exception as err:  # duckdb raises its own types, and OSError for out of memory
-        if "duckdb" not in type(err).__module__ and not isinstance(err, OSError):
-            raise
-        raise InputError(f"reading the inputs failed: {one_line(err)}") from None
-    finally:
-        close(con, spill)
     whole = {option: np.concatenate(values) for option, values in parts.items()}
     classes = streamed.decoders["--old"].classes
     column = np.full(max(int(whole["--labels"].max()), int(classes.max())) + 1, -1)

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
 from regfree.reporting.decode import ClassCoder, Decoder, MissingValues, kind_is_names, numpy_of
-from regfree.reporting.inputs import InputError
+from regfree.reporting.inputs import InputError, one_line
 from regfree.reporting.joins import check_ids, diagnose, id_type_of
 from regfree.reporting.sources import SCORES, Source, open_source, quote, resolve_values
 
@@ -49,6 +50,24 @@ def connect() -> tuple[Any, str]:
 def close(con: Any, spill: str) -> None:
     con.close()
     shutil.rmtree(spill, ignore_errors=True)
+
+
+@contextmanager
+def reading_session() -> Iterator[Any]:
+    """A DuckDB connection for one read of the inputs (see :func:`connect`), closed afterwards;
+    DuckDB's own errors, and the OSError it raises when out of memory, become one-line
+    InputErrors (any other error is a bug and passes through)."""
+    con, spill = connect()
+    try:
+        yield con
+    except InputError:
+        raise
+    except Exception as err:
+        if "duckdb" not in type(err).__module__ and not isinstance(err, OSError):
+            raise
+        raise InputError(f"reading the inputs failed: {one_line(err)}") from None
+    finally:
+        close(con, spill)
 
 
 def open_inputs(con: Any, specs: dict[str, str], *, id_column: Optional[str],
