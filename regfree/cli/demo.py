@@ -35,7 +35,8 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Train v1, then v2 three ways (plain, positive-congruent, backward-"
                     "compatible + positive-congruent) on mnist1d generated offline; print "
                     "error, NFR, McNemar p and retrieval against v1's FAISS gallery with no "
-                    "backfill; write HTML reports and a plot.",
+                    "backfill; add the post-hoc path for plain v2 (embedding adapters and a "
+                    "score blend, no retraining); write HTML reports and a plot.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for field in fields(DemoConfig):
         if field.name == "progress":
