@@ -29,12 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common import mean_std
 from regfree.compat import ADAPTER_KINDS, fit_adapter
 from regfree.data import DataSplit, load_digits_split, load_mnist1d, load_mnist5k
 from regfree.metrics import retrieval_scores
 from regfree.models import MLP, ConvNet1D, ConvNet2D
 from regfree.reporting import write_text_atomic
-from regfree.training import fit
+from regfree.training import fit_adam_cosine
 
 
 @dataclass(frozen=True)
@@ -80,10 +81,8 @@ def make_model(name: str, width: int, dim: int, seed: int) -> torch.nn.Module:
 
 def train(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, config: Config,
           seed: int) -> torch.nn.Module:
-    fit(model, (x, y), epochs=config.epochs,
-        optimizer=lambda params: torch.optim.Adam(params, lr=config.lr),
-        scheduler=lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.epochs),
-        batch_size=config.batch_size, seed=seed, progress=False)
+    fit_adam_cosine(model, (x, y), epochs=config.epochs, lr=config.lr,
+                    batch_size=config.batch_size, seed=seed, progress=False)
     return model.eval()
 
 
@@ -147,12 +146,6 @@ def gain_share(value: float, old: float, new: float) -> float:
     return (value - old) / (new - old) if new != old else float("nan")
 
 
-def mean_std(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
-    arr = np.asarray(values, dtype=float) * scale
-    return f"{arr.mean():.{digits}f} ± {arr.std():.{digits}f}" if len(arr) > 1 \
-        else f"{arr.mean():.{digits}f}"
-
-
 def table(rows: list[dict], metric: str) -> str:
     lines = ["| dataset | pairs | kind | old/old | new/new | backfill only | transformed "
              "(gain share) | adapted q (gain share) | criterion | fit s |",
@@ -168,9 +161,9 @@ def table(rows: list[dict], metric: str) -> str:
                         for r in group] for key in ("transformed", "adapted q")}
         met = sum(r["adapted q"][metric] > r["old/old"][metric] for r in group)
         lines.append(
-            f"| {dataset} | {share:.0%} | {kind} | {mean_std(old)} | {mean_std(new)} | "
-            f"{mean_std(col('backfill only'))} | {mean_std(col('transformed'))} "
-            f"({mean_std(shares['transformed'], 100, 0)}%) | {mean_std(col('adapted q'))} "
+            f"| {dataset} | {share:.0%} | {kind} | {mean_std(old, digits=1)} | {mean_std(new, digits=1)} | "
+            f"{mean_std(col('backfill only'), digits=1)} | {mean_std(col('transformed'), digits=1)} "
+            f"({mean_std(shares['transformed'], 100, 0)}%) | {mean_std(col('adapted q'), digits=1)} "
             f"({mean_std(shares['adapted q'], 100, 0)}%) | {met}/{len(group)} | "
             f"{np.mean([r['fit_seconds'] for r in group]):.2f} |")
     return "\n".join(lines)
@@ -201,7 +194,7 @@ def raw_line(rows: list[dict]) -> str:
     raw = [r for r in rows if r["new/old raw"] is not None]
     if not raw:
         return "new/old raw: not defined (v1 and v2 embed in different sizes)."
-    return f"new/old raw top-1: {mean_std([r['new/old raw']['top1'] for r in raw])}."
+    return f"new/old raw top-1: {mean_std([r['new/old raw']['top1'] for r in raw], digits=1)}."
 
 
 def write(rows: list[dict], config: Config, out: Path, command: str, seconds: float) -> None:

@@ -31,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 from posthoc_adapters import Config as AdapterConfig
-from posthoc_adapters import embed_all, gain_share, make_model, mean_std, search, train
+from posthoc_adapters import embed_all, gain_share, make_model, search, train
 
+from common import mean_std
 from regfree.compat import fit_adapter
 from regfree.data import load_mnist1d
 from regfree.reporting import write_text_atomic
@@ -135,13 +136,13 @@ def table(rows: list[dict], metric: str) -> str:
     for row in rows:
         groups.setdefault((row["v2_dim"], row["backfilled"]), []).append(row)
     for (dim, share), group in groups.items():
-        cells = [mean_std([r["old/old"][metric] for r in group]),
-                 mean_std([r["new/new"][metric] for r in group])]
+        cells = [mean_std([r["old/old"][metric] for r in group], digits=1),
+                 mean_std([r["new/new"][metric] for r in group], digits=1)]
         for key in keys:
             if group[0][key] is None:
                 cells.append("n/a (dims differ)")
                 continue
-            value = mean_std([r[key][metric] for r in group])
+            value = mean_std([r[key][metric] for r in group], digits=1)
             gains = [gain_share(r[key][metric], r["old/old"][metric], r["new/new"][metric])
                      for r in group]
             cells.append(value if key == "backfilled only"
