@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from regfree.metrics import mcnemar_one_sided_p as rise_p
 from regfree.training import (
     History,
     IndexedDataset,
@@ -19,7 +20,7 @@ from regfree.training import (
 )
 from regfree.training.data import epoch_permutation, local_batches
 from regfree.training.history import EpochStats
-from regfree.training.nfr_watch import NFRWatch, rise_p
+from regfree.training.nfr_watch import NFRWatch
 from regfree.training.options import FitOptions
 
 

@@ -43,7 +43,12 @@ from regfree.metrics.report import (
     report_from_counts,
 )
 from regfree.metrics.retrieval import RetrievalScores, retrieval_scores  # noqa: F401
-from regfree.metrics.stats import discordant_pairs, mcnemar_exact_p, wilson_interval
+from regfree.metrics.stats import (
+    discordant_pairs,
+    mcnemar_exact_p,
+    mcnemar_one_sided_p,
+    wilson_interval,
+)
 from regfree.metrics.streaming import FlipCounter
 
 __all__ = [
@@ -75,6 +80,7 @@ __all__ = [
     "iter_flip_inputs",
     "json_safe",
     "mcnemar_exact_p",
+    "mcnemar_one_sided_p",
     "negative_flip_impact",
     "negative_flip_rate",
     "positive_flip_rate",

@@ -86,6 +86,24 @@ def mcnemar_exact_p(b: int, c: int) -> float:
     return min(1.0, 2.0 * tail)
 
 
+def mcnemar_one_sided_p(b: int, c: int) -> float:
+    """Exact one-sided McNemar p-value that ``b`` exceeds ``c`` by chance alone.
+
+    ``P(X >= b)`` with ``X ~ Binomial(b + c, 1/2)``: for example ``b`` samples that flip in a
+    later epoch and did not before, against ``c`` that flipped before and no longer do. 1 when
+    ``b <= c``.
+
+    Example:
+        >>> round(mcnemar_one_sided_p(12, 2), 4), mcnemar_one_sided_p(0, 5)
+        (0.0065, 1.0)
+    """
+    if b <= c:
+        return 1.0
+    from scipy.special import betainc
+
+    return float(betainc(float(b), float(c + 1), 0.5))
+
+
 _TIE = 1.0 + 1e-7  # scipy.stats.binomtest's relative tolerance for "as likely as observed"
 
 

@@ -5,7 +5,7 @@ noise and teaches users to ignore it. The watch keeps the per-sample negative fl
 epoch so far and compares each later epoch with it, paired over the same validation samples:
 ``b`` samples flip now and did not then, ``c`` flipped then and no longer do. Under "no real
 change" each of these discordant samples is a fair coin, so the one-sided exact McNemar p-value
-``P(X >= b)``, ``X ~ Binomial(b + c, 1/2)``, says whether the rise is unlikely to be noise.
+(:func:`regfree.metrics.mcnemar_one_sided_p`) says whether the rise is unlikely to be noise.
 """
 
 from __future__ import annotations
@@ -14,25 +14,13 @@ from typing import Optional
 
 import numpy as np
 
+from regfree.metrics import mcnemar_one_sided_p
+
 ALARM_P = 0.01  # one-sided McNemar p below which a rise is reported
 
 
 class NFRRiseWarning(UserWarning):
     """Validation negative flip rate against v1 rose significantly above its best epoch."""
-
-
-def rise_p(b: int, c: int) -> float:
-    """One-sided exact McNemar p-value that ``b`` new flips against ``c`` fixed ones is noise.
-
-    Example:
-        >>> round(rise_p(12, 2), 4), rise_p(0, 5)
-        (0.0065, 1.0)
-    """
-    if b <= c:
-        return 1.0
-    from scipy.special import betainc
-
-    return float(betainc(float(b), float(c + 1), 0.5))  # P(X >= b), X ~ Bin(b + c, 1/2)
 
 
 class NFRWatch:
@@ -64,7 +52,7 @@ class NFRWatch:
             return None
         b = int(np.count_nonzero(flips & ~self._best))
         c = int(np.count_nonzero(self._best & ~flips))
-        p = rise_p(b, c)
+        p = mcnemar_one_sided_p(b, c)
         if p >= self.alarm_p:
             return None
         self.warned = True
