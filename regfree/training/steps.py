@@ -1,7 +1,8 @@
 """What a loss term sees of one training step, and how model outputs are read.
 
 A model trained by :func:`regfree.training.fit` returns either a logits tensor, a tuple
-``(logits, embeddings)``, or a mapping with ``"logits"`` (and optionally ``"embeddings"``).
+``(logits, embeddings)``, a mapping with ``"logits"`` (and optionally ``"embeddings"``), or an
+object with a ``.logits`` tensor (HuggingFace's ``ModelOutput``; ``.embeddings`` optional).
 Loss terms receive a :class:`TrainStep` and return a scalar tensor that the trainer adds to the
 model's own cross-entropy.
 """
@@ -68,7 +69,10 @@ def split_outputs(raw: Any) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         return raw["logits"], raw.get("embeddings")
     if isinstance(raw, (tuple, list)) and len(raw) == 2:
         return raw[0], raw[1]
+    logits = getattr(raw, "logits", None)  # HuggingFace-style ModelOutput objects
+    if isinstance(logits, torch.Tensor):
+        return logits, getattr(raw, "embeddings", None)
     raise ValueError(
-        "model output must be a logits tensor, a (logits, embeddings) tuple, or a mapping "
-        f"with 'logits'; got {type(raw).__name__}"
+        "model output must be a logits tensor, a (logits, embeddings) tuple, a mapping "
+        f"with 'logits' or an object with a .logits tensor; got {type(raw).__name__}"
     )
