@@ -14,9 +14,9 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from regfree.compat.adapter import ADAPTER_KINDS, EmbeddingAdapter, _l2_normalise
+from regfree.progress import progress_bar
 
 _MAX_EPOCHS = 200
 _STEP_BUDGET = 4000  # optimiser steps the default epochs aim for on large paired samples
@@ -73,7 +73,8 @@ def _train_residual(source: np.ndarray, target: np.ndarray, weight: np.ndarray,
         last.bias.zero_()
     modules = torch.nn.ModuleList([linear, first, last])
     optimiser = torch.optim.Adam(modules.parameters(), lr=lr)
-    for _ in tqdm(range(epochs), desc="fit_adapter(mlp)", unit="epoch", disable=not progress):
+    for _ in progress_bar(range(epochs), desc="fit_adapter(mlp)", unit="epoch",
+                          enabled=progress):
         for batch in torch.randperm(len(x), generator=generator).split(batch_size):
             out = linear(x[batch]) + last(torch.relu(first(x[batch])))
             if normalize:

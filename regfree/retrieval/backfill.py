@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
-from tqdm import tqdm
 
 from regfree.metrics.retrieval import DEFAULT_KS
+from regfree.progress import progress_bar
 from regfree.retrieval._checks import Version, as_ids, as_matrix, as_numpy
 from regfree.retrieval.evaluation import evaluate
 from regfree.retrieval.gallery import Gallery
@@ -211,7 +211,8 @@ def backfill_curve(query_embeddings: Any, query_labels: Any, old_embeddings: Any
             raise ValueError(f"orders[{name!r}] must be a permutation of the gallery ids")
         checked[name] = order
     params = dict(index_params or {})
-    bar = tqdm(total=len(checked) * steps.size, desc="backfill", disable=not progress, leave=False)
+    bar = progress_bar(total=len(checked) * steps.size, desc="backfill", enabled=progress,
+                       leave=False)
     results: dict[str, dict[str, np.ndarray]] = {}
     for name, order in checked.items():
         rows = sorter[np.searchsorted(row_ids[sorter], order)]

@@ -6,8 +6,8 @@ import sys
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
-from tqdm import tqdm
 
+from regfree.progress import progress_bar
 from regfree.retrieval._checks import as_numpy, check_positive_int
 
 
@@ -45,7 +45,7 @@ def embed(model: Union[Callable[[Any], Any], Any], inputs: Any, batch_size: int 
     if n_rows == 0:
         raise ValueError("inputs is empty: expected at least one row")
     starts = range(0, n_rows, batch_size)
-    bar = tqdm(starts, desc=desc, unit="batch", disable=not progress, leave=False)
+    bar = progress_bar(starts, desc=desc, unit="batch", enabled=progress, leave=False)
     torch = sys.modules.get("torch")  # a module can only exist once torch was imported
     if torch is not None and isinstance(model, torch.nn.Module):
         return _embed_module(model, inputs, batch_size, method, device, bar, torch)

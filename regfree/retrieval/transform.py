@@ -25,8 +25,8 @@ from typing import Any, Optional
 
 import faiss
 import numpy as np
-from tqdm import tqdm
 
+from regfree.progress import progress_bar
 from regfree.retrieval._checks import Version, as_numpy, check_positive_int, check_version
 from regfree.retrieval.spaces import check_space
 from regfree.retrieval.stored import stored_vectors
@@ -101,7 +101,7 @@ def adapt_in_batches(adapter: Any, vectors: np.ndarray, target_dim: int, *, batc
     False), each output checked for shape, finiteness and (``nonzero``) zero rows."""
     out = np.empty((vectors.shape[0], target_dim), dtype=np.float32)
     starts = range(0, vectors.shape[0], batch_size)
-    for start in tqdm(starts, desc="transform", unit="batch", disable=not progress):
+    for start in progress_bar(starts, desc="transform", unit="batch", enabled=progress):
         batch = vectors[start:start + batch_size]
         mapped = np.asarray(as_numpy(adapter.transform(batch)), dtype=np.float32)
         if mapped.shape != (batch.shape[0], target_dim):

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from regfree.metrics import error_rate, flip_totals
+from regfree.progress import progress_bar
 from regfree.training.checkpoint import (
     checkpoint_path,
     latest_checkpoint,
@@ -260,9 +260,9 @@ def train(model: nn.Module, data: FitData, ctx: ProcessContext, options: FitOpti
     session = _start(model, data.terms, ctx, options)
     if options.resume:
         _restore(session, len(data.train))
-    bar = tqdm(range(session.start, options.epochs), desc="fit", unit="epoch",
-               initial=session.start, total=options.epochs,
-               disable=not (options.progress and ctx.is_main))
+    bar = progress_bar(range(session.start, options.epochs), desc="fit", unit="epoch",
+                       initial=session.start, total=options.epochs,
+                       enabled=options.progress and ctx.is_main)
     watch = NFRWatch()
     for epoch in bar:
         began = time.perf_counter()

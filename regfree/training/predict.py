@@ -9,8 +9,8 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
+from regfree.progress import progress_bar
 from regfree.training.data import BatchSource, TrainData, check_num_workers, index_blocks
 from regfree.training.steps import split_outputs
 
@@ -119,8 +119,8 @@ def run_model(model: nn.Module, data: TrainData, *, embedder: Optional[Embedder]
     try:
         blocks = index_blocks(np.arange(len(source)), batch_size)
         batches = source.batches(blocks, num_workers, torch.device(device).type == "cuda")
-        for inputs, targets in tqdm(batches, total=len(blocks), desc=desc, unit="batch",
-                                    disable=not progress, leave=False):
+        for inputs, targets in progress_bar(batches, total=len(blocks), desc=desc, unit="batch",
+                                            enabled=progress, leave=False):
             inputs = inputs.to(device)
             logits.append(split_outputs(model(inputs))[0].float().cpu().numpy())
             if embed_fn is not None:
