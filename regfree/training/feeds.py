@@ -188,8 +188,8 @@ def open_data(data: Any, name: str, *, batch_size: Optional[int], shuffle: Optio
                              "map-style Dataset")
         default = DEFAULT_BATCH_SIZE if batch_option == "batch_size" else DEFAULT_EVAL_BATCH_SIZE
         return DataLoader(data, batch_size=batch_size or default, num_workers=num_workers or 0)
-    if not isinstance(data, (tuple, list)) and not (hasattr(data, "__getitem__")
-                                                     and hasattr(data, "__len__")):
+    if isinstance(data, (str, bytes, dict)) or not isinstance(data, (tuple, list)) and not (
+            hasattr(data, "__getitem__") and hasattr(data, "__len__")):
         raise ValueError(f"{name} must be (x, y) arrays, a map-style Dataset, an "
                          f"IterableDataset or a DataLoader; got {type(data).__name__}")
     return BatchSource(data, name, label_key=label_key)
