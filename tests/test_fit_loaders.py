@@ -236,6 +236,10 @@ def test_errors_name_the_argument_and_the_fix(make_data, make_model):
         fit(make_model(), "images/", **base)
     with pytest.raises(ValueError, match="val_data must be .* got int"):
         fit(make_model(), (x, y), val_data=3, **base)
+    one_hot = TensorDataset(torch.from_numpy(x), torch.eye(3)[torch.from_numpy(y)])
+    with pytest.raises(ValueError, match=r"train_data: labels must be 1-D integer class ids, "
+                                         r"got a torch.float32 batch of shape \(8, 3\)"):
+        fit(make_model(), DataLoader(one_hot, batch_size=8), **base)
     loader = DataLoader(tensors(x, y), batch_size=8, shuffle=True)
     with pytest.raises(ValueError, match="old_val_preds has 5 entries but val_data's dataset "
                                          "has 24 samples .old_val_preds is in dataset order"):

@@ -117,13 +117,23 @@ class LoaderFeed:
                 sampler.set_epoch(epoch)
         for positions, batch in indexed_batches(self.loader):
             inputs, labels = split_batch(batch, label_key=self.label_key, name=self.name)
-            targets = torch.as_tensor(labels).long()
+            targets = class_ids(labels, self.name)
             indices = None if positions is None else torch.from_numpy(positions)
             # under torchrun every process holds an equal-sized batch (DistributedSampler)
             yield LocalBatch(inputs, targets, indices, 1.0 / ctx.world_size, len(targets))
 
 
 Feed = Union[SourceFeed, LoaderFeed]
+
+
+def class_ids(labels: Any, name: str) -> torch.Tensor:
+    """A batch's labels as int64 class ids ``(B,)``, or a ValueError naming ``name``."""
+    targets = torch.as_tensor(labels)
+    if targets.dim() != 1 or targets.is_floating_point() or targets.is_complex():
+        raise ValueError(f"{name}: labels must be 1-D integer class ids, got a {targets.dtype} "
+                         f"batch of shape {tuple(targets.shape)} (one-hot or soft labels: "
+                         "pass their argmax)")
+    return targets.long()
 
 
 def loader_setting(loader: DataLoader, option: str) -> Any:

@@ -60,7 +60,7 @@ class _Objective(nn.Module):
                 epoch: int) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         logits, embeddings = split_outputs(call_model(self.model, inputs))
         ce = F.cross_entropy(logits.float(), targets)
-        step = TrainStep(inputs, targets, indices, logits, embeddings,  # type: ignore[arg-type]
+        step = TrainStep(inputs, targets, indices, logits, embeddings,
                          epoch=epoch, model=self.model)
         values = []
         for name, term in zip(self.names, self.terms):

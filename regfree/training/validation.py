@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from regfree.training.batches import call_model, model_dtype, split_batch, to_model
 from regfree.training.data import BatchSource, index_blocks, shard_range
 from regfree.training.distributed import ProcessContext
+from regfree.training.feeds import class_ids
 from regfree.training.loaders import indexed_batches
 from regfree.training.steps import split_outputs
 
@@ -91,7 +92,7 @@ def _loader_predictions(model: nn.Module, loader: DataLoader, ctx: ProcessContex
     for pos, batch in indexed_batches(loader):
         inputs, y = split_batch(batch, label_key=label_key, name="val_data")
         preds.append(_forward_argmax(model, inputs, ctx, amp))
-        labels.append(torch.as_tensor(y).long().cpu().numpy())
+        labels.append(class_ids(y, "val_data").cpu().numpy())
         positions.append(pos)
     if not preds:
         raise ValueError("val_data yielded no samples")
