@@ -108,7 +108,8 @@ def fit(
     inside a forked RNG state (the caller's RNG state is left unchanged), which drives dropout
     and the shuffling of a DataLoader built without a ``generator``. A loader's own generators
     (its ``generator=``, its sampler's) are the caller's: their state is saved in checkpoints
-    and restored by ``resume``, so a resumed run equals an uninterrupted one in every case.
+    and restored by ``resume``, so a resumed run equals an uninterrupted one (except where an
+    IterableDataset draws from random state of its own).
     Model initialisation is the caller's: seed before building the model.
 
     Args:
