@@ -9,14 +9,18 @@ one process and several processes see the same global batches in the same order.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
+
+from regfree.training.batches import split_batch
 
 ArrayPair = tuple[Any, Any]
-TrainData = Union[ArrayPair, Dataset]
+# What fit takes: ``(x, y)`` arrays, a map-style Dataset, an IterableDataset or a DataLoader
+# (BatchSource itself reads the first two; regfree.training.feeds handles the others).
+TrainData = Union[ArrayPair, Dataset, DataLoader]
 
 
 class IndexedDataset(Dataset):
@@ -50,16 +54,21 @@ class BatchSource:
     """Fetches batches by dataset index from ``(x, y)`` arrays or a map-style dataset.
 
     Arrays are converted to tensors once and sliced per batch (no per-sample collation);
-    datasets are read item by item and collated with ``default_collate``.
+    datasets are read item by item, each item split into inputs and label by
+    :func:`~regfree.training.batches.split_batch` (pairs, or mappings with a label entry), and
+    the inputs (tensors or mappings of tensors) collated with ``default_collate``.
 
     Args:
         data: ``(x, y)`` numpy arrays / tensors, or a map-style dataset yielding ``(x, y)``
-            (or ``(x, y, index)``).
+            (or ``(x, y, index)``) or mappings holding a label.
         name: argument name used in error messages.
+        label_key: the mapping key of a sample's label (default ``"label"`` or ``"labels"``).
     """
 
-    def __init__(self, data: TrainData, name: str = "train_data") -> None:
+    def __init__(self, data: TrainData, name: str = "train_data", *,
+                 label_key: Optional[str] = None) -> None:
         self.name = name
+        self.label_key = label_key
         self._x: torch.Tensor | None = None
         self._y: torch.Tensor | None = None
         self._dataset: Dataset | None = None
@@ -77,6 +86,9 @@ class BatchSource:
             if x.dtype == torch.float64:
                 x = x.float()
             self._x, self._y = x, y.long()
+        elif isinstance(data, (DataLoader, IterableDataset)):
+            raise ValueError(f"{name}: a {type(data).__name__} cannot be read by sample index "
+                             "here; pass (x, y) arrays or a map-style Dataset")
         elif hasattr(data, "__getitem__") and hasattr(data, "__len__"):
             self._dataset = data
         else:
@@ -95,7 +107,7 @@ class BatchSource:
         if self._x is not None:
             index = torch.from_numpy(np.ascontiguousarray(indices, dtype=np.int64))
             return self._x[index], self._y[index]  # type: ignore[index]
-        return _collate([self._dataset[int(i)] for i in indices])  # type: ignore[index]
+        return self._collate([self._dataset[int(i)] for i in indices])  # type: ignore[index]
 
     def batches(self, index_batches: Iterable[np.ndarray], num_workers: int = 0,
                 pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -108,13 +120,13 @@ class BatchSource:
             return
         sampler = [np.asarray(b, dtype=np.int64).tolist() for b in index_batches]
         yield from DataLoader(self._dataset, batch_sampler=sampler, num_workers=num_workers,
-                              collate_fn=_collate, pin_memory=pin_memory)
+                              collate_fn=self._collate, pin_memory=pin_memory)
 
-
-def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor]:
-    inputs = default_collate([item[0] for item in items])
-    targets = torch.as_tensor(default_collate([item[1] for item in items])).long()
-    return inputs, targets
+    def _collate(self, items: list) -> tuple[Any, torch.Tensor]:
+        pairs = [split_batch(item, label_key=self.label_key, name=self.name) for item in items]
+        inputs = default_collate([inputs for inputs, _ in pairs])
+        targets = torch.as_tensor(default_collate([label for _, label in pairs])).long()
+        return inputs, targets
 
 
 def check_num_workers(num_workers: Any) -> int:

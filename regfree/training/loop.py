@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 import warnings
 from collections.abc import Sequence
@@ -16,24 +15,20 @@ from torch import nn
 
 from regfree.metrics import error_rate, flip_totals
 from regfree.progress import progress_bar
+from regfree.training.batches import call_model, model_dtype, to_model
 from regfree.training.checkpoint import (
     checkpoint_path,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
-from regfree.training.data import (
-    BatchSource,
-    epoch_permutation,
-    index_blocks,
-    local_batches,
-    shard_range,
-)
 from regfree.training.distributed import ProcessContext
+from regfree.training.feeds import Feed
 from regfree.training.history import EpochStats, History
 from regfree.training.nfr_watch import NFRRiseWarning, NFRWatch
 from regfree.training.options import FitOptions, OptimizerSpec
 from regfree.training.steps import LossTerm, TrainStep, split_outputs
+from regfree.training.validation import ValSet, autocast
 
 
 def term_name(term: Any) -> str:
@@ -45,10 +40,8 @@ def term_name(term: Any) -> str:
 class FitData:
     """What :func:`fit` trains and validates on, checked and ready for the loop."""
 
-    train: BatchSource
-    val: Optional[BatchSource]
-    val_labels: Optional[np.ndarray]
-    old_preds: Optional[np.ndarray]  # v1's classes on ``val``, for validation flips
+    train: Feed
+    val: Optional[ValSet]
     terms: list[LossTerm]
 
 
@@ -63,14 +56,15 @@ class _Objective(nn.Module):
         self.terms = list(terms)
         self.names = [term_name(t) for t in terms]
 
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor,
+    def forward(self, inputs: Any, targets: torch.Tensor, indices: Optional[torch.Tensor],
                 epoch: int) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        logits, embeddings = split_outputs(self.model(inputs))
+        logits, embeddings = split_outputs(call_model(self.model, inputs))
         ce = F.cross_entropy(logits.float(), targets)
-        step = TrainStep(inputs, targets, indices, logits, embeddings, epoch=epoch, model=self.model)
+        step = TrainStep(inputs, targets, indices, logits, embeddings,
+                         epoch=epoch, model=self.model)
         values = []
         for name, term in zip(self.names, self.terms):
-            value = term(step)
+            value = _call_term(name, term, step)
             if not isinstance(value, torch.Tensor) or value.dim() != 0:
                 raise ValueError(f"loss term {name!r} must return a scalar tensor, "
                                  f"got {type(value).__name__} {getattr(value, 'shape', '')}")
@@ -81,6 +75,20 @@ class _Objective(nn.Module):
     def trainable_term_states(self) -> dict[str, dict[str, torch.Tensor]]:
         return {name: term.state_dict() for name, term in zip(self.names, self.terms)
                 if isinstance(term, nn.Module) and any(p.requires_grad for p in term.parameters())}
+
+
+def _call_term(name: str, term: LossTerm, step: TrainStep) -> Any:
+    if step.indices is not None:
+        return term(step)
+    try:
+        return term(step)
+    except (TypeError, AttributeError, IndexError, ValueError) as error:
+        raise ValueError(
+            f"loss term {name!r} failed on a batch without sample positions ({error}): "
+            "train_data is an IterableDataset (or a DataLoader over one), whose samples have "
+            "no dataset index, so step.indices is None; a term keyed by sample index (an "
+            "OldLogitCache, stored old embeddings) needs a map-style Dataset (or a DataLoader "
+            "over one)") from error
 
 
 @dataclass
@@ -117,13 +125,6 @@ def _build_optimizer(optimizer: OptimizerSpec, objective: _Objective) -> torch.o
     return built
 
 
-def _autocast(device: torch.device, enabled: bool):
-    if not enabled:
-        return contextlib.nullcontext()
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def _start(model: nn.Module, terms: list[LossTerm], ctx: ProcessContext,
            options: FitOptions) -> _Session:
     objective = _Objective(model, terms).to(ctx.device)
@@ -138,13 +139,13 @@ def _start(model: nn.Module, terms: list[LossTerm], ctx: ProcessContext,
     return _Session(model, objective, runner, opt, sched, scaler, ctx, options, History())
 
 
-def _restore(session: _Session, num_samples: int) -> None:
+def _restore(session: _Session, feed: Feed) -> None:
     """Load the latest checkpoint of ``checkpoint_dir`` into the session (none: start fresh)."""
     found = latest_checkpoint(session.options.checkpoint_dir)  # type: ignore[arg-type]
     if found is None:
         return
     state = load_checkpoint(found, map_location=session.ctx.device)
-    for key, value in session.options.resume_key(num_samples).items():
+    for key, value in session.options.resume_key(feed.num_samples).items():
         if state["config"].get(key) != value:
             raise ValueError(f"resume: {found} was trained with {key}="
                              f"{state['config'].get(key)!r}, this call has {value!r}")
@@ -157,28 +158,33 @@ def _restore(session: _Session, num_samples: int) -> None:
         session.sched.load_state_dict(state["scheduler"])
     if session.scaler is not None and state.get("scaler") is not None:
         session.scaler.load_state_dict(state["scaler"])
+    generators = feed.generators()
+    if len(state.get("loader_rng", [])) == len(generators):
+        for gen, rng_state in zip(generators, state.get("loader_rng", [])):
+            gen.set_state(rng_state.cpu())
     session.history = History.from_dict(state["history"])
     session.start = int(state["epoch"])
 
 
-def _run_epoch(session: _Session, train: BatchSource, epoch: int) -> list[float]:
-    """One pass over ``train``; returns the mean total loss, CE and each term's mean."""
+def _run_epoch(session: _Session, feed: Feed, epoch: int) -> list[float]:
+    """One pass over ``feed``; returns the mean total loss, CE and each term's mean."""
     ctx, options, opt, scaler = session.ctx, session.options, session.opt, session.scaler
+    # a DataLoader without a generator of its own shuffles from this seed too
     torch.manual_seed(_derived_seed(options.seed, epoch, ctx.rank, 1))
     session.objective.train()
+    dtype = model_dtype(session.model)
     sums = torch.zeros(2 + len(session.objective.names), dtype=torch.float64, device=ctx.device)
-    order = epoch_permutation(len(train), options.seed, epoch, options.shuffle)
-    plan = list(local_batches(order, options.batch_size, ctx.rank, ctx.world_size))
-    pin = ctx.device.type == "cuda"  # page-locked batches copy to the GPU asynchronously
-    fetched = train.batches([local for local, _ in plan], options.num_workers, pin)
-    for (local, share), (inputs, targets) in zip(plan, fetched):
-        inputs = inputs.to(ctx.device, non_blocking=True)
-        targets = targets.to(ctx.device, non_blocking=True)
-        indices = torch.from_numpy(np.ascontiguousarray(local, dtype=np.int64))
-        with _autocast(ctx.device, options.amp):
-            total, ce, values = session.runner(inputs, targets, indices, epoch)
+    count = 0
+    batches = progress_bar(feed.epoch(epoch, ctx), total=feed.num_batches(), unit="batch",
+                           desc=f"epoch {epoch + 1}/{options.epochs}", leave=False,
+                           enabled=options.progress and ctx.is_main)
+    for batch in batches:
+        inputs = to_model(batch.inputs, ctx.device, dtype, non_blocking=True)
+        targets = batch.targets.to(ctx.device, non_blocking=True)
+        with autocast(ctx.device, options.amp):
+            total, ce, values = session.runner(inputs, targets, batch.indices, epoch)
         # weight by this process's share so DDP's gradient average is the global-batch mean
-        scaled = total * (share * ctx.world_size)
+        scaled = total * (batch.share * ctx.world_size)
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(scaled).backward()
@@ -192,25 +198,16 @@ def _run_epoch(session: _Session, train: BatchSource, epoch: int) -> list[float]
             scaler.update()
         else:
             opt.step()
-        count = len(local) if share > 0 else 0
+        count += batch.count
         sums += torch.stack([total.detach(), ce.detach(), *[v.detach() for v in values]]
-                            ).double() * count
+                            ).double() * batch.count
+    batches.close()
     if session.sched is not None:
         session.sched.step()
-    return [s / len(train) for s in ctx.sum(sums.tolist())]
-
-
-@torch.no_grad()
-def _predict_shard(model: nn.Module, source: BatchSource, ctx: ProcessContext, batch_size: int,
-                   amp: bool, num_workers: int = 0) -> np.ndarray:
-    """Argmax predictions on the whole of ``source``; each process computes its block."""
-    shard = shard_range(len(source), ctx.rank, ctx.world_size)
-    preds = [np.empty(0, dtype=np.int64)]
-    for inputs, _ in source.batches(index_blocks(shard, batch_size), num_workers):
-        with _autocast(ctx.device, amp):
-            logits, _ = split_outputs(model(inputs.to(ctx.device)))
-        preds.append(logits.argmax(dim=1).cpu().numpy())
-    return np.concatenate(ctx.gather(np.concatenate(preds)))
+    *totals, samples = ctx.sum([*sums.tolist(), float(count)])
+    if samples == 0:
+        raise ValueError("train_data yielded no samples in an epoch")
+    return [s / samples for s in totals]
 
 
 def _validate(session: _Session, data: FitData
@@ -219,29 +216,27 @@ def _validate(session: _Session, data: FitData
     the inputs are missing)."""
     if data.val is None:
         return None, None, None, None
-    options = session.options
     session.model.eval()
-    preds = _predict_shard(session.model, data.val, session.ctx, options.eval_batch_size,
-                           options.amp, options.num_workers)
-    labels = data.val_labels
-    if data.old_preds is None:
+    labels, preds, old = data.val.outcomes(session.model, session.ctx, session.options.amp)
+    if old is None:
         return error_rate(labels, preds, validate=False), None, None, None
-    totals = flip_totals(labels, data.old_preds, preds, validate=False)
-    flips = (data.old_preds == labels) & (preds != labels)
+    totals = flip_totals(labels, old, preds, validate=False)
+    flips = (old == labels) & (preds != labels)
     return totals.error_rate_new, totals.nfr, totals.pfr, flips
 
 
-def _checkpoint(session: _Session, epochs_done: int, num_samples: int) -> None:
+def _checkpoint(session: _Session, epochs_done: int, feed: Feed) -> None:
     """Rank 0 writes ``epoch_NNNN.pt`` (atomic rename); every rank waits for it."""
     if session.ctx.is_main:
         sched, scaler = session.sched, session.scaler
         save_checkpoint(checkpoint_path(session.options.checkpoint_dir, epochs_done), {
-            "epoch": epochs_done, "config": session.options.resume_key(num_samples),
+            "epoch": epochs_done, "config": session.options.resume_key(feed.num_samples),
             "model": session.model.state_dict(), "optimizer": session.opt.state_dict(),
             "scheduler": sched.state_dict() if sched is not None else None,
             "scaler": scaler.state_dict() if scaler is not None else None,
             "loss_terms": session.objective.trainable_term_states(),
             "history": session.history.to_dict(),
+            "loader_rng": [gen.get_state() for gen in feed.generators()],
         })
     session.ctx.barrier()
 
@@ -259,11 +254,11 @@ def train(model: nn.Module, data: FitData, ctx: ProcessContext, options: FitOpti
     """Run the epochs ``fit`` asked for (after restoring a checkpoint when resuming)."""
     session = _start(model, data.terms, ctx, options)
     if options.resume:
-        _restore(session, len(data.train))
+        _restore(session, data.train)
     bar = progress_bar(range(session.start, options.epochs), desc="fit", unit="epoch",
                        initial=session.start, total=options.epochs,
                        enabled=options.progress and ctx.is_main)
-    watch = NFRWatch()
+    watch = NFRWatch(mode=options.nfr_warning)
     for epoch in bar:
         began = time.perf_counter()
         means = _run_epoch(session, data.train, epoch)
@@ -279,7 +274,7 @@ def train(model: nn.Module, data: FitData, ctx: ProcessContext, options: FitOpti
             warnings.warn(alarm, NFRRiseWarning, stacklevel=3)  # 3: the line that called fit
         bar.set_postfix(_postfix(stats))
         if options.checkpoint_dir is not None:
-            _checkpoint(session, epoch + 1, len(data.train))
+            _checkpoint(session, epoch + 1, data.train)
     bar.close()
     model.eval()
     return session.history

@@ -17,6 +17,15 @@ import numpy as np
 from regfree.metrics import mcnemar_one_sided_p
 
 ALARM_P = 0.01  # one-sided McNemar p below which a rise is reported
+NFR_WARNING_MODES = ("once", "every", "off")
+
+
+def check_nfr_warning(mode: object) -> str:
+    """``nfr_warning`` as given, or a ValueError naming it and the choices."""
+    if mode not in NFR_WARNING_MODES:
+        raise ValueError(f"nfr_warning must be one of {', '.join(map(repr, NFR_WARNING_MODES))}"
+                         f", got {mode!r}")
+    return str(mode)
 
 
 class NFRRiseWarning(UserWarning):
@@ -25,7 +34,12 @@ class NFRRiseWarning(UserWarning):
 
 class NFRWatch:
     """Follows the per-sample negative flips epoch by epoch; :meth:`update` returns a warning
-    message the first time an epoch's flips rise significantly above the best epoch's.
+    message when an epoch's flips rise significantly above the best epoch's: the first time only
+    (``mode="once"``), at every such epoch (``"every"``) or never (``"off"``).
+
+    Args:
+        alarm_p: one-sided McNemar p-value below which a rise is reported.
+        mode: ``"once"``, ``"every"`` or ``"off"``.
 
     Example:
         >>> watch = NFRWatch()
@@ -37,8 +51,9 @@ class NFRWatch:
         validation NFR against v1 rose from 2.00% (epoch 1) to 14.00
     """
 
-    def __init__(self, alarm_p: float = ALARM_P) -> None:
+    def __init__(self, alarm_p: float = ALARM_P, *, mode: str = "once") -> None:
         self.alarm_p = alarm_p
+        self.mode = check_nfr_warning(mode)
         self.best_epoch: Optional[int] = None
         self._best: Optional[np.ndarray] = None
         self.warned = False
@@ -48,7 +63,7 @@ class NFRWatch:
         if self._best is None or flips.sum() < self._best.sum():
             self._best, self.best_epoch = flips.copy(), epoch
             return None
-        if self.warned:
+        if self.mode == "off" or (self.warned and self.mode == "once"):
             return None
         b = int(np.count_nonzero(flips & ~self._best))
         c = int(np.count_nonzero(self._best & ~flips))
@@ -59,5 +74,9 @@ class NFRWatch:
         return (f"validation NFR against v1 rose from {self._best.mean():.2%} (epoch "
                 f"{self.best_epoch}) to {flips.mean():.2%} at epoch {epoch}: {b} new negative "
                 f"flips against {c} fixed (one-sided McNemar p = {p:.2g}); consider the best "
-                "epoch's weights (checkpoint_dir) or a stronger distillation term. Reported once "
-                "per run; History.val_nfr has every epoch")
+                "epoch's weights (checkpoint_dir) or a stronger distillation term. "
+                f"{_REPEATS[self.mode]}; History.val_nfr has every epoch")
+
+
+_REPEATS = {"once": "Reported once per run (nfr_warning='every' reports each such epoch)",
+            "every": "Reported at each such epoch (nfr_warning='every')"}

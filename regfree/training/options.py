@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from regfree.training.data import check_num_workers
+from regfree.training.nfr_watch import check_nfr_warning
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 OptimizerSpec = Union[torch.optim.Optimizer, OptimizerFactory]
@@ -42,6 +43,7 @@ class FitOptions:
     amp: bool = False
     shuffle: bool = True
     num_workers: int = 0
+    nfr_warning: str = "once"
 
     def __post_init__(self) -> None:
         if int(self.epochs) != self.epochs or self.epochs < 1:
@@ -51,6 +53,7 @@ class FitOptions:
         if self.eval_batch_size < 1:
             raise ValueError(f"eval_batch_size must be positive, got {self.eval_batch_size!r}")
         num_workers = check_num_workers(self.num_workers)
+        check_nfr_warning(self.nfr_warning)
         if self.resume and self.checkpoint_dir is None:
             raise ValueError("resume=True needs checkpoint_dir")
         # frozen: normalise through object.__setattr__, once, here
@@ -59,6 +62,6 @@ class FitOptions:
         object.__setattr__(self, "seed", int(self.seed))
         object.__setattr__(self, "num_workers", num_workers)
 
-    def resume_key(self, num_samples: int) -> dict[str, int]:
+    def resume_key(self, num_samples: Optional[int]) -> dict[str, Optional[int]]:
         """What a checkpoint must share with this call to be resumed by it."""
         return {"seed": self.seed, "batch_size": self.batch_size, "num_samples": num_samples}

@@ -22,10 +22,12 @@ class TrainStep:
     """One batch as a loss term sees it.
 
     Attributes:
-        inputs: the batch inputs, already on the training device.
+        inputs: the batch inputs (a tensor, or a mapping of tensors passed to the model as
+            keyword arguments), already on the training device.
         targets: int64 class ids, shape ``(B,)``.
         indices: int64 positions of the samples in the training dataset, shape ``(B,)``,
-            on CPU (they index host-side caches of old-model outputs).
+            on CPU (they index host-side caches of old-model outputs); None when the training
+            data is an IterableDataset, whose samples have no position.
         logits: the new model's logits, shape ``(B, C)``.
         embeddings: the new model's embeddings ``(B, D)`` when the model returns them.
         epoch: 0-based index of the current epoch (for schedules inside a loss term).
@@ -34,9 +36,9 @@ class TrainStep:
             batch; calling it inside a term adds to the same backward pass.
     """
 
-    inputs: torch.Tensor
+    inputs: Any
     targets: torch.Tensor
-    indices: torch.Tensor
+    indices: Optional[torch.Tensor]
     logits: torch.Tensor
     embeddings: Optional[torch.Tensor] = None
     epoch: int = 0
