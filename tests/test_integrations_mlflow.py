@@ -136,6 +136,8 @@ def test_bad_arguments_name_themselves(tracking, upgrade):
         log_flip_report(report, run_id=42)
     with pytest.raises(TypeError, match=r"prefix: expected a string"):
         log_flip_report(report, prefix=None)
+    with pytest.raises(TypeError, match=r"step: expected an integer such as the epoch"):
+        log_flip_report(report, step=1.5)
     assert mlflow.active_run() is None  # bad calls started no run
 
 

@@ -117,6 +117,14 @@ def test_undefined_ratios_are_nan_like_regfree_metrics():
         assert math.isnan(NegativeFlipRate().compute().item())
 
 
+def test_scores_as_lists_keep_their_float64_precision():
+    # 1 + 1e-9 rounds to 1.0 in float32: the argmax would fall on class 0 there
+    target, old, new = [1, 1], [[1.0, 1.0 + 1e-9], [0.0, 1.0]], [[1.0, 0.0], [0.0, 1.0]]
+    metric = NegativeFlipRate()
+    metric.update(target, old, new)
+    assert metric.compute().item() == negative_flip_rate(target, old, new) == 0.5
+
+
 def test_without_validation_the_counts_are_the_same():
     y, old, new = labelled_predictions(50, seed=5)
     fast, checked = NegativeFlipRate(validate_args=False), NegativeFlipRate()

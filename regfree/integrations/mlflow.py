@@ -107,9 +107,9 @@ def _check_prefix(prefix: str) -> None:
 
 
 def _log(run_id: str, numbers: dict[str, list[tuple[float, int]]], tags: dict[str, str],
-         prefix: str, step_offset: int = 0) -> None:
+         prefix: str) -> None:
     now = int(time.time() * 1000)
-    metrics = [Metric(prefix + name, value, now, step + step_offset)
+    metrics = [Metric(prefix + name, value, now, step)
                for name, points in numbers.items() for value, step in points]
     _mlflow.MlflowClient().log_batch(run_id, metrics=metrics,
                                      tags=[RunTag(prefix + k, v) for k, v in tags.items()])
@@ -160,9 +160,11 @@ def log_flip_report(report: FlipReport, *, run_id: Optional[str] = None,
         raise TypeError(f"report: expected a FlipReport (regfree.metrics.flip_report), got "
                         f"{type(report).__name__}")
     _check_prefix(prefix)
+    if not isinstance(step, int) or isinstance(step, bool):
+        raise TypeError(f"step: expected an integer such as the epoch, got {step!r}")
     run_id = _run_id(run_id)
-    numbers = {name: [(value, 0)] for name, value in _flip_metrics(report).items()}
-    _log(run_id, numbers, {}, prefix, step_offset=step)
+    numbers = {name: [(value, step)] for name, value in _flip_metrics(report).items()}
+    _log(run_id, numbers, {}, prefix)
     _log_files(run_id, {"flip_report.json": lambda path: Path(path).write_text(report.to_json())},
                artifact_path)
     return run_id

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 from regfree.integrations._optional import require
@@ -34,12 +35,13 @@ __all__ = ["ChurnRate", "NegativeFlipRate", "PositiveFlipRate", "RelativeNegativ
 
 def _as_tensor(x: Any, name: str, device: torch.device) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
-        try:
-            x = torch.as_tensor(x)
+        try:  # through numpy, so that lists of floats stay float64 as in regfree.metrics
+            x = torch.as_tensor(np.asarray(x))
         except (TypeError, ValueError, RuntimeError) as error:
             raise TypeError(f"{name}: expected a tensor, array or list of numbers, got "
                             f"{type(x).__name__} ({error})") from error
-    return x.detach().to(device)
+    x = x.detach().to(device)
+    return x.long() if x.dtype == torch.bool else x
 
 
 def _class_ids(x: Any, name: str, device: torch.device, *, allow_scores: bool,
@@ -49,7 +51,7 @@ def _class_ids(x: Any, name: str, device: torch.device, *, allow_scores: bool,
     if t.ndim not in ((1, 2) if allow_scores else (1,)):
         expected = "1-D class ids or 2-D scores" if allow_scores else "1-D class ids"
         raise ValueError(f"{name}: expected {expected}, got shape {tuple(t.shape)}")
-    if validate and (t.is_complex() or t.dtype == torch.bool and t.ndim == 2):
+    if validate and t.is_complex():
         raise ValueError(f"{name}: expected integer class ids or real scores, got {t.dtype}")
     if t.ndim == 2:
         if t.shape[1] == 0:
@@ -63,7 +65,7 @@ def _class_ids(x: Any, name: str, device: torch.device, *, allow_scores: bool,
                 raise ValueError(f"{name}: contains NaN or inf")
             if (t != t.floor()).any():
                 raise ValueError(f"{name}: class ids must be integers, found non-integer values")
-        if t.dtype != torch.bool and (t < 0).any():
+        if (t < 0).any():
             raise ValueError(f"{name}: class ids must be >= 0, found {t.min().item():g}")
     return t.long(), None
 
