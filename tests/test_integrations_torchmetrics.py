@@ -12,6 +12,7 @@ import importlib
 import json
 import math
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -92,6 +93,8 @@ def test_forward_gives_the_batch_value_and_keeps_counting():
     assert first.item() == negative_flip_rate(y[:15], old[:15], new[:15])
     assert second.item() == negative_flip_rate(y[15:], old[15:], new[15:])
     assert metric.compute().item() == negative_flip_rate(y, old, new)
+    # spawned DDP workers and checkpoints get a pickled copy: the counts travel with it
+    assert pickle.loads(pickle.dumps(metric)).compute().item() == negative_flip_rate(y, old, new)
     metric.reset()
     metric.update([1, 1], [1, 0], [0, 0])
     assert metric.compute().item() == 0.5

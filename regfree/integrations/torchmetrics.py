@@ -70,8 +70,8 @@ def _class_ids(x: Any, name: str, device: torch.device, *, allow_scores: bool,
     return t.long(), None
 
 
-def _check_batch(ids: dict[str, tuple[torch.Tensor, Optional[int]]]) -> None:
-    """Equal lengths, equal score widths, and labels below the score width."""
+def _check_batch(ids: dict[str, tuple[torch.Tensor, Optional[int]]], validate: bool) -> None:
+    """Equal lengths, equal score widths, and (validating) labels below the score width."""
     (first, (first_ids, _)), *rest = ids.items()
     for name, (other, _) in rest:
         if len(other) != len(first_ids):
@@ -83,7 +83,7 @@ def _check_batch(ids: dict[str, tuple[torch.Tensor, Optional[int]]]) -> None:
     for name, other in others:
         if other != width:
             raise ValueError(f"{name}: has {other} classes but {source} has {width}")
-    if first == "target" and first_ids.numel() and first_ids.max() >= width:
+    if validate and first == "target" and first_ids.numel() and first_ids.max() >= width:
         raise ValueError(f"target: class id {first_ids.max().item()} is out of range for "
                          f"{width} classes (from {source})")
 
@@ -126,7 +126,7 @@ class _FlipCounts(_torchmetrics.Metric):
         ids = {"target": _class_ids(target, "target", allow_scores=False, **options),
                "old_preds": _class_ids(old_preds, "old_preds", allow_scores=True, **options),
                "new_preds": _class_ids(new_preds, "new_preds", allow_scores=True, **options)}
-        _check_batch(ids)
+        _check_batch(ids, self.validate_args)
         y, old, new = (value[0] for value in ids.values())
         old_ok = old == y
         new_ok = new == y
@@ -249,7 +249,7 @@ class ChurnRate(_torchmetrics.Metric):
                    "allow_scores": True}
         ids = {"old_preds": _class_ids(old_preds, "old_preds", **options),
                "new_preds": _class_ids(new_preds, "new_preds", **options)}
-        _check_batch(ids)
+        _check_batch(ids, self.validate_args)
         old, new = (value[0] for value in ids.values())
         self.n += old.numel()
         self.changed += (old != new).sum()
