@@ -71,10 +71,10 @@ def test_accumulated_over_batches_equals_regfree_metrics(seed):
     y, old, new = labelled_predictions(seed=seed)
     metrics = fresh_metrics()
     churn = ChurnRate()
-    for target, old_preds, new_preds in batches(y, old, new, [0, 7, 40, 41, 99, N]):
+    for y_true, old_pred, new_pred in batches(y, old, new, [0, 7, 40, 41, 99, N]):
         for metric in metrics.values():
-            metric.update(target, old_preds, new_preds)
-        churn.update(old_preds, new_preds)
+            metric.update(y_true, old_pred, new_pred)
+        churn.update(old_pred, new_pred)
     for name, metric in metrics.items():
         value = metric.compute()
         assert value.dtype == torch.float64 and value.ndim == 0
@@ -104,8 +104,8 @@ def test_metric_collection_with_keyword_arguments_feeds_churn_too():
     y, old, new = labelled_predictions(60, seed=4)
     collection = torchmetrics.MetricCollection({**fresh_metrics(), "churn": ChurnRate()})
     for part in (slice(0, 25), slice(25, 60)):
-        collection.update(target=torch.from_numpy(y[part]), old_preds=torch.from_numpy(old[part]),
-                          new_preds=torch.from_numpy(new[part]))
+        collection.update(y_true=torch.from_numpy(y[part]), old_pred=torch.from_numpy(old[part]),
+                          new_pred=torch.from_numpy(new[part]))
     values = {name: value.item() for name, value in collection.compute().items()}
     assert values == {**{name: fn(y, old, new) for name, fn in REFERENCE.items()},
                       "churn": churn_report(old, new).churn}
@@ -122,10 +122,10 @@ def test_undefined_ratios_are_nan_like_regfree_metrics():
 
 def test_scores_as_lists_keep_their_float64_precision():
     # 1 + 1e-9 rounds to 1.0 in float32: the argmax would fall on class 0 there
-    target, old, new = [1, 1], [[1.0, 1.0 + 1e-9], [0.0, 1.0]], [[1.0, 0.0], [0.0, 1.0]]
+    y_true, old, new = [1, 1], [[1.0, 1.0 + 1e-9], [0.0, 1.0]], [[1.0, 0.0], [0.0, 1.0]]
     metric = NegativeFlipRate()
-    metric.update(target, old, new)
-    assert metric.compute().item() == negative_flip_rate(target, old, new) == 0.5
+    metric.update(y_true, old, new)
+    assert metric.compute().item() == negative_flip_rate(y_true, old, new) == 0.5
 
 
 def test_without_validation_the_counts_are_the_same():
@@ -137,15 +137,15 @@ def test_without_validation_the_counts_are_the_same():
 
 
 @pytest.mark.parametrize("args, message", [
-    (([0, 1, 1], [0, 1], [0, 1, 1]), r"old_preds: has 2 rows but target has 3"),
-    (([0, 1], [[0.1, float("nan")], [0.2, 0.8]], [0, 1]), r"old_preds: scores contain NaN or inf"),
-    (([0, -1], [0, 1], [0, 1]), r"target: class ids must be >= 0, found -1"),
-    (([0, 1], [0, 1], [0.0, 1.5]), r"new_preds: class ids must be integers"),
-    (([[0, 1]], [0], [0]), r"target: expected 1-D class ids, got shape \(1, 2\)"),
-    (([0, 1], np.zeros((2, 3)), np.zeros((2, 4))), r"new_preds: has 4 classes but old_preds has 3"),
-    (([0, 3], np.zeros((2, 3)), [0, 1]), r"target: class id 3 is out of range for 3 classes "
-                                         r"\(from old_preds\)"),
-    (([0], np.zeros((1, 0)), [0]), r"old_preds: scores have no columns"),
+    (([0, 1, 1], [0, 1], [0, 1, 1]), r"old_pred: has 2 rows but y_true has 3"),
+    (([0, 1], [[0.1, float("nan")], [0.2, 0.8]], [0, 1]), r"old_pred: scores contain NaN or inf"),
+    (([0, -1], [0, 1], [0, 1]), r"y_true: class ids must be >= 0, found -1"),
+    (([0, 1], [0, 1], [0.0, 1.5]), r"new_pred: class ids must be integers"),
+    (([[0, 1]], [0], [0]), r"y_true: expected 1-D class ids, got shape \(1, 2\)"),
+    (([0, 1], np.zeros((2, 3)), np.zeros((2, 4))), r"new_pred: has 4 classes but old_pred has 3"),
+    (([0, 3], np.zeros((2, 3)), [0, 1]), r"y_true: class id 3 is out of range for 3 classes "
+                                         r"\(from old_pred\)"),
+    (([0], np.zeros((1, 0)), [0]), r"old_pred: scores have no columns"),
 ])
 def test_bad_batches_name_the_argument(args, message):
     metric = NegativeFlipRate()
@@ -155,9 +155,9 @@ def test_bad_batches_name_the_argument(args, message):
 
 
 def test_unconvertible_input_is_a_type_error():
-    with pytest.raises(TypeError, match=r"old_preds: expected a tensor, array or list"):
+    with pytest.raises(TypeError, match=r"old_pred: expected a tensor, array or list"):
         NegativeFlipRate().update([0, 1], ["a", "b"], [0, 1])
-    with pytest.raises(ValueError, match=r"new_preds: has 1 rows but old_preds has 2"):
+    with pytest.raises(ValueError, match=r"new_pred: has 1 rows but old_pred has 2"):
         ChurnRate().update([0, 1], [0])
 
 
@@ -202,9 +202,9 @@ def test_two_processes_sync_to_the_value_on_all_samples(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     y, old, new = labelled_predictions()
     single = {**fresh_metrics(), "churn": ChurnRate()}
-    for target, old_preds, new_preds in rank_batches(0) + rank_batches(1):
+    for y_true, old_pred, new_pred in rank_batches(0) + rank_batches(1):
         for name, metric in single.items():
-            metric.update(*(() if name == "churn" else (target,)), old_preds, new_preds)
+            metric.update(*(() if name == "churn" else (y_true,)), old_pred, new_pred)
     expected = {name: metric.compute().item() for name, metric in single.items()}
     assert expected == {**{name: fn(y, old, new) for name, fn in REFERENCE.items()},
                         "churn": churn_report(old, new).churn}
@@ -220,9 +220,9 @@ if __name__ == "__main__":
     torch.distributed.init_process_group("gloo")
     rank = torch.distributed.get_rank()
     metrics = {**fresh_metrics(), "churn": ChurnRate()}
-    for target, old_preds, new_preds in rank_batches(rank):
+    for y_true, old_pred, new_pred in rank_batches(rank):
         for name, metric in metrics.items():
-            metric.update(*(() if name == "churn" else (target,)), old_preds, new_preds)
+            metric.update(*(() if name == "churn" else (y_true,)), old_pred, new_pred)
     local_n = metrics["nfr"].n.item()
     result = {"after_sync": {name: metric.compute().item() for name, metric in metrics.items()},
               "local_n": local_n}

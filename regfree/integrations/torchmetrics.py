@@ -5,7 +5,7 @@ reduces them with the same formulas as :mod:`regfree.metrics`, so ``compute()`` 
 :func:`regfree.metrics.negative_flip_rate` and its siblings on the same samples, however they
 were split into batches or processes. Counting runs on the tensors' device: no copy to the CPU.
 
-``update(target, old_preds, new_preds)`` takes the true class ids first, then the old and the
+``update(y_true, old_pred, new_pred)`` takes the true class ids first, then the old and the
 new model's class ids (1-D) or scores/logits (2-D, reduced by argmax). Needs the ``torchmetrics``
 extra (``pip install 'regfree[torchmetrics]'``).
 
@@ -83,8 +83,8 @@ def _check_batch(ids: dict[str, tuple[torch.Tensor, Optional[int]]], validate: b
     for name, other in others:
         if other != width:
             raise ValueError(f"{name}: has {other} classes but {source} has {width}")
-    if validate and first == "target" and first_ids.numel() and first_ids.max() >= width:
-        raise ValueError(f"target: class id {first_ids.max().item()} is out of range for "
+    if validate and first == "y_true" and first_ids.numel() and first_ids.max() >= width:
+        raise ValueError(f"y_true: class id {first_ids.max().item()} is out of range for "
                          f"{width} classes (from {source})")
 
 
@@ -113,19 +113,19 @@ class _FlipCounts(_torchmetrics.Metric):
             self.add_state(state, default=torch.tensor(0, dtype=torch.long),
                            dist_reduce_fx="sum")
 
-    def update(self, target: Any, old_preds: Any, new_preds: Any) -> None:
+    def update(self, y_true: Any, old_pred: Any, new_pred: Any) -> None:
         """Count one batch.
 
         Args:
-            target: 1-D true class ids.
-            old_preds: the old model's class ids (1-D) or scores/logits (2-D, argmax).
-            new_preds: the new model's class ids (1-D) or scores/logits (2-D, argmax).
+            y_true: 1-D true class ids.
+            old_pred: the old model's class ids (1-D) or scores/logits (2-D, argmax).
+            new_pred: the new model's class ids (1-D) or scores/logits (2-D, argmax).
         """
         device = self.n.device
         options = {"device": device, "validate": self.validate_args}
-        ids = {"target": _class_ids(target, "target", allow_scores=False, **options),
-               "old_preds": _class_ids(old_preds, "old_preds", allow_scores=True, **options),
-               "new_preds": _class_ids(new_preds, "new_preds", allow_scores=True, **options)}
+        ids = {"y_true": _class_ids(y_true, "y_true", allow_scores=False, **options),
+               "old_pred": _class_ids(old_pred, "old_pred", allow_scores=True, **options),
+               "new_pred": _class_ids(new_pred, "new_pred", allow_scores=True, **options)}
         _check_batch(ids, self.validate_args)
         y, old, new = (value[0] for value in ids.values())
         old_ok = old == y
@@ -210,9 +210,9 @@ class RelativeNegativeFlipRate(_FlipCounts):
 class ChurnRate(_torchmetrics.Metric):
     """Label-free churn: share of samples whose predicted class changed from old to new.
 
-    ``update(old_preds, new_preds)`` takes no labels (shadow traffic); ``compute()`` equals
+    ``update(old_pred, new_pred)`` takes no labels (shadow traffic); ``compute()`` equals
     :func:`regfree.metrics.churn_report`'s ``churn``. In a ``MetricCollection`` with the flip
-    rates, pass keyword arguments (``target=..., old_preds=..., new_preds=...``): torchmetrics
+    rates, pass keyword arguments (``y_true=..., old_pred=..., new_pred=...``): torchmetrics
     hands each metric the ones it takes.
 
     Args:
@@ -243,12 +243,12 @@ class ChurnRate(_torchmetrics.Metric):
             self.add_state(state, default=torch.tensor(0, dtype=torch.long),
                            dist_reduce_fx="sum")
 
-    def update(self, old_preds: Any, new_preds: Any) -> None:
+    def update(self, old_pred: Any, new_pred: Any) -> None:
         """Count one batch of old and new class ids (1-D) or scores (2-D, argmax)."""
         options = {"device": self.n.device, "validate": self.validate_args,
                    "allow_scores": True}
-        ids = {"old_preds": _class_ids(old_preds, "old_preds", **options),
-               "new_preds": _class_ids(new_preds, "new_preds", **options)}
+        ids = {"old_pred": _class_ids(old_pred, "old_pred", **options),
+               "new_pred": _class_ids(new_pred, "new_pred", **options)}
         _check_batch(ids, self.validate_args)
         old, new = (value[0] for value in ids.values())
         self.n += old.numel()
