@@ -21,7 +21,7 @@ from regfree.training.history import History
 from regfree.training.loop import FitData, term_name, train
 from regfree.training.nfr_watch import NFRRiseWarning
 from regfree.training.options import FitOptions, OptimizerSpec, SchedulerFactory
-from regfree.training.steps import LossTerm
+from regfree.training.steps import LossTerm, as_loss_term
 
 __all__ = ["FitOptions", "NFRRiseWarning", "fit"]
 
@@ -164,11 +164,18 @@ def _labels(source: BatchSource, chunk: int) -> np.ndarray:
 
 
 def _check_terms(loss_terms: Iterable[LossTerm]) -> list[LossTerm]:
-    terms = list(loss_terms)
-    for term in terms:
+    # a loss called on tensors (every regfree loss) goes in through the one adapter, StepTerm;
+    # any other callable is a step term already
+    if isinstance(loss_terms, nn.Module) or callable(loss_terms):
+        raise ValueError(f"loss_terms must be a list of losses, got one "
+                         f"{type(loss_terms).__name__}: pass loss_terms=[loss]")
+    terms = []
+    for term in loss_terms:
         if not callable(term):
-            raise ValueError(f"loss_terms must hold callables step -> scalar tensor, "
+            raise ValueError(f"loss_terms must hold losses (e.g. BackwardCompatibleLoss, "
+                             f"DistillationTerm) or callables step -> scalar tensor, "
                              f"got {type(term).__name__}")
+        terms.append(as_loss_term(term))
     names = [term_name(t) for t in terms]
     clashes = sorted({n for n in names if names.count(n) > 1} | ({"ce"} & set(names)))
     if clashes:
