@@ -1,6 +1,7 @@
 """dir(regfree) lists the public API, every listed name resolves, and `import regfree` stays
 cheap: neither dir(regfree) nor `regfree report` imports torch."""
 
+import doctest
 import subprocess
 import sys
 import types
@@ -26,6 +27,10 @@ def test_every_listed_name_resolves_and_every_room_lists_its_own_api():
             assert not missing, f"regfree.{name} lists names it does not have: {missing}"
             assert set(getattr(value, "__all__", ())) <= set(dir(value)), name
     assert callable(regfree.evaluate_upgrade)
+
+
+def test_the_package_docstring_example_runs():
+    assert doctest.testmod(regfree).failed == 0
 
 
 def test_unknown_names_raise_attribute_error_naming_them():

@@ -1,6 +1,6 @@
 """Every ```python block of README.md runs, in order, in one namespace, on tiny stand-ins for
-the user's data and models that README names (`x_train`, `v1`, `v2`, ...): the docs cannot
-drift from the code."""
+the user's data and models that README names (`x_train`, `v1`, `v2`, ...); docs/losses.md's
+blocks are self-contained and run the same way: the docs cannot drift from the code."""
 
 import re
 from pathlib import Path
@@ -13,14 +13,15 @@ from torch.utils.data import DataLoader, TensorDataset
 from regfree.models import MLP
 from regfree.training import fit, predict_logits
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 BLOCK = re.compile(r"^```python\n(.*?)^```$", re.S | re.M)
 CLASSES, FEATURES, EMBEDDING = 4, 8, 32  # README's Gallery(dim=32) is v1's embedding size
 
 
-def python_blocks() -> list[tuple[int, str]]:
-    """``(first line number, code)`` of each python block of README.md."""
-    text = README.read_text()
+def python_blocks(path: Path = README) -> list[tuple[int, str]]:
+    """``(first line number, code)`` of each python block of a markdown file."""
+    text = path.read_text()
     return [(text[:m.start()].count("\n") + 2, m.group(1)) for m in BLOCK.finditer(text)]
 
 
@@ -81,18 +82,34 @@ def test_readme_has_the_blocks_it_promises():
     assert not [code for code in blocks if re.search(r"\(\.\.\.|, \.\.\.\)", code)]
 
 
+def _run_blocks(path: Path, namespace: dict) -> None:
+    for line, code in python_blocks(path):
+        try:
+            exec(compile(code, f"{path.name}:{line}", "exec"), namespace)
+        except Exception as err:  # name the block: the traceback points into the markdown
+            pytest.fail(f"{path.name} block at line {line} failed: {type(err).__name__}: {err}")
+
+
 def test_every_python_block_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # blocks write caches, galleries and pages
     monkeypatch.setenv("TQDM_DISABLE", "1")
     namespace = _user_namespace()
     v1_before = {k: v.clone() for k, v in namespace["v1"].state_dict().items()}
-    for line, code in python_blocks():
-        try:
-            exec(compile(code, f"README.md:{line}", "exec"), namespace)
-        except Exception as err:  # name the block: the traceback points into README.md
-            pytest.fail(f"README.md block at line {line} failed: {type(err).__name__}: {err}")
+    _run_blocks(README, namespace)
     # the blocks train v2 (fit, the own loop): v1, whose head BCT uses, never moves
     for name, value in namespace["v1"].state_dict().items():
         assert torch.equal(value, v1_before[name]), name
     assert len(namespace["history"]) == 30 and np.isfinite(namespace["loss"].item())
     assert 0.0 <= namespace["p"] <= 1.0
+
+
+def test_the_loss_page_blocks_run_and_leave_v1_unchanged(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    page = ROOT / "docs" / "losses.md"
+    assert len(python_blocks(page)) == 3
+    namespace: dict = {}
+    _run_blocks(page, namespace)
+    v1, v2 = namespace["v1"], namespace["v2"]
+    assert all(p.grad is None for p in v1.parameters())
+    assert not torch.equal(v1.head.weight, v2.head.weight)
+    assert set(namespace["history"].epochs[0].terms) == {"norm"}
