@@ -178,7 +178,6 @@ class BackwardCompatibleLoss(nn.Module):
         return self.weight * total / sum(self.head_weights)
 
 
-
 class EmbeddingRegressionLoss(nn.Module):
     """L2 baseline ``weight * mean_i ||new_i - old_i||^2`` to the old embedding of each sample.
 
