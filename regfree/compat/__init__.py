@@ -1,8 +1,7 @@
 """Backward-compatible embedding training (BCT): v2 queries search a gallery that v1 embedded.
 
-- :class:`BackwardCompatibleLoss`: influence loss through the frozen old head, called on
-  tensors (``bct(new_embeddings, targets)``) in your loop or passed to
-  :func:`regfree.training.fit`; :class:`EmbeddingRegressionLoss`: the L2 baseline.
+- :class:`BackwardCompatibleLoss`: influence loss through the frozen old head (a loss term for
+  :func:`regfree.training.fit`); :class:`EmbeddingRegressionLoss`: the L2 baseline.
 - :func:`extend_head`: the frozen old head extended to classes v1 never saw.
 - :class:`CosineClassifier`: a normalised head (galleries search by cosine).
 - :class:`ProjectedModel`: v2 with a learned projection into v1's embedding space.
