@@ -182,3 +182,23 @@ def test_step_term_keeps_the_loss_state_dict_for_checkpoints():
     StepTerm(other).load_state_dict(term.state_dict())
     assert torch.equal(other.projection.weight, bct.projection.weight)
     assert term.name == "bct"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_adapter_moves_caches_to_the_training_device(tmp_path, make_data, make_model):
+    x, y = make_data(48)
+    v1 = make_model(1, return_embeddings=True)
+    with torch.no_grad():
+        old_embeddings = v1(torch.from_numpy(x))[1]
+    cache = OldLogitCache.build(v1, (x, y), tmp_path / "v1")
+
+    def terms():
+        return [DistillationTerm(FocalDistillationLoss(weight=1.0), cache),
+                BackwardCompatibleLoss(v1.head), EmbeddingRegressionLoss(old_embeddings)]
+
+    on_cpu = _fit_unchanged(make_model(2, return_embeddings=True), (x, y), terms())
+    history = fit(make_model(2, return_embeddings=True), (x, y), loss_terms=terms(), epochs=1,
+                  batch_size=16, shuffle=False, device="cuda", progress=False,
+                  optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
+    for name, value in on_cpu.items():
+        np.testing.assert_allclose(history.term(name)[0], value, rtol=1e-4, err_msg=name)
