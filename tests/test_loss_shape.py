@@ -174,14 +174,25 @@ def test_missing_embeddings_indices_teacher_or_model_are_named(make_data, make_m
         StepTerm(torch.nn.MSELoss())
 
 
-def test_step_term_keeps_the_loss_state_dict_for_checkpoints():
-    bct = BackwardCompatibleLoss(torch.nn.Linear(4, 3), projection=torch.nn.Linear(6, 4))
-    term = StepTerm(bct)
-    assert term.state_dict().keys() == bct.state_dict().keys()
-    other = BackwardCompatibleLoss(torch.nn.Linear(4, 3), projection=torch.nn.Linear(6, 4))
-    StepTerm(other).load_state_dict(term.state_dict())
-    assert torch.equal(other.projection.weight, bct.projection.weight)
-    assert term.name == "bct"
+def test_a_trainable_loss_resumes_from_a_checkpoint_to_the_uninterrupted_run(tmp_path, make_data,
+                                                                             make_model):
+    x, y = make_data(48)
+    v1 = make_model(1, return_embeddings=True)
+
+    def run(epochs, **checkpoints):
+        bct = BackwardCompatibleLoss(v1.head, projection=torch.nn.Linear(5, 8))
+        torch.manual_seed(0)
+        bct.projection.reset_parameters()
+        fit(make_model(2, embedding_dim=5, return_embeddings=True), (x, y), loss_terms=[bct],
+            epochs=epochs, batch_size=16, progress=False,
+            optimizer=lambda p: torch.optim.Adam(p, lr=1e-2), **checkpoints)
+        return bct.projection.weight.detach()
+
+    whole = run(3)
+    run(2, checkpoint_dir=tmp_path)
+    resumed = run(3, checkpoint_dir=tmp_path, resume=True)
+    torch.testing.assert_close(resumed, whole)
+    assert not torch.equal(whole, run(2))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -75,9 +75,9 @@ class StepTerm(nn.Module):
     """A tensor loss as a :class:`LossTerm`: ``loss(*loss.step_arguments(step))``.
 
     :func:`~regfree.training.fit` wraps every loss that has ``step_arguments`` in one (pass the
-    loss itself in ``loss_terms``). The loss stays a submodule: its trainable parameters (e.g.
-    a projection) are optimised with the model, and its ``state_dict`` is the term's, so
-    checkpoints hold the loss's own state. ``name`` is the loss's.
+    loss itself in ``loss_terms``). The loss is its submodule ``loss``: its trainable
+    parameters (e.g. a projection) are optimised with the model and saved in checkpoints (under
+    ``loss.``). ``name`` is the loss's.
 
     Args:
         loss: a module or callable with ``step_arguments(step) -> tuple`` (every regfree loss).
@@ -107,17 +107,6 @@ class StepTerm(nn.Module):
 
     def forward(self, step: TrainStep) -> torch.Tensor:
         return self.loss(*self.loss.step_arguments(step))
-
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        if isinstance(self.loss, nn.Module):
-            return self.loss.state_dict(*args, **kwargs)
-        return super().state_dict(*args, **kwargs)
-
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True,
-                        assign: bool = False) -> Any:
-        if isinstance(self.loss, nn.Module):
-            return self.loss.load_state_dict(state_dict, strict=strict, assign=assign)
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
 def as_loss_term(term: Union[TensorLoss, LossTerm]) -> LossTerm:
