@@ -18,7 +18,7 @@ from regfree.compat import (
     extend_head,
 )
 from regfree.models import ConvNet1D
-from regfree.training import TrainStep
+from regfree.training import StepTerm, TrainStep
 
 
 def _identity_head() -> nn.Linear:
@@ -32,7 +32,7 @@ def _identity_head() -> nn.Linear:
 def test_bct_loss_matches_hand_computed_cross_entropy():
     bct = BackwardCompatibleLoss(_identity_head(), weight=2.0)
     embeddings = torch.tensor([[1.0, 0.0], [0.0, 3.0]], requires_grad=True)
-    value = bct.loss(embeddings, torch.tensor([0, 0]))
+    value = bct(embeddings, torch.tensor([0, 0]))
     # logits [1, 0] -> log(1 + e^-1); logits [0, 3] with target 0 -> log(1 + e^3)
     expected = 2.0 * (math.log(1 + math.exp(-1)) + math.log(1 + math.exp(3))) / 2
     assert value.item() == pytest.approx(expected, rel=1e-6)
@@ -42,18 +42,19 @@ def test_bct_loss_matches_hand_computed_cross_entropy():
     assert all(p.grad is None and not p.requires_grad for p in bct.old_head.parameters())
 
 
-def test_bct_forward_reads_the_train_step_and_keeps_the_original_head_trainable():
+def test_bct_as_a_step_term_reads_the_train_step_and_keeps_the_original_head_trainable():
     head = _identity_head()
     bct = BackwardCompatibleLoss(head, weight=1.0)
     step = TrainStep(inputs=torch.zeros(1, 2), targets=torch.tensor([1]),
                      indices=torch.tensor([0]), logits=torch.zeros(1, 2),
                      embeddings=torch.tensor([[0.0, 1.0]]))
-    assert bct(step).item() == pytest.approx(math.log(1 + math.exp(-1)), rel=1e-6)
+    term = StepTerm(bct)
+    assert term(step).item() == pytest.approx(math.log(1 + math.exp(-1)), rel=1e-6)
     assert all(p.requires_grad for p in head.parameters())  # the old model is left as it was
-    bct.train()
+    term.train()
     assert not bct.old_head.training
-    with pytest.raises(ValueError, match="needs the model's embeddings"):
-        bct(TrainStep(step.inputs, step.targets, step.indices, step.logits, None))
+    with pytest.raises(ValueError, match="BackwardCompatibleLoss needs the model's embeddings"):
+        term(TrainStep(step.inputs, step.targets, step.indices, step.logits, None))
 
 
 def test_bct_projection_maps_new_size_to_old_before_the_head():
@@ -62,7 +63,7 @@ def test_bct_projection_maps_new_size_to_old_before_the_head():
         projection.weight.copy_(torch.tensor([[1.0, 0.0, 1.0], [0.0, 2.0, 0.0]]))
     bct = BackwardCompatibleLoss(_identity_head(), weight=1.0, projection=projection)
     # [1, 0, 1] -> [2, 0]: logits [2, 0], target 1 -> log(1 + e^2)
-    value = bct.loss(torch.tensor([[1.0, 0.0, 1.0]]), torch.tensor([1]))
+    value = bct(torch.tensor([[1.0, 0.0, 1.0]]), torch.tensor([1]))
     assert value.item() == pytest.approx(math.log(1 + math.exp(2)), rel=1e-6)
     value.backward()
     assert projection.weight.grad is not None  # trainable, unlike the old head
@@ -76,8 +77,8 @@ def test_bct_cosine_head_uses_only_directions():
     with torch.no_grad():
         head.weight.copy_(torch.tensor([[3.0, 0.0], [0.0, 0.5]]))
     bct = BackwardCompatibleLoss(head, weight=1.0)
-    short = bct.loss(torch.tensor([[0.2, 0.0]]), torch.tensor([1]))
-    long = bct.loss(torch.tensor([[7.0, 0.0]]), torch.tensor([1]))
+    short = bct(torch.tensor([[0.2, 0.0]]), torch.tensor([1]))
+    long = bct(torch.tensor([[7.0, 0.0]]), torch.tensor([1]))
     # cosines [1, 0] * 10 -> CE for class 1 = log(1 + e^10), whatever the lengths
     assert short.item() == pytest.approx(math.log(1 + math.exp(10)), rel=1e-5)
     assert long.item() == pytest.approx(short.item(), rel=1e-6)
@@ -87,12 +88,12 @@ def test_bct_unseen_classes_raise_or_are_left_out():
     embeddings = torch.tensor([[1.0, 0.0], [5.0, 5.0]])
     targets = torch.tensor([0, 2])
     with pytest.raises(ValueError, match=r"classes \[2\].*extend_head"):
-        BackwardCompatibleLoss(_identity_head()).loss(embeddings, targets)
+        BackwardCompatibleLoss(_identity_head())(embeddings, targets)
     ignoring = BackwardCompatibleLoss(_identity_head(), unseen="ignore")
-    assert ignoring.loss(embeddings, targets).item() == pytest.approx(
+    assert ignoring(embeddings, targets).item() == pytest.approx(
         math.log(1 + math.exp(-1)), rel=1e-6)
     assert ignoring.last_used == 1
-    assert ignoring.loss(embeddings[1:], targets[1:]).item() == 0.0
+    assert ignoring(embeddings[1:], targets[1:]).item() == 0.0
     for bad, message in ((dict(weight=-1.0), "weight must be a finite number >= 0, got -1.0"),
                          (dict(weight=float("nan")), "weight must be a finite number >= 0, got nan"),
                          (dict(unseen="drop"), "unseen must be one of .* got 'drop'")):
@@ -107,11 +108,12 @@ def test_embedding_regression_looks_up_the_cache_by_index():
     step = TrainStep(inputs=torch.zeros(2, 1), targets=torch.tensor([0, 0]),
                      indices=torch.tensor([2, 5]), logits=torch.zeros(2, 3), embeddings=new)
     # row 2 = [4, 5] (distance 0), row 5 = [10, 11] (distance 100 + 121)
-    assert l2(step).item() == pytest.approx(0.5 * (0 + 221) / 2)
+    term = StepTerm(l2)
+    assert term(step).item() == pytest.approx(0.5 * (0 + 221) / 2)
     unit = EmbeddingRegressionLoss(cache, normalize=True)
-    assert unit.loss(torch.tensor([[0.0, 8.0]]), torch.tensor([[0.0, 1.0]])).item() == 0.0
+    assert unit(torch.tensor([[0.0, 8.0]]), torch.tensor([[0.0, 1.0]])).item() == 0.0
     with pytest.raises(ValueError, match=r"step\.indices reach 6 but old_embeddings has 6 rows"):
-        l2(TrainStep(step.inputs, step.targets, torch.tensor([0, 6]), step.logits, new))
+        term(TrainStep(step.inputs, step.targets, torch.tensor([0, 6]), step.logits, new))
     with pytest.raises(ValueError, match=r"old_embeddings must be a float \(N, D\) array"):
         EmbeddingRegressionLoss(np.zeros(5))
 

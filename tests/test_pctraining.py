@@ -16,7 +16,7 @@ from regfree.pctraining import (
     uniform_weights,
 )
 from regfree.pctraining.losses import DEFAULTS
-from regfree.training import IndexedDataset, TrainStep, fit, predict_logits
+from regfree.training import IndexedDataset, StepTerm, TrainStep, fit, predict_logits
 
 
 def np_softmax(z):
@@ -259,9 +259,8 @@ def test_noisy_term_distils_on_the_same_perturbed_batch_for_both_models(make_dat
     old, new = make_model(1), make_model(2)
     std = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
     term = NoisyDistillationTerm(FocalDistillationLoss(weight=1.0), old, noise_std=std)
-    step = TrainStep(inputs, targets, torch.arange(8), new(inputs), model=new)
     torch.manual_seed(3)
-    value = term(step)
+    value = term(new, inputs, targets)
     torch.manual_seed(3)
     noisy = inputs + std * torch.randn_like(inputs)
     expected = FocalDistillationLoss(weight=1.0)(new(noisy), old(noisy).detach(), targets)
@@ -306,11 +305,11 @@ def test_noisy_term_refuses_a_cache_bad_noise_and_a_step_without_model(tmp_path,
             NoisyDistillationTerm(FocalDistillationLoss(), make_model(1), noise_std=bad)
     term = NoisyDistillationTerm(FocalDistillationLoss(), make_model(1), noise_std=0.1)
     inputs = torch.from_numpy(x)
-    with pytest.raises(ValueError, match=r"needs step\.model"):
-        term(TrainStep(inputs, torch.from_numpy(y), torch.arange(40), make_model(2)(inputs)))
-    with pytest.raises(ValueError, match="which must be floating point"):
-        term(TrainStep(inputs.long(), torch.from_numpy(y), torch.arange(40), make_model(2)(inputs),
-                       model=make_model(2)))
+    with pytest.raises(ValueError, match=r"loss term 'fd_kl_noisy' needs step\.model"):
+        StepTerm(term)(TrainStep(inputs, torch.from_numpy(y), torch.arange(40),
+                                 make_model(2)(inputs)))
+    with pytest.raises(ValueError, match="which must be a floating-point tensor; got torch.int64"):
+        term(make_model(2), inputs.long(), torch.from_numpy(y))
 
 
 def test_noisy_term_resumes_to_the_same_weights(tmp_path, make_data, make_model):

@@ -1,10 +1,13 @@
-"""Loss terms for backward-compatible training, added to the new model's own cross-entropy by
-:func:`regfree.training.fit`.
+"""Losses for backward-compatible training, added to the new model's own cross-entropy.
+
+Both are called on tensors like any torch loss, new model's output first (``bct(new_embeddings,
+targets)``, ``l2(new_embeddings, old_embeddings)``), in your own training loop or, passed in
+``loss_terms``, by :func:`regfree.training.fit` (which reads the tensors from each step).
 
 - :class:`BackwardCompatibleLoss` (BCT, Shen et al. CVPR 2020): the new embeddings must be
   classified correctly by the frozen old head.
 - :class:`EmbeddingRegressionLoss`: the L2 baseline, pulling each new embedding onto the old
-  model's embedding of the same sample (cached by dataset index).
+  model's embedding of the same sample (in ``fit``, cached by dataset index).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from regfree.compat.heads import freeze
-from regfree.training.steps import TrainStep
+from regfree.training.steps import TrainStep, step_embeddings, step_indices
 
 _UNSEEN_POLICIES = ("error", "ignore")
 
@@ -39,15 +42,13 @@ def _check_head_weights(head_weights: Optional[Sequence[float]], heads: int) -> 
     return [float(v) for v in values]
 
 
-def _step_embeddings(step: TrainStep, term: str) -> torch.Tensor:
-    if step.embeddings is None:
-        raise ValueError(f"{term} needs the model's embeddings: build the model with "
-                         "return_embeddings=True (or return (logits, embeddings))")
-    return step.embeddings
-
-
 class BackwardCompatibleLoss(nn.Module):
     """BCT influence loss ``weight * CE(old_head(new_embeddings), targets)``, old head frozen.
+
+    Called like a torch loss: ``bct(new_embeddings, targets)`` with ``(B, D)`` embeddings of the
+    new model and ``(B,)`` int64 class ids, returning a scalar tensor to add to the new model's
+    cross-entropy (in your own loop, or by :func:`regfree.training.fit`, which passes each
+    step's embeddings and targets).
 
     Several earlier heads (``[v1_head, v2_head]``, oldest first) keep a new version compatible
     with every version whose embeddings are still in a gallery: the term is then the weighted
@@ -90,8 +91,11 @@ class BackwardCompatibleLoss(nn.Module):
     Example:
         >>> old_head = nn.Linear(4, 3)
         >>> bct = BackwardCompatibleLoss(old_head, weight=0.5)
-        >>> float(bct.loss(torch.zeros(2, 4), torch.tensor([0, 1]))) >= 0
-        True
+        >>> new_embeddings = torch.randn(2, 4, requires_grad=True)
+        >>> value = bct(new_embeddings, torch.tensor([0, 1]))
+        >>> value.backward()
+        >>> value.dim(), new_embeddings.grad is not None, old_head.weight.grad is None
+        (0, True, True)
     """
 
     def __init__(self, old_head: Union[nn.Module, Sequence[nn.Module]], weight: float = 1.0,
@@ -127,7 +131,7 @@ class BackwardCompatibleLoss(nn.Module):
         self.old_heads.eval()  # old heads never run in training mode (dropout, batch norm)
         return self
 
-    def loss(self, new_embeddings: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(self, new_embeddings: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """``weight * CE(old_head(projection(new_embeddings)), targets)``, a scalar tensor.
 
         Args:
@@ -138,6 +142,14 @@ class BackwardCompatibleLoss(nn.Module):
         Returns:
             The weighted mean cross-entropy (0 when no sample is usable under ``unseen="ignore"``).
         """
+        return self.loss(new_embeddings, targets)
+
+    def step_arguments(self, step: TrainStep) -> tuple[torch.Tensor, torch.Tensor]:
+        """What :func:`regfree.training.fit` passes: the step's embeddings and targets."""
+        return step_embeddings(step, "BackwardCompatibleLoss"), step.targets
+
+    def loss(self, new_embeddings: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The same as calling the loss, ``bct(new_embeddings, targets)`` (see :meth:`forward`)."""
         if new_embeddings.dim() != 2:
             raise ValueError(f"new_embeddings must have shape (B, D), got "
                              f"{tuple(new_embeddings.shape)}")
@@ -165,62 +177,84 @@ class BackwardCompatibleLoss(nn.Module):
         self.last_old_head_accuracy = accuracy
         return self.weight * total / sum(self.head_weights)
 
-    def forward(self, step: TrainStep) -> torch.Tensor:
-        return self.loss(_step_embeddings(step, "BackwardCompatibleLoss"), step.targets)
-
 
 class EmbeddingRegressionLoss(nn.Module):
     """L2 baseline ``weight * mean_i ||new_i - old_i||^2`` to the old embedding of each sample.
 
-    The old embeddings are a cache indexed by the training dataset's positions (the trainer
-    hands them over as ``step.indices``), computed once with the frozen old model.
+    Called like a torch loss: ``l2(new_embeddings, old_embeddings)`` on two ``(B, D)`` batches
+    (the old side is detached: only the new model learns). To pass it to
+    :func:`regfree.training.fit`, give it the old model's embeddings of the whole training set
+    (``old_embeddings``, computed once with the frozen old model): ``fit`` then looks up each
+    step's rows by dataset index, so the training data must be map-style (arrays, a Dataset or
+    a DataLoader over one), not an IterableDataset.
 
     Args:
         old_embeddings: ``(N, D_old)`` old-model embeddings of the whole training set, in
-            dataset order.
+            dataset order; needed only inside ``fit``.
         weight: lambda, the multiplier of the squared distance.
         normalize: compare unit vectors (for cosine galleries) instead of raw embeddings.
         name: label of the term in the training history.
 
     Example:
-        >>> cache = torch.zeros(5, 3)
-        >>> l2 = EmbeddingRegressionLoss(cache, weight=1.0)
-        >>> float(l2.loss(torch.ones(2, 3), cache[:2]))
+        >>> l2 = EmbeddingRegressionLoss(weight=1.0)
+        >>> float(l2(torch.ones(2, 3), torch.zeros(2, 3)))
         3.0
     """
 
-    def __init__(self, old_embeddings, weight: float = 1.0, normalize: bool = False,
+    def __init__(self, old_embeddings=None, weight: float = 1.0, normalize: bool = False,
                  name: str = "l2") -> None:
         super().__init__()
-        cache = old_embeddings.detach() if isinstance(old_embeddings, torch.Tensor) \
-            else torch.as_tensor(np.asarray(old_embeddings))
-        if cache.dim() != 2 or not cache.is_floating_point():
-            raise ValueError(f"old_embeddings must be a float (N, D) array, got shape "
-                             f"{tuple(cache.shape)} and dtype {cache.dtype}")
+        cache = None
+        if old_embeddings is not None:
+            cache = old_embeddings.detach() if isinstance(old_embeddings, torch.Tensor) \
+                else torch.as_tensor(np.asarray(old_embeddings))
+            if cache.dim() != 2 or not cache.is_floating_point():
+                raise ValueError(f"old_embeddings must be a float (N, D) array, got shape "
+                                 f"{tuple(cache.shape)} and dtype {cache.dtype}")
+            cache = cache.float().clone()
         # a plain attribute, not a buffer: DistributedDataParallel would broadcast a buffer from
         # rank 0 at every step, and every process already holds the same cache
-        self.old_embeddings = cache.float().clone()
+        self.old_embeddings: Optional[torch.Tensor] = cache
         self.weight = _check_weight(weight)
         self.normalize = bool(normalize)
         self.name = name
 
-    def loss(self, new_embeddings: torch.Tensor, old_embeddings: torch.Tensor) -> torch.Tensor:
-        """``weight * mean_i ||new_i - old_i||^2`` between two ``(B, D)`` batches."""
-        if new_embeddings.shape != old_embeddings.shape:
-            raise ValueError(f"new_embeddings {tuple(new_embeddings.shape)} and old_embeddings "
-                             f"{tuple(old_embeddings.shape)} must have the same shape")
-        if self.normalize:
-            new_embeddings = F.normalize(new_embeddings, dim=1)
-            old_embeddings = F.normalize(old_embeddings, dim=1)
-        return self.weight * (new_embeddings - old_embeddings).pow(2).sum(dim=1).mean()
+    def forward(self, new_embeddings: torch.Tensor, old_embeddings: torch.Tensor) -> torch.Tensor:
+        """``weight * mean_i ||new_i - old_i||^2`` between two ``(B, D)`` batches.
 
-    def forward(self, step: TrainStep) -> torch.Tensor:
-        embeddings = _step_embeddings(step, "EmbeddingRegressionLoss")
-        indices = step.indices.cpu()
+        Args:
+            new_embeddings: ``(B, D)`` embeddings of the new model.
+            old_embeddings: ``(B, D)`` old-model embeddings of the same samples (detached,
+                moved to ``new_embeddings``' device and dtype).
+
+        Returns:
+            A scalar tensor, differentiable in ``new_embeddings``.
+        """
+        return self.loss(new_embeddings, old_embeddings)
+
+    def step_arguments(self, step: TrainStep) -> tuple[torch.Tensor, torch.Tensor]:
+        """What :func:`regfree.training.fit` passes: the step's embeddings and their cached
+        old embeddings (looked up by ``step.indices``)."""
+        embeddings = step_embeddings(step, "EmbeddingRegressionLoss")
+        if self.old_embeddings is None:
+            raise ValueError("EmbeddingRegressionLoss in fit needs old_embeddings, the old "
+                             "model's (N, D) embeddings of the whole training set: "
+                             "EmbeddingRegressionLoss(old_embeddings, ...)")
+        indices = step_indices(step, "EmbeddingRegressionLoss").cpu()
         if indices.numel() and int(indices.max()) >= len(self.old_embeddings):
             raise ValueError(f"step.indices reach {int(indices.max())} but old_embeddings has "
                              f"{len(self.old_embeddings)} rows; cache the whole training set")
         if self.old_embeddings.device != embeddings.device:
             self.old_embeddings = self.old_embeddings.to(embeddings.device)
-        old = self.old_embeddings[indices.to(embeddings.device)]
-        return self.loss(embeddings, old.to(embeddings.dtype))
+        return embeddings, self.old_embeddings[indices.to(embeddings.device)]
+
+    def loss(self, new_embeddings: torch.Tensor, old_embeddings: torch.Tensor) -> torch.Tensor:
+        """The same as calling the loss, ``l2(new_embeddings, old_embeddings)``."""
+        if new_embeddings.shape != old_embeddings.shape:
+            raise ValueError(f"new_embeddings {tuple(new_embeddings.shape)} and old_embeddings "
+                             f"{tuple(old_embeddings.shape)} must have the same shape")
+        old_embeddings = old_embeddings.detach().to(new_embeddings.device, new_embeddings.dtype)
+        if self.normalize:
+            new_embeddings = F.normalize(new_embeddings, dim=1)
+            old_embeddings = F.normalize(old_embeddings, dim=1)
+        return self.weight * (new_embeddings - old_embeddings).pow(2).sum(dim=1).mean()

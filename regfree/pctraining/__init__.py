@@ -1,10 +1,11 @@
 """Positive-congruent training: train v2 to keep v1's correct predictions.
 
 Losses are a per-sample weighting times a distance (:mod:`~regfree.pctraining.weighting`,
-:mod:`~regfree.pctraining.distances`); :class:`OldLogitCache` runs v1 once; a
-:class:`DistillationTerm` plugs a loss into the shared trainer
-:func:`regfree.training.fit`; a :class:`NoisyDistillationTerm` distils the live
-v1 on noisy copies of each batch as well. Training-free alternatives for a v2 trained without
+:mod:`~regfree.pctraining.distances`), called on tensors (``fd(new_logits, old_logits,
+targets)``) in your own loop; :class:`OldLogitCache` runs v1 once; a :class:`DistillationTerm`
+binds a loss to its teacher (a cache or live old models) for the shared trainer
+:func:`regfree.training.fit`; a :class:`NoisyDistillationTerm` distils the live v1 on noisy
+copies of each batch as well. Training-free alternatives for a v2 trained without
 regfree: :func:`fit_blend` (combine v1's and v2's scores) and :func:`interpolate_weights` (BCWI,
 for a v2 fine-tuned from v1).
 

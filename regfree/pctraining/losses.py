@@ -11,6 +11,11 @@ classes are taken to be the first ``C_old`` new classes. Samples whose target is
 shared classes only (``new_logits[:, :C_old]``). The mean still runs over the whole batch, so the
 term stays a per-sample mean (what the trainer's multi-process weighting assumes).
 
+Every loss is called like a torch loss, new model's output first:
+``loss(new_logits, old_logits, targets)``, in your own training loop (the old logits computed
+under ``torch.no_grad()``) or, bound to its teacher by a
+:class:`~regfree.pctraining.DistillationTerm`, by :func:`regfree.training.fit`.
+
 All arithmetic runs in float32 (float64 for float64 inputs) with autocast disabled, so the losses work under
 ``torch.autocast`` and on CUDA; gradients flow into ``new_logits`` only.
 """
@@ -18,13 +23,16 @@ All arithmetic runs in float32 (float64 for float64 inputs) with autocast disabl
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 from torch import nn
 
 from regfree.pctraining.distances import at_least_float32, kl_distance, logit_distance
 from regfree.pctraining.weighting import focal_weights, old_correct, uniform_weights
+
+if TYPE_CHECKING:
+    from regfree.training.steps import TrainStep
 
 Weighting = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -72,7 +80,17 @@ class DistillationLoss(nn.Module):
 
     def forward(self, new_logits: torch.Tensor, old_logits: torch.Tensor,
                 targets: torch.Tensor) -> torch.Tensor:
-        """The distillation term: a scalar float32 tensor, differentiable in ``new_logits``."""
+        """The distillation term.
+
+        Args:
+            new_logits: ``(B, C)`` logits of the model being trained.
+            old_logits: ``(B, C_old)`` logits of the old model (teacher) on the same samples,
+                ``C_old <= C``; detached here.
+            targets: ``(B,)`` int64 class ids.
+
+        Returns:
+            A scalar float32 tensor (float64 for float64 logits), differentiable in ``new_logits``.
+        """
         _check_shapes(new_logits, old_logits, targets)
         old_logits = old_logits.detach().to(new_logits.device)
         targets = targets.to(new_logits.device)
@@ -88,6 +106,12 @@ class DistillationLoss(nn.Module):
         # small op, and a training step is only a few hundred of them)
         self._last = (old, targets, known, weights.detach(), distances.detach())
         return value
+
+    def step_arguments(self, step: TrainStep) -> tuple[torch.Tensor, ...]:
+        """Inside :func:`regfree.training.fit` the old logits come from a teacher, which the
+        loss alone does not have: this raises, naming the fix."""
+        raise ValueError(f"{type(self).__name__} {self.name!r} needs the old model's logits in "
+                         "fit: pass DistillationTerm(loss, teacher=old_logit_cache or old_model)")
 
     @property
     def last_stats(self) -> dict[str, float]:

@@ -1,4 +1,8 @@
-"""Plug a distillation loss into :func:`regfree.training.fit` as a loss term."""
+"""Bind a distillation loss to its teacher, so that :func:`regfree.training.fit` can feed it.
+
+Both classes are called on tensors like the losses they wrap and say in ``step_arguments`` what
+``fit`` passes them; the teacher supplies the old logits inside ``fit``.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +14,21 @@ from torch import nn
 
 from regfree.pctraining.cache import OldLogitCache
 from regfree.pctraining.losses import DistillationLoss
-from regfree.training.steps import TrainStep, split_outputs
+from regfree.training.batches import call_model
+from regfree.training.steps import TrainStep, split_outputs, step_indices, step_model
 
 
 class DistillationTerm(nn.Module):
-    """A :class:`~regfree.training.LossTerm`: ``loss(step.logits, old_logits, step.targets)``.
+    """A distillation loss with its teacher: in :func:`~regfree.training.fit`,
+    ``loss(step.logits, old_logits, step.targets)``.
 
     The old logits come from an :class:`OldLogitCache` (looked up by ``step.indices``; v1 never
-    runs during training) or from a live old model (or a sequence of models whose logits are
-    averaged: an ensemble teacher) run under ``no_grad`` on ``step.inputs``. Live teachers are
-    frozen (``requires_grad=False``) and stay in eval mode even when the trainer calls
-    ``train()``; they move to the training device with the term.
+    runs during training, and the training data must be map-style: arrays, a Dataset or a
+    DataLoader over one, not an IterableDataset) or from a live old model (or a sequence of
+    models whose logits are averaged: an ensemble teacher) run under ``no_grad`` on
+    ``step.inputs``. Live teachers are frozen (``requires_grad=False``) and stay in eval mode
+    even when the trainer calls ``train()``; they move to the training device with the term.
+    Called on tensors, ``term(new_logits, old_logits, targets)`` is ``loss(...)``.
 
     Args:
         loss: e.g. :class:`FocalDistillationLoss` or :class:`KnowledgeDistillationLoss`.
@@ -69,24 +77,34 @@ class DistillationTerm(nn.Module):
     def old_logits(self, step: TrainStep) -> torch.Tensor:
         """The teacher's logits for this batch, on the batch's device, without gradient."""
         if self.cache is not None:
-            return self.cache.lookup(step.indices).to(step.logits.device, non_blocking=True)
+            indices = step_indices(step, f"loss term {self.name!r} (its OldLogitCache)")
+            return self.cache.lookup(indices).to(step.logits.device, non_blocking=True)
         return self.live_teacher_logits(step.inputs)
 
-    def live_teacher_logits(self, inputs: torch.Tensor) -> torch.Tensor:
+    def live_teacher_logits(self, inputs) -> torch.Tensor:
         """The live teacher's logits (the mean over an ensemble) on ``inputs``, without gradient."""
         with torch.no_grad():
-            outputs = [split_outputs(m(inputs))[0].float() for m in self.teachers]
+            outputs = [split_outputs(call_model(m, inputs))[0].float() for m in self.teachers]
         return outputs[0] if len(outputs) == 1 else torch.stack(outputs).mean(dim=0)
 
-    def forward(self, step: TrainStep) -> torch.Tensor:
-        return self.loss(step.logits, self.old_logits(step), step.targets)
+    def forward(self, new_logits: torch.Tensor, old_logits: torch.Tensor,
+                targets: torch.Tensor) -> torch.Tensor:
+        """``loss(new_logits, old_logits, targets)``."""
+        return self.loss(new_logits, old_logits, targets)
+
+    def step_arguments(self, step: TrainStep) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What :func:`regfree.training.fit` passes: the step's logits, the teacher's logits
+        for the batch and the targets."""
+        return step.logits, self.old_logits(step), step.targets
 
 
 class NoisyDistillationTerm(DistillationTerm):
     """Distillation on a Gaussian-perturbed copy of each batch that teacher and student both see.
 
-    Each step draws ``noisy = inputs + noise_std * N(0, 1)``, runs the live old model(s) and the
-    model being trained (``step.model``) on it, and returns ``loss(new, old, targets)``; with a
+    Called as ``noisy(model, inputs, targets)`` (the model being trained, a clean batch and its
+    class ids; :func:`regfree.training.fit` passes ``step.model``, ``step.inputs`` and
+    ``step.targets``), it draws ``noisy = inputs + noise_std * N(0, 1)``, runs the live old
+    model(s) and ``model`` on it, and returns ``loss(new, old, targets)``; with a
     :class:`FocalDistillationLoss` the focal weights follow the old model's correctness on the
     perturbed input. Matching the old model around each training sample, not only on it, takes
     negative flips below the floor that distillation on the clean training set reaches (the
@@ -110,15 +128,14 @@ class NoisyDistillationTerm(DistillationTerm):
         name: label in the training history (default: the loss's name + ``"_noisy"``).
 
     Example (in training, pass it to :func:`fit` beside the clean-input term:
-    ``loss_terms=[fd, noisy]``; here one step by hand):
+    ``loss_terms=[fd, noisy]``; here one step of your own loop):
         >>> from regfree.models import MLP
         >>> from regfree.pctraining import FocalDistillationLoss
-        >>> from regfree.training import TrainStep
         >>> x, y = torch.randn(8, 4), torch.arange(8) % 2
         >>> v1, v2 = MLP(4, num_classes=2), MLP(4, num_classes=2)
         >>> noisy = NoisyDistillationTerm(FocalDistillationLoss(weight=0.02), teacher=v1,
         ...                               noise_std=0.3 * x.std(dim=0))
-        >>> value = noisy(TrainStep(x, y, torch.arange(8), v2(x), model=v2))
+        >>> value = noisy(v2, x, y)
         >>> value.dim(), value.requires_grad, noisy.name
         (0, True, 'fd_kl_noisy')
     """
@@ -134,13 +151,26 @@ class NoisyDistillationTerm(DistillationTerm):
             raise ValueError(f"noise_std must be finite and >= 0, got {noise_std!r}")
         self.register_buffer("noise_std", std)
 
-    def forward(self, step: TrainStep) -> torch.Tensor:
-        if step.model is None:
-            raise ValueError(f"loss term {self.name!r} needs step.model (the model being trained);"
-                             " regfree.training.fit provides it")
-        if not step.inputs.is_floating_point():
+    def forward(self, model: nn.Module, inputs: torch.Tensor,  # type: ignore[override]
+                targets: torch.Tensor) -> torch.Tensor:
+        """``loss(model(noisy), teacher(noisy), targets)`` on ``noisy = inputs + noise``.
+
+        Args:
+            model: the model being trained (its output on the noisy batch gets the gradient).
+            inputs: a clean floating-point batch, on the model's device.
+            targets: ``(B,)`` int64 class ids.
+
+        Returns:
+            The wrapped loss's scalar tensor.
+        """
+        if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point():
+            kind = inputs.dtype if isinstance(inputs, torch.Tensor) else type(inputs).__name__
             raise ValueError(f"loss term {self.name!r} adds noise to the inputs, which must be "
-                             f"floating point; got {step.inputs.dtype}")
-        noisy = step.inputs + self.noise_std.to(step.inputs.dtype) * torch.randn_like(step.inputs)
-        new_logits, _ = split_outputs(step.model(noisy))
-        return self.loss(new_logits, self.live_teacher_logits(noisy), step.targets)
+                             f"a floating-point tensor; got {kind}")
+        noisy = inputs + self.noise_std.to(inputs.device, inputs.dtype) * torch.randn_like(inputs)
+        new_logits, _ = split_outputs(model(noisy))
+        return self.loss(new_logits, self.live_teacher_logits(noisy), targets)
+
+    def step_arguments(self, step: TrainStep) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+        """What :func:`regfree.training.fit` passes: the model, the clean inputs, the targets."""
+        return step_model(step, f"loss term {self.name!r}"), step.inputs, step.targets

@@ -19,7 +19,14 @@ from regfree.training.fit import NFRRiseWarning, fit
 from regfree.training.history import EpochStats, History
 from regfree.training.predict import ModelRun, predict_logits, run_model
 from regfree.training.recipes import fit_adam_cosine
-from regfree.training.steps import LossTerm, TrainStep, split_outputs
+from regfree.training.steps import (
+    LossTerm,
+    StepTerm,
+    TensorLoss,
+    TrainStep,
+    as_loss_term,
+    split_outputs,
+)
 
 __all__ = [
     "EpochStats",
@@ -28,7 +35,10 @@ __all__ = [
     "LossTerm",
     "ModelRun",
     "NFRRiseWarning",
+    "StepTerm",
+    "TensorLoss",
     "TrainStep",
+    "as_loss_term",
     "fit",
     "fit_adam_cosine",
     "latest_checkpoint",

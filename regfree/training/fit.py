@@ -33,7 +33,7 @@ from regfree.training.loaders import is_iterable_loader
 from regfree.training.loop import FitData, term_name, train
 from regfree.training.nfr_watch import NFRRiseWarning
 from regfree.training.options import FitOptions, OptimizerSpec, SchedulerFactory
-from regfree.training.steps import LossTerm
+from regfree.training.steps import LossTerm, as_loss_term
 from regfree.training.validation import ValSet
 
 __all__ = ["FitOptions", "NFRRiseWarning", "fit"]
@@ -65,10 +65,12 @@ def fit(
 ) -> History:
     """Train ``model`` with cross-entropy plus ``loss_terms``; report validation flips each epoch.
 
-    Each step minimises ``CE(logits, y) + sum(term(step) for term in loss_terms)`` where every
-    term receives a :class:`~regfree.training.TrainStep` (inputs, targets, dataset ``indices``
-    on CPU, the model's ``logits`` and, when the model returns them, ``embeddings``) and returns
-    a scalar tensor. Terms that are ``nn.Module`` s are moved to ``device`` and their trainable
+    Each step minimises ``CE(logits, y) + sum of loss_terms``. regfree's losses are called on
+    tensors like any torch loss; ``fit`` reads their arguments from each step through one
+    adapter, :class:`~regfree.training.StepTerm`. Any other term is a callable on a
+    :class:`~regfree.training.TrainStep` (inputs, targets, dataset ``indices`` on CPU, the
+    model's ``logits`` and, when the model returns them, ``embeddings``) returning a scalar
+    tensor. Terms that are ``nn.Module`` s are moved to ``device`` and their trainable
     parameters are optimised with the model's (and averaged across processes). The model is
     trained in place and left in eval mode.
 
@@ -117,7 +119,8 @@ def fit(
         train_data: ``(x, y)`` arrays/tensors (sliced per batch, fastest), a map-style Dataset
             (read item by item, see ``num_workers``, collated with ``default_collate``), an
             IterableDataset or a DataLoader (see Data).
-        loss_terms: objects following :class:`~regfree.training.LossTerm`; unique ``name`` s
+        loss_terms: regfree losses (``BackwardCompatibleLoss``, ``DistillationTerm``, ...) or
+            step terms following :class:`~regfree.training.LossTerm`; unique ``name`` s
             (not ``"ce"``) label their per-epoch means in the history.
         epochs: total number of epochs (with ``resume``, including those already done).
         optimizer: preferably a factory ``params -> Optimizer`` such as
@@ -274,11 +277,18 @@ def _labels(source: BatchSource, chunk: int) -> np.ndarray:
 
 
 def _check_terms(loss_terms: Iterable[LossTerm]) -> list[LossTerm]:
-    terms = list(loss_terms)
-    for term in terms:
+    # a loss called on tensors (every regfree loss) goes in through the one adapter, StepTerm;
+    # any other callable is a step term already
+    if isinstance(loss_terms, nn.Module) or callable(loss_terms):
+        raise ValueError(f"loss_terms must be a list of losses, got one "
+                         f"{type(loss_terms).__name__}: pass loss_terms=[loss]")
+    terms = []
+    for term in loss_terms:
         if not callable(term):
-            raise ValueError(f"loss_terms must hold callables step -> scalar tensor, "
+            raise ValueError(f"loss_terms must hold losses (e.g. BackwardCompatibleLoss, "
+                             f"DistillationTerm) or callables step -> scalar tensor, "
                              f"got {type(term).__name__}")
+        terms.append(as_loss_term(term))
     names = [term_name(t) for t in terms]
     clashes = sorted({n for n in names if names.count(n) > 1} | ({"ce"} & set(names)))
     if clashes:
