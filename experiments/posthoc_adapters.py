@@ -192,8 +192,14 @@ def write(rows: list[dict], config: Config, out: Path, command: str, seconds: fl
             f"; seeds done: {sorted({r['seed'] for r in rows})}.\n",
             "Mean ± std over seeds, in percent. `transformed`: v2 queries on v1's gallery mapped "
             "into v2's space (paired items re-embedded); `adapted q`: v2 queries mapped into v1's "
-            "space on v1's gallery; `backfill only`: v2 queries on the re-embedded items alone. "
-            "Gain share = (M - old/old) / (new/new - old/old). Criterion: adapted q beats old/old "
+            "space on v1's gallery; `slerp t=..`: the orthogonal map blended on the sphere with "
+            "v1's own embedding of the query (v1 runs on every query; query side only); "
+            "`backfill only`: v2 queries on the re-embedded items alone, the partial backfill of "
+            "as many items (its mAP ranks a gallery of those items only, so it is not comparable "
+            "with the full-gallery mAP of the other columns). `BCT new/old`: v2 retrained through "
+            "v1's frozen head with a 64 -> 32 projection, its projected queries on v1's gallery "
+            "(no pairs needed, but retraining). Gain share = (M - old/old) / (new/new - old/old), "
+            "new/new of the independent v2. Criterion: adapted q beats old/old "
             "(seeds meeting it / seeds).\n", raw_line(rows) + "\n"]
     text += ["## Choosing the default kind\n", choice_table(rows) + "\n"]
     text += ["## Against the anchors and the goal\n", anchor_tables(rows) + "\n"]
