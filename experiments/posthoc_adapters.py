@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from posthoc_tables import anchor_tables, choice_table, raw_line, table
+from posthoc_tables import anchor_tables, choice_table, criterion_totals, raw_line, table
 
 from regfree.compat import ADAPTER_KINDS, BackwardCompatibleLoss, fit_adapter
 from regfree.data import DataSplit, load_digits_split, load_mnist1d, load_mnist5k
@@ -202,6 +202,8 @@ def write(rows: list[dict], config: Config, out: Path, command: str, seconds: fl
             "new/new of the independent v2. Criterion: adapted q beats old/old "
             "(seeds meeting it / seeds).\n", raw_line(rows) + "\n"]
     text += ["## Choosing the default kind\n", choice_table(rows) + "\n"]
+    text += ["## The compatibility criterion over every run (all datasets, seeds, paired "
+             "shares)\n", criterion_totals(rows) + "\n"]
     text += ["## Against the anchors and the goal\n", anchor_tables(rows) + "\n"]
     for metric in ("top1", "mAP"):
         text += [f"## {metric}\n", table(rows, metric) + "\n"]

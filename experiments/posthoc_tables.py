@@ -85,6 +85,17 @@ def choice_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def criterion_totals(rows: list[dict]) -> str:
+    """Per query-side kind: in how many (dataset, seed, paired share) runs the adapted query
+    beats old/old, top-1 and mAP (Ricci et al. count SLERP's evaluations the same way)."""
+    lines = ["| kind | criterion met, top-1 | criterion met, mAP |", "|---|---|---|"]
+    for kind in dict.fromkeys(r["kind"] for r in rows):
+        picked = [r for r in rows if r["kind"] == kind]
+        met = [sum(r["adapted q"][m] > r["old/old"][m] for r in picked) for m in ("top1", "mAP")]
+        lines.append(f"| {kind} | {met[0]}/{len(picked)} | {met[1]}/{len(picked)} |")
+    return "\n".join(lines)
+
+
 def anchor_tables(rows: list[dict]) -> str:
     """Gallery side and query side against partial backfill of as many items and BCT, per
     dataset and paired share (top-1 and mAP gain shares, mean over seeds), with the goal."""
