@@ -103,3 +103,15 @@ def test_adapter_kind_is_checked_before_any_model_runs(setup):
                          adapter_kind="ridge", progress=False)
     with pytest.raises(ValueError, match="adapter_kind chooses the kind that adapter='fit'"):
         evaluate_upgrade(old, old, (x, y), gallery=gallery, adapter_kind="mlp", progress=False)
+
+
+def test_page_explains_the_query_adapter_curve(setup, tmp_path):
+    x, y, old, _ = setup
+    report = evaluate_upgrade(old, old, (x[:30], y[:30]), gallery=(x[30:], y[30:]),
+                              new_embedder=_identity, query_adapter="fit", adapter_pairs=0.5,
+                              backfill_fractions=(0.0, 1.0), backfill_orders=("random",),
+                              progress=False)
+    report.to_html(str(tmp_path / "page.html"))
+    page = (tmp_path / "page.html").read_text()
+    assert "<td>random + query adapter</td>" in page
+    assert "Orders marked <i>+ query adapter</i> leave the items not yet re-embedded" in page
