@@ -79,8 +79,8 @@ class _Anchored:
         self.adapter, self.anchor = adapter, anchor
         self.source_dim, self.target_dim = adapter.source_dim, adapter.target_dim
 
-    def transform(self, x: Any) -> Any:
-        return self.adapter.transform(x, anchor=self.anchor[:len(x)])
+    def transform(self, x: Any) -> Any:  # x: exactly the rows the anchor embeds
+        return self.adapter.transform(x, anchor=self.anchor)
 
 
 def _blends(adapter: Any) -> bool:
