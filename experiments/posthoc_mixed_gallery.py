@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 from posthoc_adapters import Config as AdapterConfig
-from posthoc_adapters import embed_all, gain_share, make_model, search, train
+from posthoc_adapters import embed_all, make_model, search, train
+from posthoc_tables import gain_share
 
 from common import mean_std
 from regfree.compat import fit_adapter

@@ -19,28 +19,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from regfree.compat import CompatibilityReport, fit_adapter
+from regfree.compat import CompatibilityReport
 from regfree.metrics import FlipReport, correct_mask, flip_report, json_safe
-from regfree.retrieval import (
-    BackfillCurve,
-    Gallery,
-    backfill_curve,
-    evaluate,
-    plan_backfill,
-    retrieval_matrix,
-)
-from regfree.retrieval.cross_version import exact_gallery
+from regfree.retrieval import BackfillCurve, retrieval_matrix
 from regfree.training.data import TrainData
-from regfree.training.predict import Embedder, ModelRun, run_model
-
-OLD, NEW = "v1", "v2"
-# The backfill curve searches the gallery once per step and order; ranking all of it for mAP
-# at every step costs far more than a top-100 search, so the curve reports mAP@100.
-BACKFILL_MAP_K = 100
-# The two post-hoc entries beside the matrix (names in UpgradeReport.adapted).
-QUERY_ADAPTED = "v2 adapted query/v1"
-GALLERY_TRANSFORMED = "v2/v1 transformed"
-ADAPTER_SUFFIX = " + adapter"  # backfill-curve orders whose old items go through the adapter
+from regfree.training.predict import Embedder, run_model
+from regfree.upgrade_adapters import (  # noqa: F401  (names re-exported for users and tests)
+    ADAPTER_SUFFIX,
+    BACKFILL_MAP_K,
+    GALLERY_TRANSFORMED,
+    NEW,
+    OLD,
+    QUERY_ADAPTED,
+    QUERY_ADAPTER_SUFFIX,
+    adapted_scores,
+    check_adapter_arguments,
+    ready_adapters,
+    upgrade_backfill,
+)
 
 
 @dataclass
@@ -166,6 +162,7 @@ def evaluate_upgrade(
     adapter: Any = None,
     query_adapter: Any = None,
     adapter_pairs: float = 0.1,
+    adapter_kind: Optional[str] = None,
     backfill_orders: Sequence[str] = ("random", "margin"),
     backfill_fractions: Sequence[float] = tuple(np.linspace(0.0, 1.0, 11)),
     class_names: Optional[Sequence[str]] = None,
@@ -188,11 +185,16 @@ def evaluate_upgrade(
     Post-hoc adapters (for a v2 not trained to be compatible; :func:`regfree.compat.fit_adapter`)
     act on v2's own (native) embeddings. ``adapter`` maps v1's embeddings into v2's space: v2
     queries search v1's stored gallery transformed (:data:`GALLERY_TRANSFORMED`, FCT-style), and
-    the backfill curve gains, for each order, a curve ``"<order> + adapter"`` whose items not
-    yet re-embedded are the transformed ones (it starts at the transformed gallery). ``query_adapter`` maps v2's queries into v1's
-    space to search v1's gallery as stored (:data:`QUERY_ADAPTED`, Drift-Adapter-style).
+    the backfill curve gains, for each order, a curve ``"<order> + adapter"`` whose items not yet
+    re-embedded are the transformed ones. ``query_adapter`` maps v2's queries into v1's space to
+    search v1's gallery as stored (:data:`QUERY_ADAPTED`, Drift-Adapter-style; a SLERP adapter,
+    ``fit_adapter(..., kind="orthogonal", blend=t)``, is blended with v1's embedding of each
+    query), and the curve gains ``"<order> + query adapter"``: items not yet re-embedded stay in
+    v1's space and the adapted queries reach them, ranked with the re-embedded items on cosine.
     ``"fit"`` fits either on the first ``adapter_pairs`` share of the gallery items (the items a
-    team re-embeds first; the transformed gallery still maps every item, those included).
+    team re-embeds first), of kind ``adapter_kind``: those items count as re-embedded, so the
+    transformed gallery stores them as v2 embeds them (the rest through the adapter) and the
+    adapter curves start with them re-embedded; a fitted adapter passed in transforms every item.
     :meth:`UpgradeReport.gain_recovered` gives the share of the full-backfill gain each
     recovers. When v2's embeddings are not v1's size, the raw v2/v1 entry and the raw backfill
     curve cannot exist and are left out (an adapter is then required).
@@ -212,6 +214,8 @@ def evaluate_upgrade(
         query_adapter: ``None``, ``"fit"`` or an object with ``transform`` from v2's native
             embeddings to v1's.
         adapter_pairs: share of the gallery, in (0, 1], that ``"fit"`` fits on.
+        adapter_kind: the kind ``"fit"`` fits (one of :data:`regfree.compat.ADAPTER_KINDS`);
+            None: :func:`~regfree.compat.fit_adapter`'s default.
         backfill_orders: orders of the backfill curve; empty skips the curve.
         backfill_fractions: backfilled shares at which the curve is measured.
         class_names: names of the classes, for the report.
@@ -243,7 +247,7 @@ def evaluate_upgrade(
         if not isinstance(model, nn.Module):
             raise ValueError(f"{name} must be a torch.nn.Module, got {type(model).__name__}")
     with_gallery = gallery is not None
-    _check_adapter_arguments(adapter, query_adapter, adapter_pairs, with_gallery)
+    check_adapter_arguments(adapter, query_adapter, adapter_pairs, with_gallery, adapter_kind)
     common = {"device": device, "batch_size": batch_size, "progress": progress,
               "num_workers": num_workers}
     old_q = run_model(old, data, embedder=old_embedder if with_gallery else None,
@@ -278,103 +282,12 @@ def evaluate_upgrade(
     report.retrieval = CompatibilityReport(retrieval_matrix(
         {OLD: old_q.embeddings, NEW: {NEW: native_q.embeddings, **cross}},
         old_q.labels, {OLD: old_g.embeddings, NEW: native_g.embeddings}, old_g.labels))
-    pairs = max(1, int(round(adapter_pairs * len(old_g.labels))))
-    if isinstance(adapter, str) or isinstance(query_adapter, str):
-        report.adapter_pairs = pairs
-    adapter = _ready_adapter(adapter, "adapter", old_g.embeddings, native_g.embeddings, pairs,
-                             progress)
-    query_adapter = _ready_adapter(query_adapter, "query_adapter", native_g.embeddings,
-                                   old_g.embeddings, pairs, progress)
-    report.adapted = _adapted_scores(adapter, query_adapter, old_g, native_q, old_q.labels)
+    ready = ready_adapters(adapter, query_adapter, old_g.embeddings, native_g.embeddings,
+                           share=adapter_pairs, kind=adapter_kind, progress=progress)
+    report.adapter_pairs = ready.pairs
+    report.adapted = adapted_scores(ready, old_g, native_g, native_q, old_q)
     if backfill_orders:
-        report.backfill = _backfill(old_g, new_g if raw_cross else None, new_q, native_g,
-                                    native_q, adapter, old_q.labels, backfill_orders,
-                                    backfill_fractions, seed, progress)
+        report.backfill = upgrade_backfill(old_g, new_g if raw_cross else None, new_q, native_g,
+                                           native_q, old_q, ready, backfill_orders,
+                                           backfill_fractions, seed, progress)
     return report
-
-
-def _check_adapter_arguments(adapter: Any, query_adapter: Any, adapter_pairs: float,
-                             with_gallery: bool) -> None:
-    """Refuse bad adapter arguments before any model runs."""
-    for name, value in (("adapter", adapter), ("query_adapter", query_adapter)):
-        if value is None:
-            continue
-        if not with_gallery:
-            raise ValueError(f"{name} needs gallery= (the items v1 indexed) to evaluate it")
-        if isinstance(value, str) and value != "fit":
-            raise ValueError(f"{name} must be 'fit', an EmbeddingAdapter or None, got {value!r}")
-        if not isinstance(value, str) and not callable(getattr(value, "transform", None)):
-            raise TypeError(f"{name} must have a transform(x) method (e.g. an EmbeddingAdapter "
-                            f"from regfree.compat.fit_adapter) or be 'fit', got "
-                            f"{type(value).__name__}")
-    if not (isinstance(adapter_pairs, (int, float)) and 0.0 < adapter_pairs <= 1.0):
-        raise ValueError(f"adapter_pairs must be a share in (0, 1], got {adapter_pairs!r}")
-
-
-def _ready_adapter(adapter: Any, name: str, source: np.ndarray, target: np.ndarray,
-                   pairs: int, progress: bool) -> Any:
-    """The adapter to use: fitted on the first ``pairs`` items for ``"fit"``; a given one is
-    checked against both spaces' sizes."""
-    if adapter is None:
-        return None
-    if isinstance(adapter, str):
-        try:
-            return fit_adapter(source[:pairs], target[:pairs], progress=progress)
-        except ValueError as error:
-            raise ValueError(f"{name}='fit' on the first {pairs} gallery items failed ({error}): "
-                             "raise adapter_pairs, or pass a fitted adapter") from error
-    source_dim = getattr(adapter, "source_dim", source.shape[1])
-    moved = adapter.transform(source[:1]) if source_dim == source.shape[1] else None
-    if moved is None or np.shape(moved) != (1, target.shape[1]):
-        target_dim = np.shape(moved)[-1] if moved is not None else getattr(adapter, "target_dim",
-                                                                           "?")
-        got = f"{source_dim}-d -> {target_dim}-d"
-        raise ValueError(f"{name} must map {source.shape[1]}-d embeddings to "
-                         f"{target.shape[1]}-d ones here, got an adapter for {got}; fit it with "
-                         "fit_adapter(source, target) in this direction")
-    return adapter
-
-
-def _adapted_scores(adapter: Any, query_adapter: Any, old_g: ModelRun, native_q: ModelRun,
-                    query_labels: np.ndarray) -> Optional[dict[str, dict[str, float]]]:
-    """Retrieval of v2 through each adapter (exact galleries, as the matrix is scored)."""
-    scores: dict[str, dict[str, float]] = {}
-    if query_adapter is not None:
-        stored = exact_gallery(old_g.embeddings, OLD, "cosine")
-        scores[QUERY_ADAPTED] = evaluate(query_adapter.transform(native_q.embeddings),
-                                         query_labels, stored, old_g.labels)
-    if adapter is not None:
-        transformed = exact_gallery(np.asarray(adapter.transform(old_g.embeddings)), OLD,
-                                    "cosine")
-        scores[GALLERY_TRANSFORMED] = evaluate(native_q.embeddings, query_labels, transformed,
-                                               old_g.labels)
-    return scores or None
-
-
-def _backfill(old_g: ModelRun, new_g: Optional[ModelRun], new_q: ModelRun, native_g: ModelRun,
-              native_q: ModelRun, adapter: Any, query_labels: np.ndarray,
-              orders: Sequence[str], fractions: Sequence[float], seed: int,
-              progress: bool) -> Optional[BackfillCurve]:
-    """v2 queries on v1's gallery re-embedded in each order: raw (in v2's query space for v1's
-    gallery, when it has v1's size) and, with an adapter, with the not-yet-re-embedded items
-    transformed into v2's native space."""
-    index = Gallery(dim=old_g.embeddings.shape[1], device="cpu")
-    ids = np.arange(len(old_g.labels))
-    index.add(old_g.embeddings, ids=ids, version=OLD)
-    plans = {order: plan_backfill(index, order, logits=old_g.logits, seed=seed)
-             for order in orders}
-    options = {"gallery_ids": ids, "ks": (1, 5), "map_k": BACKFILL_MAP_K, "old_version": OLD,
-               "new_version": NEW, "progress": progress}
-    curves = []
-    if new_g is not None:
-        curves.append(("", backfill_curve(new_q.embeddings, query_labels, old_g.embeddings,
-                                          new_g.embeddings, old_g.labels, plans, fractions,
-                                          **options)))
-    if adapter is not None:
-        curves.append((ADAPTER_SUFFIX, backfill_curve(
-            native_q.embeddings, query_labels, old_g.embeddings, native_g.embeddings,
-            old_g.labels, plans, fractions, adapter=adapter, **options)))
-    if not curves:
-        return None
-    return BackfillCurve(curves[0][1].fractions, {
-        order + suffix: values for suffix, curve in curves for order, values in curve.scores.items()})

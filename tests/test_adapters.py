@@ -114,3 +114,64 @@ def test_bad_inputs_name_the_argument(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not an adapter")
     with pytest.raises(ValueError, match="junk.npz' is not a saved EmbeddingAdapter"):
         EmbeddingAdapter.load(tmp_path / "junk.npz")
+
+
+def unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_slerp_blend_spans_the_anchor_to_plain_procrustes():
+    new, old = pairs(dim=6), pairs(dim=4, seed=11)
+    plain = fit_adapter(new, old, kind="orthogonal")
+    end = fit_adapter(new, old, kind="orthogonal", blend=1.0)
+    np.testing.assert_allclose(end.transform(new, anchor=old), plain.transform(new), atol=1e-5)
+    np.testing.assert_allclose(end.transform(new), plain.transform(new), atol=1e-6)
+    start = fit_adapter(new, old, kind="orthogonal", blend=0.0)
+    np.testing.assert_allclose(start.transform(new, anchor=old), unit(old), atol=1e-5)
+    half = fit_adapter(new, old, kind="orthogonal", blend=0.5)
+    out, mapped = half.transform(new, anchor=old), plain.transform(new)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    # the spherical midpoint: the same angle to the anchor and to the mapped query, half the arc
+    to_anchor, to_mapped = (out * unit(old)).sum(1), (out * mapped).sum(1)
+    np.testing.assert_allclose(to_anchor, to_mapped, atol=1e-5)
+    whole = np.arccos(np.clip((unit(old) * mapped).sum(1), -1, 1))
+    np.testing.assert_allclose(np.arccos(np.clip(to_anchor, -1, 1)), whole / 2, atol=1e-3)
+    tensor = half.transform(torch.tensor(new, requires_grad=True), anchor=torch.tensor(old))
+    tensor.sum().backward()
+    np.testing.assert_allclose(tensor.detach().numpy(), out, atol=1e-5)
+
+
+def test_slerp_adapter_round_trips_with_its_blend(tmp_path):
+    new, old = pairs(dim=5), pairs(dim=3, seed=9)
+    adapter = fit_adapter(new, old, kind="orthogonal", blend=0.3)
+    adapter.save(tmp_path / "slerp.npz")
+    loaded = EmbeddingAdapter.load(tmp_path / "slerp.npz")
+    assert loaded.to_dict() == adapter.to_dict() and loaded.blend == 0.3
+    np.testing.assert_array_equal(loaded.transform(new, anchor=old),
+                                  adapter.transform(new, anchor=old))
+
+
+def test_slerp_bad_inputs_name_the_argument():
+    new, old = pairs(dim=5), pairs(dim=3, seed=9)
+    with pytest.raises(ValueError, match=r"blend must be a finite number in \[0, 1\], got 1.5"):
+        fit_adapter(new, old, kind="orthogonal", blend=1.5)
+    with pytest.raises(ValueError, match="blend must be a finite number >= 0, got -0.1"):
+        fit_adapter(new, old, kind="orthogonal", blend=-0.1)
+    with pytest.raises(ValueError, match="blend .SLERP. applies to kind='orthogonal' with "
+                                         "normalize=True, got kind='affine'"):
+        fit_adapter(new, old, kind="affine", blend=0.5)
+    with pytest.raises(ValueError, match="normalize=True, got kind='orthogonal', normalize=False"):
+        fit_adapter(new, old, kind="orthogonal", blend=0.5, normalize=False)
+    slerp = fit_adapter(new, old, kind="orthogonal", blend=0.5)
+    with pytest.raises(ValueError, match="anchor is required: this adapter blends"):
+        slerp.transform(new)
+    with pytest.raises(ValueError, match=r"anchor must have shape \(120, 3\)"):
+        slerp.transform(new, anchor=old[:10])
+    bad = old.copy()
+    bad[0, 0] = np.inf
+    with pytest.raises(ValueError, match="anchor contains NaN or inf"):
+        slerp.transform(new, anchor=bad)
+    with pytest.raises(ValueError, match="anchor is only for a blended .SLERP. adapter"):
+        fit_adapter(new, old, kind="orthogonal").transform(new, anchor=old)
+    with pytest.raises(ValueError, match=r"settings\['blend'\] .SLERP. needs kind 'orthogonal'"):
+        EmbeddingAdapter(kind="affine", params=dict(slerp.params), settings={"blend": 0.5})

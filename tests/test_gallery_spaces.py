@@ -143,6 +143,11 @@ def test_transform_joins_an_existing_version_and_its_space():
                           space="other", progress=False)
 
 
+class _NoDims:
+    def transform(self, x):
+        return x
+
+
 def test_bad_transform_arguments_name_the_problem():
     gallery, _ = _two_version_gallery("flat")
     rotation = _Linear(_rotation(16))
@@ -150,7 +155,10 @@ def test_bad_transform_arguments_name_the_problem():
         (lambda: gallery.transform(object(), version="v1", new_version="v2"),
          TypeError, "adapter must have a transform"),
         (lambda: gallery.transform(_Linear(np.eye(8)), version="v1", new_version="v2"),
-         ValueError, "adapter maps 8-d embeddings but the gallery stores 16-d"),
+         ValueError, r"adapter must map 16-d embeddings here, got an adapter for 8-d -> 8-d "
+                     r"\(the gallery stores 16-d vectors\)"),
+        (lambda: gallery.transform(_NoDims(), version="v1", new_version="v2"),
+         TypeError, "adapter.source_dim must be a positive int, got None"),
         (lambda: gallery.transform(rotation, version="v1", new_version="v1"),
          ValueError, "new_version must differ from version"),
         (lambda: gallery.transform(rotation, version="v9", new_version="v2"),

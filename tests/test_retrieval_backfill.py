@@ -187,7 +187,8 @@ def test_backfill_curve_refuses_a_bad_adapter():
                        progress=False)
     narrow = _Linear(np.eye(5, dtype=np.float32))
     narrow.source_dim = 5
-    with pytest.raises(ValueError, match="adapter maps 5-d embeddings but old_embeddings are 8-d"):
+    with pytest.raises(ValueError, match=r"adapter must map 8-d embeddings here, got an adapter "
+                                         r"for 5-d -> \?-d \(old_embeddings\)"):
         backfill_curve(queries, query_labels, old, new, labels, good, adapter=narrow,
                        progress=False)
     with pytest.raises(ValueError, match=r"adapter.transform\(old_embeddings\) gave 39 rows"):
@@ -196,3 +197,72 @@ def test_backfill_curve_refuses_a_bad_adapter():
     with pytest.raises(ValueError, match="new_embeddings has dimension 8, the gallery expects 4"):
         backfill_curve(queries, query_labels, old, new, labels, good,
                        adapter=_Linear(np.eye(8, 4, dtype=np.float32)), progress=False)
+
+
+def _merged_by_hand(native_q, adapted_q, query_labels, new_items, old_items, labels, done):
+    """Top-1 and mAP of ranking the per-space cosine scores together, in numpy."""
+    from regfree.metrics import retrieval_scores
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    rest = np.setdiff1d(np.arange(len(labels)), done)
+    sims = np.hstack([unit(native_q) @ unit(new_items[done]).T,
+                      unit(adapted_q) @ unit(old_items[rest]).T])
+    ranked = np.concatenate([labels[done], labels[rest]])[np.argsort(-sims, axis=1)]
+    return retrieval_scores(query_labels, ranked, ks=(1,),
+                            num_relevant=(labels == query_labels[:, None]).sum(1))
+
+
+def test_backfill_curve_with_query_adapter_merges_the_two_spaces_on_cosine():
+    queries, query_labels, old, new, labels, logits = _update_scenario()
+    lift = np.random.default_rng(1).normal(size=(8, 12)).astype(np.float32)  # v2's space: 12-d
+    new_queries, new_items = queries @ lift, new @ lift
+    back = _Linear(np.linalg.pinv(lift).astype(np.float32))  # 12-d queries into the 8-d space
+    order = np.random.default_rng(2).permutation(400)
+    curve = backfill_curve(new_queries, query_labels, old, new_items, labels, {"o": order},
+                           fractions=(0.0, 0.5, 1.0), query_adapter=back, ks=(1,),
+                           progress=False)
+    adapted_queries = back.transform(new_queries)
+    for step, done in enumerate((0, 200, 400)):
+        expected = _merged_by_hand(new_queries, adapted_queries, query_labels, new_items, old,
+                                   labels, order[:done])
+        for metric in ("top1", "mAP"):
+            assert curve.scores["o"][metric][step] == pytest.approx(expected[metric], abs=1e-6)
+    # the ends: adapted queries on v1's gallery as stored, native queries on v2's
+    stored = Gallery(8, device="cpu")
+    stored.add(old, np.arange(400), version="v1")
+    start = evaluate(adapted_queries, query_labels, stored, labels, ks=(1,))
+    assert curve.scores["o"]["mAP"][0] == pytest.approx(start["mAP"], abs=1e-6)
+    assert curve.scores["o"]["mAP"][-1] > curve.scores["o"]["mAP"][0] + 0.05
+
+
+def test_backfill_curve_backfilled_items_start_re_embedded():
+    queries, query_labels, old, new, labels, _ = _update_scenario()
+    order = np.random.default_rng(3).permutation(400)
+    plain = backfill_curve(queries, query_labels, old, new, labels, {"o": order},
+                           fractions=(0.0, 0.5), ks=(1,), progress=False)
+    early = backfill_curve(queries, query_labels, old, new, labels, {"o": order},
+                           fractions=(0.0, 0.5), ks=(1,), backfilled=order[:200],
+                           progress=False)
+    np.testing.assert_allclose(early.scores["o"]["mAP"], plain.scores["o"]["mAP"][[1, 1]],
+                               atol=1e-9)
+
+
+def test_backfill_curve_refuses_bad_query_adapter_arguments():
+    queries, query_labels, old, new, labels, _ = _update_scenario(n=40, n_queries=5)
+    good = {"random": np.arange(40)}
+    eye = _Linear(np.eye(8, dtype=np.float32))
+    with pytest.raises(ValueError, match="pass adapter .* or query_adapter .*, not both"):
+        backfill_curve(queries, query_labels, old, new, labels, good, adapter=eye,
+                       query_adapter=eye, progress=False)
+    with pytest.raises(ValueError, match="query_adapter needs similarity='cosine'"):
+        backfill_curve(queries, query_labels, old, new, labels, good, query_adapter=eye,
+                       similarity="l2", progress=False)
+    with pytest.raises(ValueError, match=r"query_adapter must map 8-d embeddings to 8-d ones "
+                                         r"here, got an adapter for 8-d -> 3-d"):
+        backfill_curve(queries, query_labels, old, new, labels, good,
+                       query_adapter=_Linear(np.eye(8, 3, dtype=np.float32)), progress=False)
+    with pytest.raises(ValueError, match=r"backfilled must be ids of the gallery"):
+        backfill_curve(queries, query_labels, old, new, labels, good, backfilled=[3, 99],
+                       progress=False)

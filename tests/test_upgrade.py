@@ -168,12 +168,16 @@ def test_exact_rotation_adapter_recovers_v2_on_v2(toy):
             assert report.adapted[entry][metric] == pytest.approx(c.value("v2", "v2", metric),
                                                                   abs=1e-6), (entry, metric)
     curve = report.backfill
-    assert set(curve.scores) == {"random", "margin", "random + adapter", "margin + adapter"}
+    assert set(curve.scores) == {"random", "margin", "random + adapter", "margin + adapter",
+                                 "random + query adapter", "margin + query adapter"}
     for order in ("random", "margin"):
         raw, adapted = curve.scores[order]["mAP"], curve.scores[order + " + adapter"]["mAP"]
         assert raw[0] == pytest.approx(c.value("v2", "v1", "mAP"))
         # the transformed items are v2's own embeddings here: flat at v2/v2 all the way
         np.testing.assert_allclose(adapted, c.value("v2", "v2", "mAP"), atol=1e-6)
+        # and the adapted queries meet v1's items exactly as v2's queries meet v2's
+        np.testing.assert_allclose(curve.scores[order + " + query adapter"]["mAP"],
+                                   c.value("v2", "v2", "mAP"), atol=1e-6)
     assert report.to_dict()["adapter"]["pairs"] is None
 
 
@@ -192,9 +196,11 @@ def test_fitted_adapters_report_the_share_of_the_full_backfill_gain(toy):
     assert new_new > old_old + 0.05
     assert np.isnan(c.value("v2", "v1"))  # 6-d queries cannot search the 8-d index raw
     assert report.adapter_pairs == 15  # a quarter of the 60 gallery items
-    # the transformed gallery, rebuilt by hand from the first 15 items' pairs
+    # the transformed gallery, rebuilt by hand from the first 15 items' pairs; those 15 items
+    # are re-embedded already, so they stay as v2 embeds them
     v1_items = old.forward_features(torch.as_tensor(x[30:])).detach().numpy()
     transformed = fit_adapter(v1_items[:15], x[30:45], progress=False).transform(v1_items)
+    transformed[:15] = x[30:45]
     expected = evaluate(x[:30], y[:30], exact_gallery(transformed, "v1", "cosine"), y[30:])
     assert report.adapted[GALLERY_TRANSFORMED]["mAP"] == pytest.approx(expected["mAP"], abs=1e-6)
     for entry in (QUERY_ADAPTED, GALLERY_TRANSFORMED):
@@ -206,9 +212,11 @@ def test_fitted_adapters_report_the_share_of_the_full_backfill_gain(toy):
     assert f"{top1_share:.0%} of the full-backfill gain" in report.summary()
     # only adapted curves: a raw mixed gallery cannot hold 6-d and 8-d vectors
     curve = report.backfill
-    assert set(curve.scores) == {"random + adapter", "margin + adapter"}
-    for scores in curve.scores.values():
-        assert scores["mAP"][0] == pytest.approx(expected["mAP"], abs=1e-6)
+    assert set(curve.scores) == {"random + adapter", "margin + adapter",
+                                 "random + query adapter", "margin + query adapter"}
+    for order, scores in curve.scores.items():
+        if order.endswith(" + adapter"):
+            assert scores["mAP"][0] == pytest.approx(expected["mAP"], abs=1e-6)
         assert scores["mAP"][-1] == pytest.approx(new_new, abs=1e-6)
 
 

@@ -9,7 +9,8 @@
   (embedders in; for embeddings already at hand, ``CompatibilityReport(retrieval_matrix(...))``
   with :func:`regfree.retrieval.retrieval_matrix`).
 - :func:`fit_adapter`, :class:`EmbeddingAdapter`: post-hoc compatibility, a learned map between
-  two models' embedding spaces (for a v2 that was not trained with regfree).
+  two models' embedding spaces (for a v2 that was not trained with regfree); ``blend=`` makes an
+  orthogonal one a SLERP query adapter.
 
 Example:
     >>> from torch import nn

@@ -4,6 +4,12 @@
 ``relu(x W1 + b1) W2 + b2``. The same class serves both directions a team needs: v1 -> v2
 re-expresses a stored gallery in the new space (FCT-style), v2 -> v1 adapts new queries to the old
 index (Drift-Adapter-style). :func:`regfree.compat.fit_adapter` learns one from paired embeddings.
+
+An orthogonal adapter may carry a ``blend`` (SLERP, after Ricci et al.'s training-free
+compatibility): the Procrustes-mapped query is interpolated on the unit sphere with the target
+model's own embedding of the same input (the *anchor*, e.g. v1's embedding of the query), so the
+adapted query never strays far from what v1's gallery was built to answer. It needs v1 to run at
+query time; ``blend=1`` is plain Procrustes.
 """
 
 from __future__ import annotations
@@ -25,6 +31,25 @@ _LINEAR = ("weight", "bias")
 _RESIDUAL = ("hidden_weight", "hidden_bias", "out_weight", "out_bias")
 
 
+def _slerp(anchor: Any, moved: Any, t: float) -> Any:
+    """Spherical interpolation from unit rows ``anchor`` (t = 0) to unit rows ``moved`` (t = 1);
+    nearly parallel rows fall back to the normalised linear blend (the same limit)."""
+    if isinstance(anchor, torch.Tensor):
+        cos = (anchor * moved).sum(1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7)
+        angle = torch.acos(cos)
+        sin = torch.sin(angle)
+        curved = (torch.sin((1 - t) * angle) * anchor + torch.sin(t * angle) * moved) / sin
+        straight = (1 - t) * anchor + t * moved
+        return _l2_normalise(torch.where(sin > 1e-4, curved, straight))
+    cos = np.clip((anchor * moved).sum(1, keepdims=True), -1.0, 1.0)
+    angle = np.arccos(cos)
+    sin = np.sin(angle)
+    safe = np.where(sin > 1e-4, sin, 1.0)
+    curved = (np.sin((1 - t) * angle) * anchor + np.sin(t * angle) * moved) / safe
+    straight = (1 - t) * anchor + t * moved
+    return _l2_normalise(np.where(sin > 1e-4, curved, straight))
+
+
 def _l2_normalise(x: Any) -> Any:
     if isinstance(x, torch.Tensor):
         return torch.nn.functional.normalize(x, dim=1)
@@ -42,7 +67,9 @@ class EmbeddingAdapter:
             for ``"mlp"`` the residual branch ``hidden_weight``, ``hidden_bias``, ``out_weight``,
             ``out_bias``.
         normalize: L2-normalise inputs before the map and outputs after it (cosine galleries).
-        settings: the fitting settings, kept for :meth:`to_dict` and the saved file.
+        settings: the fitting settings, kept for :meth:`to_dict` and the saved file; for an
+            orthogonal adapter, ``settings["blend"]`` in [0, 1] makes it a SLERP blend (see
+            :meth:`transform`).
 
     Example:
         >>> import numpy as np
@@ -71,6 +98,20 @@ class EmbeddingAdapter:
         if weight.ndim != 2 or self.params["bias"].shape != (weight.shape[1],):
             raise ValueError(f"params: weight must be 2-D and bias match its columns, got "
                              f"{weight.shape} and {self.params['bias'].shape}")
+        blend = self.blend
+        if blend is not None:
+            if self.kind != "orthogonal" or not self.normalize:
+                raise ValueError("settings['blend'] (SLERP) needs kind 'orthogonal' with "
+                                 f"normalize=True, got kind {self.kind!r}, normalize="
+                                 f"{self.normalize}")
+            if isinstance(blend, bool) or not isinstance(blend, (int, float)) \
+                    or not 0.0 <= blend <= 1.0:
+                raise ValueError(f"settings['blend'] must be a number in [0, 1], got {blend!r}")
+
+    @property
+    def blend(self) -> Any:
+        """The SLERP share of the mapped embedding (1: plain Procrustes), or None."""
+        return self.settings.get("blend")
 
     @property
     def source_dim(self) -> int:
@@ -82,18 +123,40 @@ class EmbeddingAdapter:
         """Width of the embeddings :meth:`transform` returns."""
         return int(self.params["weight"].shape[1])
 
-    def transform(self, x: Any) -> Any:
+    def transform(self, x: Any, *, anchor: Any = None) -> Any:
         """Map source embeddings to the target space.
 
         Args:
             x: ``(n, source_dim)`` numpy array (float32 out) or torch tensor (differentiable,
                 same device and dtype out).
+            anchor: only for a blended (SLERP) adapter: ``(n, target_dim)``, the target
+                model's own embeddings of the same ``n`` inputs (for a query-side adapter, v1's
+                embedding of each query). The output is ``slerp(anchor, mapped x, blend)``.
+                Not needed when ``blend`` is 1.
 
         Returns:
             ``(n, target_dim)`` embeddings, L2-normalised when the adapter normalises.
+
+        Example:
+            >>> import numpy as np
+            >>> from regfree.compat import fit_adapter
+            >>> rng = np.random.default_rng(0)
+            >>> v2_q, v1_q = rng.normal(size=(40, 6)), rng.normal(size=(40, 4))
+            >>> slerp = fit_adapter(v2_q, v1_q, kind="orthogonal", blend=0.5)
+            >>> slerp.transform(v2_q[:2], anchor=v1_q[:2]).shape
+            (2, 4)
         """
+        if self.blend is not None and self.blend < 1 and anchor is None:
+            raise ValueError(f"anchor is required: this adapter blends (SLERP, blend="
+                             f"{self.blend}) the mapped embeddings with the target model's own "
+                             "embeddings of the same inputs; pass anchor= (e.g. v1's embedding "
+                             "of the queries)")
+        if self.blend is None and anchor is not None:
+            raise ValueError("anchor is only for a blended (SLERP) adapter; fit one with "
+                             "fit_adapter(..., kind='orthogonal', blend=...)")
         if isinstance(x, torch.Tensor):
-            return self._transform_tensor(x)
+            out = self._transform_tensor(x)
+            return out if anchor is None else self._blend_with(out, anchor, len(x))
         x = np.asarray(x, dtype=np.float32)
         self._check_input(x)
         if self.normalize:
@@ -104,7 +167,23 @@ class EmbeddingAdapter:
             out = out + hidden @ self.params["out_weight"] + self.params["out_bias"]
         if self.normalize:
             out = _l2_normalise(out)
+        if anchor is not None:
+            out = self._blend_with(out, anchor, len(x))
         return np.ascontiguousarray(out, dtype=np.float32)
+
+    def _blend_with(self, moved: Any, anchor: Any, rows: int) -> Any:
+        if isinstance(moved, torch.Tensor):
+            anchor = torch.as_tensor(anchor, device=moved.device, dtype=moved.dtype)
+            finite = bool(torch.isfinite(anchor).all())
+        else:
+            anchor = np.asarray(anchor, dtype=np.float32)
+            finite = bool(np.isfinite(anchor).all())
+        if anchor.ndim != 2 or tuple(anchor.shape) != (rows, self.target_dim):
+            raise ValueError(f"anchor must have shape ({rows}, {self.target_dim}) (one target-"
+                             f"space embedding per row of x), got {tuple(anchor.shape)}")
+        if not finite:
+            raise ValueError("anchor contains NaN or inf")
+        return _slerp(_l2_normalise(anchor), moved, float(self.blend))
 
     def _transform_tensor(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.is_floating_point(x):

@@ -27,8 +27,8 @@ def _percent(value: float) -> str:
 _ADAPTED_MEANING = {
     "v2 adapted query/v1": "v2 queries mapped into v1's space by the query adapter, on v1's "
                            "gallery as stored",
-    "v2/v1 transformed": "v2 queries on v1's gallery mapped into v2's space by the adapter, "
-                         "no item re-embedded",
+    "v2/v1 transformed": "v2 queries on v1's gallery mapped into v2's space by the adapter "
+                         "(items re-embedded to fit it stored as v2 embeds them)",
 }
 
 
@@ -76,7 +76,8 @@ def retrieval_section(compat: CompatibilityReport,
 
 def backfill_section(curve: BackfillCurve) -> HtmlSection:
     """The partial-backfill curve, per order (orders ending in ``" + adapter"`` keep the items
-    not yet re-embedded through the adapter)."""
+    not yet re-embedded through the adapter; ``" + query adapter"``, in v1's space, reached by
+    the adapted queries)."""
     from regfree.reporting.plots import plot_backfill_curves
 
     header = ["order"] + [f"{100 * f:g}%" for f in curve.fractions] + ["area"]
@@ -85,9 +86,13 @@ def backfill_section(curve: BackfillCurve) -> HtmlSection:
     figure = plot_backfill_curves(curve, title="v2 queries while v1's gallery is backfilled")
     note = ""
     if any(order.endswith(" + adapter") for order in curve.scores):
-        note = ("<p>Orders marked <i>+ adapter</i> store the items not yet re-embedded "
-                "through the adapter (v1's embeddings mapped into v2's space) instead of "
-                "raw.</p>\n")
+        note += ("<p>Orders marked <i>+ adapter</i> store the items not yet re-embedded "
+                 "through the adapter (v1's embeddings mapped into v2's space) instead of "
+                 "raw.</p>\n")
+    if any(order.endswith(" + query adapter") for order in curve.scores):
+        note += ("<p>Orders marked <i>+ query adapter</i> leave the items not yet re-embedded "
+                 "in v1's space as stored; v2 queries reach them through the query adapter and "
+                 "the re-embedded items natively, ranked together on cosine score.</p>\n")
     return HtmlSection("Partial backfill (top-1)", note + html_table(header, rows) + "\n"
                        + image_html(figure, "backfill curve"))
 

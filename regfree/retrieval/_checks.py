@@ -8,8 +8,8 @@ import numpy as np
 
 from regfree.metrics.inputs import as_numpy
 
-__all__ = ["Version", "as_ids", "as_matrix", "as_numpy", "check_embeddings_then_ids",
-           "check_positive_int", "check_version"]
+__all__ = ["Version", "adapted", "as_ids", "as_matrix", "as_numpy", "check_adapter",
+           "check_embeddings_then_ids", "check_positive_int", "check_version"]
 
 Version = Union[str, int]
 
@@ -84,3 +84,61 @@ def check_positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def check_adapter(adapter: Any, name: str = "adapter", *, source_dim: Optional[int] = None,
+                  target_dim: Optional[int] = None, require_dims: bool = False,
+                  context: str = "") -> tuple[Optional[int], Optional[int]]:
+    """The one check of a duck-typed embedding adapter (any object with ``transform(x)``, such
+    as ``regfree.compat.EmbeddingAdapter``: duck typing keeps ``regfree.retrieval`` free of
+    ``regfree.compat``, which imports it).
+
+    Its ``source_dim``/``target_dim`` attributes, when present (or ``require_dims``), must be
+    positive ints and match ``source_dim``/``target_dim`` where those are given.
+
+    Returns:
+        ``(source_dim, target_dim)`` of the adapter, ``None`` for an attribute it lacks.
+    """
+    if not callable(getattr(adapter, "transform", None)):
+        raise TypeError(f"{name} must have a transform(x) method (e.g. an EmbeddingAdapter "
+                        f"from regfree.compat.fit_adapter), got {type(adapter).__name__}")
+    dims: list[Optional[int]] = []
+    for attribute in ("source_dim", "target_dim"):
+        value = getattr(adapter, attribute, None)
+        if value is None and not require_dims:
+            dims.append(None)
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise TypeError(f"{name}.{attribute} must be a positive int, got {value!r}")
+        dims.append(int(value))
+    if (source_dim is not None and dims[0] is not None and dims[0] != source_dim) or \
+            (target_dim is not None and dims[1] is not None and dims[1] != target_dim):
+        raise ValueError(_direction_message(name, source_dim, target_dim, dims[0], dims[1],
+                                            context))
+    return dims[0], dims[1]
+
+
+def adapted(adapter: Any, x: np.ndarray, name: str = "adapter", *, what: str = "x",
+            target_dim: Optional[int] = None, context: str = "") -> np.ndarray:
+    """``adapter.transform(x)`` (``adapter`` already passed :func:`check_adapter`) as a finite
+    float32 matrix with one row per row of ``x`` and, when given, ``target_dim`` columns."""
+    moved = as_matrix(adapter.transform(x), f"{name}.transform({what})")
+    if moved.shape[0] != x.shape[0]:
+        raise ValueError(f"{name}.transform({what}) gave {moved.shape[0]} rows for "
+                         f"{x.shape[0]} items")
+    if target_dim is not None and moved.shape[1] != target_dim:
+        raise ValueError(_direction_message(name, x.shape[1], target_dim, x.shape[1],
+                                            moved.shape[1], context))
+    return moved
+
+
+def _direction_message(name: str, source_dim: Optional[int], target_dim: Optional[int],
+                       got_source: Optional[int], got_target: Optional[int],
+                       context: str) -> str:
+    into = f" to {target_dim}-d ones" if target_dim is not None else ""
+    source = "?" if source_dim is None else source_dim
+    where = f" ({context})" if context else ""
+    return (f"{name} must map {source}-d embeddings{into} here, got an adapter for "
+            f"{'?' if got_source is None else got_source}-d -> "
+            f"{'?' if got_target is None else got_target}-d{where}; fit it with "
+            "fit_adapter(source, target) in this direction")

@@ -19,7 +19,7 @@ import numpy as np
 
 from regfree.metrics.retrieval import DEFAULT_KS
 from regfree.progress import progress_bar
-from regfree.retrieval._checks import Version, as_ids, as_matrix, as_numpy
+from regfree.retrieval._checks import Version, adapted, as_ids, as_matrix, as_numpy, check_adapter
 from regfree.retrieval.evaluation import evaluate
 from regfree.retrieval.gallery import Gallery
 
@@ -140,7 +140,8 @@ def backfill_curve(query_embeddings: Any, query_labels: Any, old_embeddings: Any
                    map_k: Optional[int] = None, ap_denominator: str = "relevant",
                    index_params: Optional[Mapping[str, int]] = None,
                    old_version: Version = "old", new_version: Version = "new",
-                   adapter: Any = None, progress: bool = True) -> BackfillCurve:
+                   adapter: Any = None, query_adapter: Any = None, backfilled: Any = None,
+                   progress: bool = True) -> BackfillCurve:
     """Measure retrieval while a gallery is backfilled from old to new embeddings, per order.
 
     For each order a real :class:`Gallery` is built from ``old_embeddings``; at each fraction
@@ -151,6 +152,17 @@ def backfill_curve(query_embeddings: Any, query_labels: Any, old_embeddings: Any
     items not yet backfilled are stored as ``adapter.transform(old_embeddings)`` instead of raw:
     ``f = 0`` is then the new queries on the transformed gallery, and every search compares
     vectors of the new space only.
+
+    With ``query_adapter`` instead (a map from the new space into the old one), the items not
+    yet backfilled stay as stored, in the old space, and each query reaches them through the
+    adapter while it searches the backfilled items natively; the two result lists are ranked
+    together on their cosine scores. One index does exactly that merge: queries are stored as
+    ``[q, query_adapter(q)]``, backfilled items as ``[new, 0]`` and the others as ``[0, old]``
+    (each block unit-norm), so a query meets each item only in that item's own space. ``f = 0``
+    is then the adapted queries on the old gallery as stored. Cosine only.
+
+    ``backfilled``: ids already re-embedded before the curve starts (e.g. the paired sample an
+    adapter was fitted on): they are stored with their new embeddings from ``f = 0`` on.
 
     Args:
         query_embeddings: ``(nq, dim)`` queries embedded by the new model.
@@ -168,6 +180,10 @@ def backfill_curve(query_embeddings: Any, query_labels: Any, old_embeddings: Any
         old_version, new_version: version labels stored in the gallery.
         adapter: ``None`` or any object with ``transform(x)`` mapping ``(n, old dim)`` to
             ``(n, new dim)``: expresses the not-yet-backfilled items in the new space.
+        query_adapter: ``None`` or any object with ``transform(x)`` mapping ``(nq, new dim)``
+            to ``(nq, old dim)``: queries reach the not-yet-backfilled items through it (not
+            with ``adapter``; ``similarity="cosine"`` only).
+        backfilled: ``None`` or ids (of ``gallery_ids``) re-embedded before the first step.
         progress: a tqdm bar over the steps.
 
     Returns:
@@ -185,11 +201,21 @@ def backfill_curve(query_embeddings: Any, query_labels: Any, old_embeddings: Any
         (3,)
     """
     old = as_matrix(old_embeddings, "old_embeddings")
+    if adapter is not None and query_adapter is not None:
+        raise ValueError("pass adapter (old items into the new space) or query_adapter (queries "
+                         "into the old space), not both: each gives its own curve")
     if adapter is not None:
-        old = _through_adapter(adapter, old)
-    new = as_matrix(new_embeddings, "new_embeddings", old.shape[1])
+        check_adapter(adapter, source_dim=old.shape[1], context="old_embeddings")
+        old = adapted(adapter, old, what="old_embeddings")
+    new = as_matrix(new_embeddings, "new_embeddings",
+                    None if query_adapter is not None else old.shape[1])
     if new.shape[0] != old.shape[0]:
         raise ValueError(f"new_embeddings has {new.shape[0]} rows, old_embeddings {old.shape[0]}")
+    if query_adapter is not None:
+        if similarity != "cosine":
+            raise ValueError(f"query_adapter needs similarity='cosine' (scores of the two spaces "
+                             f"are ranked together), got {similarity!r}")
+        query_embeddings, old, new = _two_space_layout(query_adapter, query_embeddings, old, new)
     n_items = old.shape[0]
     row_ids = np.arange(n_items) if gallery_ids is None else as_ids(gallery_ids, "gallery_ids",
                                                                      n_items)
@@ -204,6 +230,12 @@ def backfill_curve(query_embeddings: Any, query_labels: Any, old_embeddings: Any
         raise ValueError(f"gallery_labels must have shape ({n_items},), got {labels.shape}")
     label_of = dict(zip(row_ids.tolist(), labels.tolist()))
     sorter = np.argsort(row_ids)
+    early = np.empty(0, dtype=np.int64)
+    if backfilled is not None:
+        early_ids = as_ids(backfilled, "backfilled")
+        if not np.isin(early_ids, row_ids).all():
+            raise ValueError("backfilled must be ids of the gallery (gallery_ids)")
+        early = sorter[np.searchsorted(row_ids[sorter], early_ids)]
     checked = {}
     for name, order in orders.items():
         order = as_ids(order, f"orders[{name!r}]", n_items)
@@ -219,8 +251,10 @@ def backfill_curve(query_embeddings: Any, query_labels: Any, old_embeddings: Any
         gallery = Gallery(old.shape[1], similarity=similarity, index_type=index_type,
                           device="cpu", **params)
         if gallery.needs_training:
-            gallery.train(old)
+            gallery.train(old if query_adapter is None else np.vstack([old, new]))
         gallery.add(old, row_ids, version=old_version)
+        if early.size:
+            gallery.replace(new[early], row_ids[early], version=new_version)
         done, measured = 0, []
         for fraction in steps:
             target = int(round(fraction * n_items))
@@ -236,19 +270,21 @@ def backfill_curve(query_embeddings: Any, query_labels: Any, old_embeddings: Any
     return BackfillCurve(fractions=steps, scores=results)
 
 
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
-def _through_adapter(adapter: Any, old: np.ndarray) -> np.ndarray:
-    """``adapter.transform(old)`` as a float32 matrix with one row per item (duck-typed, so
-    this room needs no import of :mod:`regfree.compat`)."""
-    if not callable(getattr(adapter, "transform", None)):
-        raise TypeError(f"adapter must have a transform(x) method (e.g. an EmbeddingAdapter "
-                        f"from regfree.compat.fit_adapter), got {type(adapter).__name__}")
-    source_dim = getattr(adapter, "source_dim", None)
-    if source_dim is not None and source_dim != old.shape[1]:
-        raise ValueError(f"adapter maps {source_dim}-d embeddings but old_embeddings are "
-                         f"{old.shape[1]}-d: fit it from the old model's embeddings")
-    moved = as_matrix(adapter.transform(old), "adapter.transform(old_embeddings)")
-    if moved.shape[0] != old.shape[0]:
-        raise ValueError(f"adapter.transform(old_embeddings) gave {moved.shape[0]} rows for "
-                         f"{old.shape[0]} items")
-    return moved
+
+def _two_space_layout(query_adapter: Any, query_embeddings: Any, old: np.ndarray,
+                      new: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Queries ``[q, A(q)]``, new items ``[new, 0]``, old items ``[0, old]``, blocks unit-norm:
+    the inner product of a query with an item is the cosine in the item's own space (over the
+    query's norm, the same for every item), so one ranking merges the per-space searches."""
+    queries = as_matrix(query_embeddings, "query_embeddings", new.shape[1])
+    check_adapter(query_adapter, "query_adapter", source_dim=new.shape[1],
+                  target_dim=old.shape[1], context="query_embeddings -> old_embeddings")
+    moved = adapted(query_adapter, queries, "query_adapter", what="query_embeddings",
+                    target_dim=old.shape[1], context="query_embeddings -> old_embeddings")
+    zeros_new = np.zeros((old.shape[0], new.shape[1]), dtype=np.float32)
+    zeros_old = np.zeros((new.shape[0], old.shape[1]), dtype=np.float32)
+    return (np.hstack([_unit(queries), _unit(moved)]), np.hstack([zeros_new, _unit(old)]),
+            np.hstack([_unit(new), zeros_old]))

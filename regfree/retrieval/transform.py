@@ -27,7 +27,13 @@ import faiss
 import numpy as np
 
 from regfree.progress import progress_bar
-from regfree.retrieval._checks import Version, as_numpy, check_positive_int, check_version
+from regfree.retrieval._checks import (
+    Version,
+    as_numpy,
+    check_adapter,
+    check_positive_int,
+    check_version,
+)
 from regfree.retrieval.spaces import check_space
 from regfree.retrieval.stored import stored_vectors
 
@@ -78,23 +84,6 @@ class GalleryTransform:
                           batch_size=batch_size, progress=progress)
 
 
-def check_adapter(adapter: Any, dim: int) -> tuple[int, int]:
-    """``(source_dim, target_dim)`` of a duck-typed adapter whose source is ``dim``."""
-    if not callable(getattr(adapter, "transform", None)):
-        raise TypeError("adapter must have a transform(x) method (e.g. regfree.compat."
-                        f"fit_adapter's result), got {type(adapter).__name__}")
-    dims = []
-    for name in ("source_dim", "target_dim"):
-        value = getattr(adapter, name, None)
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise TypeError(f"adapter.{name} must be a positive int, got {value!r}")
-        dims.append(int(value))
-    if dims[0] != dim:
-        raise ValueError(f"adapter maps {dims[0]}-d embeddings but the gallery stores {dim}-d "
-                         "ones: fit the adapter from this gallery's version")
-    return dims[0], dims[1]
-
-
 def adapt_in_batches(adapter: Any, vectors: np.ndarray, target_dim: int, *, batch_size: int,
                      progress: bool, nonzero: bool) -> np.ndarray:
     """``adapter.transform`` over ``vectors`` in batches (a tqdm bar unless ``progress`` is
@@ -119,7 +108,8 @@ def adapt_in_batches(adapter: Any, vectors: np.ndarray, target_dim: int, *, batc
 def transform_gallery(gallery: Any, adapter: Any, *, version: Version, new_version: Version,
                       space: Optional[str], batch_size: int, progress: bool) -> None:
     """The work of :meth:`Gallery.transform` (see there)."""
-    _, target_dim = check_adapter(adapter, gallery.dim)
+    _, target_dim = check_adapter(adapter, source_dim=gallery.dim, require_dims=True,
+                                  context=f"the gallery stores {gallery.dim}-d vectors")
     version, new_version = check_version(version), check_version(new_version)
     batch_size = check_positive_int(batch_size, "batch_size")
     if new_version == version:
