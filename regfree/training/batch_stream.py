@@ -158,7 +158,7 @@ class BatchStream:
                                  f"{tuple(label_tensor.shape)}")
             if label_tensor.dtype.is_floating_point or label_tensor.dtype == torch.bool:
                 raise ValueError(f"{self.name}: labels must be integer class ids, got "
-                                 f"{label_tensor.dtype}")
+                                 f"{str(label_tensor.dtype).removeprefix('torch.')}")
             if batch_length(inputs) != len(label_tensor):
                 raise ValueError(f"{self.name}: the inputs have {batch_length(inputs)} rows but "
                                  f"the labels {len(label_tensor)}")
