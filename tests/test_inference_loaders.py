@@ -170,10 +170,17 @@ def test_cache_build_shows_a_bar_unless_switched_off(tmp_path, data, monkeypatch
     assert capsys.readouterr().err == ""
 
 
+def top_two_gap(logits: np.ndarray) -> float:
+    top = np.sort(logits, axis=1)[:, -2:]
+    return float((top[:, 1] - top[:, 0]).min())
+
+
 def test_evaluate_upgrade_gives_the_same_report_from_every_form(data):
     x, y = data
     old, new = mlp(1), mlp(2)
     gallery = blobs(60, seed=1)
+    # flips compare argmaxes, exact across batch shapes only away from near-ties
+    assert min(top_two_gap(predict_logits(m, x)) for m in (old, new)) > 1e-4
     reference = evaluate_upgrade(old, new, (x, y), gallery=gallery, backfill_orders=(),
                                  progress=False)
     for name, form in loaders(x, y).items():
@@ -239,6 +246,7 @@ def test_huggingface_style_models_through_evaluate_upgrade():
     with torch.no_grad():
         old_logits = old(data.ids, data.mask).logits
         new_logits = new(data.ids, data.mask).logits
+    assert min(top_two_gap(old_logits.numpy()), top_two_gap(new_logits.numpy())) > 1e-4
     correct_old = old_logits.argmax(1) == data.labels
     correct_new = new_logits.argmax(1) == data.labels
     assert report.flips.nfr == pytest.approx((correct_old & ~correct_new).float().mean().item())
@@ -324,3 +332,14 @@ def test_progress_bar_of_a_pass_goes_to_stderr(data, monkeypatch):
     monkeypatch.setattr("sys.stderr", stream)
     embed(mlp(1), loaders(x, y)["loader"], desc="gallery pass")
     assert "gallery pass" in stream.getvalue()
+
+
+def test_a_dataset_read_by_worker_processes_gives_the_same_rows(data):
+    x, y = data
+    model = mlp(1)
+    dataset = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+    run = run_model(model, dataset, batch_size=8, num_workers=1, progress=False)
+    np.testing.assert_allclose(run.logits, predict_logits(model, x), **TOL)
+    np.testing.assert_array_equal(run.labels, y)
+    with pytest.raises(ValueError, match="num_workers must be a non-negative integer"):
+        run_model(model, dataset, num_workers=-1, progress=False)

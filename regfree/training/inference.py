@@ -74,8 +74,10 @@ def run_pass(jobs: Sequence[Job], stream: BatchStream, *,
             for j, job in enumerate(jobs):
                 place = places[j]
                 if place not in moved:
+                    # asynchronous only towards a GPU: a copy into host memory must be done
+                    # before the model reads it
                     moved[place] = batch.inputs if place is None else to_model(
-                        batch.inputs, place[0], place[1], non_blocking=True)
+                        batch.inputs, place[0], place[1], non_blocking=place[0].type == "cuda")
                 _run_job(job, moved[place], logits[j], embeddings[j], batch_length(batch.inputs))
             positions.append(batch.positions)
             if batch.labels is not None:
