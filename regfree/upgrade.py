@@ -274,10 +274,10 @@ def evaluate_upgrade(
             f"{old_q.embeddings.shape[1]}-d: pass v2's projection into v1's space as "
             "new_embedder (e.g. 'compatible_embeddings') and its own as new_native_embedder, "
             "or a post-hoc adapter (adapter= or query_adapter=, e.g. 'fit')")
-    (old_g,), (new_g, *native_g) = run_models(
+    (old_g,), (new_g, *native_items) = run_models(
         [(old, embedders[0]), (new, embedders[1])], gallery, name="gallery",
         desc="v1 and v2 on gallery", **common)
-    native_q, native_g = (native[0], native_g[0]) if native else (new_q, new_g)
+    native_q, native_g = (native[0], native_items[0]) if native else (new_q, new_g)
     cross = {OLD: new_q.embeddings} if raw_cross else {}
     report.retrieval = CompatibilityReport(retrieval_matrix(
         {OLD: old_q.embeddings, NEW: {NEW: native_q.embeddings, **cross}},

@@ -107,7 +107,7 @@ class BatchStream:
                 rows = slice(start, start + self.batch_size)
                 yield Batch(np.arange(start, min(start + self.batch_size, total)),
                             _take(inputs, rows), None if labels is None else
-                            labels[rows].numpy())
+                            labels[rows].cpu().numpy())
             return
         for positions, raw in indexed_batches(self.loader):  # type: ignore[arg-type]
             inputs, labels = self._split(raw)
