@@ -84,7 +84,7 @@ def run_pass(jobs: Sequence[Job], stream: BatchStream, *,
                 labels.append(batch.labels)
     if not positions:
         raise ValueError(f"{stream.name} yielded no batches: it is empty")
-    order, sorted_positions = _dataset_order(positions, stream.name)
+    order, sorted_positions = _dataset_order(positions)
     return PassResult(
         logits=[_ordered(parts, order) if job.logits else None for job, parts in zip(jobs, logits)],
         embeddings=[[_ordered(parts, order) for parts in per_job] for per_job in embeddings],
@@ -135,7 +135,7 @@ def _prepared(models: Sequence[Any], device: Union[str, torch.device, None]
                 model.to(home)
 
 
-def _dataset_order(positions: list[Optional[np.ndarray]], name: str
+def _dataset_order(positions: list[Optional[np.ndarray]]
                    ) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
     """The permutation putting rows in dataset order, and the sorted positions."""
     if any(p is None for p in positions):
