@@ -252,6 +252,9 @@ def test_huggingface_style_models_through_evaluate_upgrade():
     assert report.flips.nfr == pytest.approx((correct_old & ~correct_new).float().mean().item())
     np.testing.assert_array_equal(report.negative_flip_mask, (correct_old & ~correct_new).numpy())
     assert 0.0 <= report.retrieval.value("v2", "v1") <= 1.0
+    columns = {"input_ids": data.ids, "attention_mask": data.mask}  # tokenizer output, no labels
+    np.testing.assert_allclose(predict_logits(old, columns, batch_size=16), old_logits.numpy(),
+                               **TOL)
     with pytest.raises(ValueError, match="old_embedder='auto': TokenClassifier's forward returns "
                                          "only logits and it has no forward_features method; "
                                          "pass old_embedder= .* or a callable"):
