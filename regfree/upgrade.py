@@ -5,7 +5,8 @@ given, over the gallery), and gathers what the rooms measure: the :class:`FlipRe
 cross-version retrieval matrix (v2 queries on v1's FAISS gallery with no backfill, and on its own),
 the partial-backfill curve, and, with post-hoc adapters (a v2 not trained for compatibility),
 v2 through the adapter on v1's gallery and the share of the full-backfill gain it recovers. Models are plain ``torch.nn.Module`` s; embedders are a method
-name (``"forward_features"``) or a callable on an input batch.
+name, a callable on an input batch or ``"auto"`` (what the forward returns, else
+``forward_features``).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from torch import nn
 from regfree.compat import CompatibilityReport
 from regfree.metrics import FlipReport, correct_mask, flip_report, json_safe
 from regfree.retrieval import BackfillCurve, retrieval_matrix
-from regfree.training.data import TrainData
-from regfree.training.predict import Embedder, run_model
+from regfree.training.predict import AUTO, Embedder, run_models
+from regfree.training.predict import run_model as run_model  # re-exported: callers import it here
 from regfree.upgrade_adapters import (  # noqa: F401  (names re-exported for users and tests)
     ADAPTER_SUFFIX,
     BACKFILL_MAP_K,
@@ -152,12 +153,12 @@ def _share(value: float, spec: str, missing: str = "n/a") -> str:
 def evaluate_upgrade(
     old: nn.Module,
     new: nn.Module,
-    data: TrainData,
+    data: Any,
     *,
-    gallery: Optional[TrainData] = None,
+    gallery: Any = None,
     max_nfr: Optional[float] = None,
-    old_embedder: Embedder = "forward_features",
-    new_embedder: Embedder = "forward_features",
+    old_embedder: Embedder = AUTO,
+    new_embedder: Embedder = AUTO,
     new_native_embedder: Optional[Embedder] = None,
     adapter: Any = None,
     query_adapter: Any = None,
@@ -166,7 +167,8 @@ def evaluate_upgrade(
     backfill_orders: Sequence[str] = ("random", "margin"),
     backfill_fractions: Sequence[float] = tuple(np.linspace(0.0, 1.0, 11)),
     class_names: Optional[Sequence[str]] = None,
-    device: Union[str, torch.device] = "cpu",
+    label_key: Optional[str] = None,
+    device: Union[str, torch.device, None] = None,
     batch_size: int = 512,
     seed: int = 0,
     progress: bool = True,
@@ -200,12 +202,18 @@ def evaluate_upgrade(
     curve cannot exist and are left out (an adapter is then required).
 
     Args:
-        old, new: the two models; they return logits, ``(logits, embeddings)`` or a mapping.
-        data: evaluation ``(x, y)`` arrays or a Dataset of ``(x, y)``.
-        gallery: ``(x, y)`` or Dataset of items to index; ``None`` skips retrieval.
+        old, new: the two models; they return logits, ``(logits, embeddings)``, a mapping or an
+            object with ``.logits`` (HuggingFace); mapping inputs go in as keyword arguments.
+        data: the evaluated samples (the queries): an ``(inputs, labels)`` pair of arrays, a
+            map-style Dataset, an IterableDataset or a DataLoader (used as given). v1 and v2 run
+            on each batch as it is read; rows are put back in dataset order.
+        gallery: the items to index, in the same forms; ``None`` skips retrieval.
         max_nfr: the gate: :attr:`UpgradeReport.passed` is False when NFR is above it.
-        old_embedder: v1's embedding method name or callable.
-        new_embedder: v2's embedder for searching v1's gallery (for a v2 with a learned
+        old_embedder: v1's embeddings: ``"auto"`` takes those its forward returns beside the
+            logits (one backbone pass per batch), else calls ``forward_features``;
+            ``"outputs"`` only the former; a method name or a callable on an input batch is
+            called (a second pass). See :mod:`regfree.training.embedders`.
+        new_embedder: v2's, the same way, for searching v1's gallery (for a v2 with a learned
             projection, its projected embeddings, e.g. ``"compatible_embeddings"``).
         new_native_embedder: v2's embedder for its own gallery, when it differs from
             ``new_embedder`` (e.g. ``"native_embeddings"``); default: ``new_embedder``.
@@ -219,11 +227,12 @@ def evaluate_upgrade(
         backfill_orders: orders of the backfill curve; empty skips the curve.
         backfill_fractions: backfilled shares at which the curve is measured.
         class_names: names of the classes, for the report.
-        device: where to run the models.
-        batch_size: samples per forward pass.
+        label_key: the key of the labels in mapping batches; default ``"label"``/``"labels"``.
+        device: where to run the models (moved there for the call); default: where each is.
+        batch_size: samples per forward pass (a DataLoader keeps its own).
         seed: the random backfill order's seed.
         progress: show progress bars.
-        num_workers: DataLoader worker processes reading Dataset items (0: in process).
+        num_workers: worker processes reading a Dataset (a DataLoader keeps its own).
 
     Returns:
         An :class:`UpgradeReport`.
@@ -248,12 +257,11 @@ def evaluate_upgrade(
             raise ValueError(f"{name} must be a torch.nn.Module, got {type(model).__name__}")
     with_gallery = gallery is not None
     check_adapter_arguments(adapter, query_adapter, adapter_pairs, with_gallery, adapter_kind)
-    common = {"device": device, "batch_size": batch_size, "progress": progress,
-              "num_workers": num_workers}
-    old_q = run_model(old, data, embedder=old_embedder if with_gallery else None,
-                      desc="v1 on data", **common)
-    new_q = run_model(new, data, embedder=new_embedder if with_gallery else None,
-                      desc="v2 on data", **common)
+    common = {"label_key": label_key, "device": device, "batch_size": batch_size,
+              "progress": progress, "num_workers": num_workers}
+    embedders = _embedders(old_embedder, new_embedder, new_native_embedder, with_gallery)
+    (old_q,), (new_q, *native) = run_models(
+        [(old, embedders[0]), (new, embedders[1])], data, desc="v1 and v2 on data", **common)
     flips = flip_report(old_q.labels, old_q.logits, new_q.logits)
     negative_flips = (correct_mask(old_q.labels, old_q.logits, validate=False)
                       & ~correct_mask(old_q.labels, new_q.logits, validate=False))
@@ -263,21 +271,17 @@ def evaluate_upgrade(
     if not with_gallery:
         return report
 
-    old_g = run_model(old, gallery, embedder=old_embedder, desc="v1 on gallery", **common)
-    raw_cross = new_q.embeddings.shape[1] == old_g.embeddings.shape[1]
+    raw_cross = new_q.embeddings.shape[1] == old_q.embeddings.shape[1]
     if not raw_cross and adapter is None and query_adapter is None:
         raise ValueError(
             f"new_embedder gives {new_q.embeddings.shape[1]}-d embeddings but v1's gallery is "
-            f"{old_g.embeddings.shape[1]}-d: pass v2's projection into v1's space as "
+            f"{old_q.embeddings.shape[1]}-d: pass v2's projection into v1's space as "
             "new_embedder (e.g. 'compatible_embeddings') and its own as new_native_embedder, "
             "or a post-hoc adapter (adapter= or query_adapter=, e.g. 'fit')")
-    new_g = run_model(new, gallery, embedder=new_embedder, desc="v2 on gallery", **common)
-    native_q, native_g = new_q, new_g
-    if new_native_embedder is not None:
-        native_q = run_model(new, data, embedder=new_native_embedder, desc="v2 native on data",
-                             **common)
-        native_g = run_model(new, gallery, embedder=new_native_embedder,
-                             desc="v2 native on gallery", **common)
+    (old_g,), (new_g, *native_items) = run_models(
+        [(old, embedders[0]), (new, embedders[1])], gallery, name="gallery",
+        desc="v1 and v2 on gallery", **common)
+    native_q, native_g = (native[0], native_items[0]) if native else (new_q, new_g)
     cross = {OLD: new_q.embeddings} if raw_cross else {}
     report.retrieval = CompatibilityReport(retrieval_matrix(
         {OLD: old_q.embeddings, NEW: {NEW: native_q.embeddings, **cross}},
@@ -291,3 +295,16 @@ def evaluate_upgrade(
                                            native_q, old_q, ready, backfill_orders,
                                            backfill_fractions, seed, progress)
     return report
+
+
+def _embedders(old_embedder: Embedder, new_embedder: Embedder,
+               new_native_embedder: Optional[Embedder], with_gallery: bool
+               ) -> tuple[list[tuple[str, Embedder]], list[tuple[str, Embedder]]]:
+    """What run_models reads of v1 and v2 (nothing but logits without a gallery)."""
+    if not with_gallery:
+        return [], []
+    new = [("new_embedder", new_embedder)]
+    if new_native_embedder is not None:
+        new.append(("new_native_embedder", new_native_embedder))
+    return [("old_embedder", old_embedder)], new
+

@@ -7,26 +7,48 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
 from torch import nn
 
 from regfree.atomic import atomic_write
-from regfree.training.data import BatchSource, TrainData
-from regfree.training.predict import predict_logits
+from regfree.training.batch_stream import BatchStream
+from regfree.training.inference import Job, check_each_sample_once, run_pass
 
 _LOGITS = "logits.npy"
 _META = "meta.json"
 _FORMAT = 1
 
 
-def labels_fingerprint(data: TrainData) -> str:
-    """SHA-1 of the int64 labels of ``data`` in order: tells two datasets of one length apart."""
-    source = BatchSource(data, "data")
-    labels = source.fetch(np.arange(len(source)))[1].numpy().astype(np.int64)
-    return hashlib.sha1(labels.tobytes()).hexdigest()
+def labels_fingerprint(data: Any, *, label_key: Optional[str] = None) -> str:
+    """SHA-1 of the int64 labels of ``data`` in dataset order: tells two datasets of one length
+    apart. ``data`` takes the forms :meth:`OldLogitCache.build` takes."""
+    return _sha1(_labels_in_order(data, label_key))
+
+
+def _sha1(labels: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()
+
+
+def _indexed_stream(data: Any, label_key: Optional[str], batch_size: int = 1024,
+                    num_workers: int = 0, pin_memory: bool = False) -> BatchStream:
+    stream = BatchStream(data, name="data", batch_size=batch_size, num_workers=num_workers,
+                         pin_memory=pin_memory, label_key=label_key)
+    if not stream.random_access:
+        raise ValueError(
+            "data: the old-logit cache is keyed by sample index and an IterableDataset has none "
+            "(its samples can only be iterated, and fit looks cached logits up by index); pass "
+            "a map-style Dataset, or a DataLoader over one, in the order the trainer indexes it")
+    return stream
+
+
+def _labels_in_order(data: Any, label_key: Optional[str]) -> np.ndarray:
+    stream = _indexed_stream(data, label_key)
+    result = run_pass([], stream, progress=False)
+    check_each_sample_once(result, stream)
+    return result.labels
 
 
 class OldLogitCache:
@@ -63,19 +85,29 @@ class OldLogitCache:
         return int(self.logits.shape[1])
 
     @classmethod
-    def build(cls, old_model: Union[nn.Module, Sequence[nn.Module]], data: TrainData,
-              directory: Union[str, os.PathLike], *, device: Union[str, torch.device] = "cpu",
-              batch_size: int = 1024) -> OldLogitCache:
+    def build(cls, old_model: Union[nn.Module, Sequence[nn.Module]], data: Any,
+              directory: Union[str, os.PathLike], *,
+              device: Union[str, torch.device, None] = None, batch_size: int = 1024,
+              label_key: Optional[str] = None, progress: bool = True,
+              num_workers: int = 0) -> OldLogitCache:
         """Run the old model (or the mean logits of several, an ensemble teacher) over ``data``
-        once and store the logits.
+        once and store the logits by sample index.
 
         Args:
-            old_model: the frozen v1, or a sequence of models whose logits are averaged.
-            data: the training data in the order the trainer will index it: ``(x, y)`` or a
-                map-style Dataset yielding ``(x, y)``.
+            old_model: the frozen v1, or a sequence of models whose logits are averaged (all run
+                on each batch as it is read: one pass over the data).
+            data: the training data the trainer will index: an ``(inputs, labels)`` pair of
+                arrays, a map-style Dataset, or a DataLoader over one (used as given; any
+                shuffling is undone by sample index, but every sample must come exactly once: no
+                ``drop_last``, no subset sampler). An IterableDataset is refused: it has no
+                sample index to key the cache by.
             directory: folder for ``logits.npy`` and ``meta.json`` (created; replaced if present).
-            device: where to run the model(s).
-            batch_size: samples per forward pass.
+            device: where to run the model(s) (moved there for the call); default: where each is.
+            batch_size: samples per forward pass (a DataLoader keeps its own).
+            label_key: the key of the labels in mapping batches; default ``"label"`` or
+                ``"labels"``.
+            progress: show a tqdm bar over the batches.
+            num_workers: worker processes reading a Dataset (a DataLoader keeps its own).
 
         Returns:
             The cache, memory-mapped read-only.
@@ -83,11 +115,16 @@ class OldLogitCache:
         models = list(old_model) if isinstance(old_model, Sequence) else [old_model]
         if not models or not all(isinstance(m, nn.Module) for m in models):
             raise ValueError("old_model must be an nn.Module or a non-empty sequence of them")
-        logits = np.mean([predict_logits(m, data, device=device, batch_size=batch_size)
-                          for m in models], axis=0).astype(np.float32)
+        cuda = any(p.is_cuda for m in models for p in m.parameters()) or (
+            device is not None and torch.device(device).type == "cuda")
+        stream = _indexed_stream(data, label_key, batch_size, num_workers, cuda)
+        result = run_pass([Job(m) for m in models], stream, device=device, progress=progress,
+                          desc="old-logit cache")
+        check_each_sample_once(result, stream)
+        logits = np.mean(result.logits, axis=0).astype(np.float32)
         meta = {"format": _FORMAT, "num_samples": int(logits.shape[0]),
                 "num_classes": int(logits.shape[1]), "ensemble_size": len(models),
-                "labels_sha1": labels_fingerprint(data)}
+                "labels_sha1": _sha1(result.labels)}
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / _META).unlink(missing_ok=True)  # no stale meta beside new logits
@@ -96,16 +133,18 @@ class OldLogitCache:
         return cls.open(directory)
 
     @classmethod
-    def open(cls, directory: Union[str, os.PathLike], *, data: Optional[TrainData] = None,
-             num_samples: Optional[int] = None,
-             num_classes: Optional[int] = None) -> OldLogitCache:
+    def open(cls, directory: Union[str, os.PathLike], *, data: Any = None,
+             num_samples: Optional[int] = None, num_classes: Optional[int] = None,
+             label_key: Optional[str] = None) -> OldLogitCache:
         """Memory-map a cache written by :meth:`build`, refusing one built for other data.
 
         Args:
             directory: the folder given to :meth:`build`.
-            data: the training data about to be used; its length and labels must match.
+            data: the training data about to be used (the forms :meth:`build` takes); its
+                length and labels must match.
             num_samples: expected number of samples.
             num_classes: expected number of old classes.
+            label_key: the key of the labels in mapping batches of ``data``.
         """
         directory = Path(directory)
         if not (directory / _META).is_file() or not (directory / _LOGITS).is_file():
@@ -117,8 +156,9 @@ class OldLogitCache:
                                                              meta["num_classes"]):
             raise ValueError(f"old-logit cache in {directory} is damaged or of another format")
         cache = cls(directory, logits, meta)
-        if data is not None:
-            expected = len(BatchSource(data, "data"))
+        labels = _labels_in_order(data, label_key) if data is not None else None
+        if labels is not None:
+            expected = len(labels)
             if num_samples is not None and num_samples != expected:
                 raise ValueError(f"num_samples={num_samples} but data has {expected} samples")
             num_samples = expected
@@ -128,7 +168,7 @@ class OldLogitCache:
         if num_classes is not None and num_classes != cache.num_classes:
             raise ValueError(f"old-logit cache in {directory} has {cache.num_classes} classes, "
                              f"expected num_classes={num_classes}; rebuild it")
-        if data is not None and labels_fingerprint(data) != meta["labels_sha1"]:
+        if labels is not None and _sha1(labels) != meta["labels_sha1"]:
             raise ValueError(f"old-logit cache in {directory} was built for other data (labels "
                              "differ in content or order); rebuild it")
         return cache

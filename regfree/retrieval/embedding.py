@@ -1,4 +1,8 @@
-"""Embedding a gallery (or a query set) in batches, with a progress bar."""
+"""Embedding a gallery (or a query set) in batches, with a progress bar.
+
+torch is imported only when the model is a module or the inputs are a Dataset or DataLoader
+(this room must stay importable without it).
+"""
 
 from __future__ import annotations
 
@@ -11,29 +15,38 @@ from regfree.progress import progress_bar
 from regfree.retrieval._checks import as_numpy, check_positive_int
 
 
-def embed(model: Union[Callable[[Any], Any], Any], inputs: Any, batch_size: int = 512,
-          method: Optional[str] = "forward_features", progress: bool = True,
-          device: Optional[str] = None, desc: str = "embedding") -> np.ndarray:
+def embed(model: Union[Callable[..., Any], Any], inputs: Any, *, batch_size: int = 512,
+          method: Optional[Union[str, Callable[..., Any]]] = "forward_features",
+          progress: bool = True, device: Optional[str] = None, desc: str = "embedding",
+          label_key: Optional[str] = None, num_workers: int = 0) -> np.ndarray:
     """Embed ``inputs`` batch by batch and return one float32 ``(n, dim)`` array.
 
-    For a ``torch.nn.Module`` the batches become tensors on the model's device (or ``device``),
-    the call runs under ``torch.no_grad()`` in eval mode (the module's training flag is restored
-    afterwards), and ``getattr(model, method)`` is called (``method=None`` calls the module itself,
-    whose output must then be a tensor). Any other callable gets slices of ``inputs`` as given
-    and may return numpy arrays or tensors.
+    For a ``torch.nn.Module`` the batches become tensors on the model's device (or ``device``;
+    floating inputs in the model's dtype, mappings of tensors passed as keyword arguments), the
+    call runs under ``torch.no_grad()`` in eval mode (the module's training flag is restored
+    afterwards) and ``method`` gives the embeddings. Any other callable gets batches of
+    ``inputs`` as given (slices of an array, collated batches of a Dataset) and may return
+    numpy arrays or tensors.
 
     Args:
         model: an ``nn.Module`` or a callable mapping a batch to ``(batch, dim)`` embeddings.
-        inputs: ``(n, ...)`` numpy array or tensor, ``n >= 1``.
-        batch_size: rows per call.
-        method: the module's embedding method (default ``"forward_features"``); ignored for
-            plain callables.
+        inputs: an ``(n, ...)`` array or tensor (``n >= 1``), or, read batch by batch, a
+            map-style Dataset, an IterableDataset or a DataLoader (used as given; rows come back
+            in dataset order, labels in the batches are dropped).
+        batch_size: rows per call (a DataLoader keeps its own).
+        method: for a module, its embedding method's name (default ``"forward_features"``),
+            ``"outputs"`` (the embeddings its forward returns beside the logits), a callable on
+            a batch, or ``None`` (the module's output itself, a tensor, is the embedding).
+            Ignored for plain callables.
         progress: show a tqdm bar.
-        device: torch device for a module's batches (default: where its parameters are).
+        device: torch device for a module's batches (default: where its parameters are; a
+            module elsewhere is moved there for the call).
         desc: the progress bar's label.
+        label_key: the key of the labels in mapping batches; default ``"label"``/``"labels"``.
+        num_workers: worker processes reading a Dataset (a DataLoader keeps its own).
 
     Returns:
-        float32 embeddings, row ``i`` for ``inputs[i]``.
+        float32 embeddings, row ``i`` for sample ``i``.
 
     Example:
         >>> import numpy as np
@@ -41,37 +54,37 @@ def embed(model: Union[Callable[[Any], Any], Any], inputs: Any, batch_size: int 
         (5, 3)
     """
     batch_size = check_positive_int(batch_size, "batch_size")
-    n_rows = len(inputs)
-    if n_rows == 0:
+    torch = sys.modules.get("torch")  # a module or a loader can only exist once torch was imported
+    is_module = torch is not None and isinstance(model, torch.nn.Module)
+    is_array = isinstance(inputs, np.ndarray) or (torch is not None and
+                                                  isinstance(inputs, torch.Tensor))
+    if is_array and len(inputs) == 0:
         raise ValueError("inputs is empty: expected at least one row")
-    starts = range(0, n_rows, batch_size)
+    if is_module or not is_array:
+        return _embed_with_torch(model, inputs, batch_size, method, is_module, progress, device,
+                                 desc, label_key, num_workers)
+    starts = range(0, len(inputs), batch_size)
     bar = progress_bar(starts, desc=desc, unit="batch", enabled=progress, leave=False)
-    torch = sys.modules.get("torch")  # a module can only exist once torch was imported
-    if torch is not None and isinstance(model, torch.nn.Module):
-        return _embed_module(model, inputs, batch_size, method, device, bar, torch)
     parts = [_as_rows(model(inputs[start:start + batch_size]), "model output") for start in bar]
-    return _stack(parts, n_rows)
+    return _stack(parts, len(inputs))
 
 
-def _embed_module(model: Any, inputs: Any, batch_size: int, method: Optional[str],
-                  device: Optional[str], bar: Any, torch: Any) -> np.ndarray:
-    if method is not None and not callable(getattr(model, method, None)):
-        raise ValueError(f"model has no method {method!r}; pass method=None to call the module")
-    call = getattr(model, method) if method is not None else model
-    if device is None:
-        first = next(model.parameters(), None)
-        device = first.device if first is not None else "cpu"
-    tensor = inputs if isinstance(inputs, torch.Tensor) else torch.from_numpy(
-        np.ascontiguousarray(inputs, dtype=np.float32))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            parts = [_as_rows(call(tensor[start:start + batch_size].to(device)), "model output")
-                     for start in bar]
-    finally:
-        model.train(was_training)
-    return _stack(parts, len(tensor))
+def _embed_with_torch(model: Any, inputs: Any, batch_size: int, method: Any, is_module: bool,
+                      progress: bool, device: Optional[str], desc: str,
+                      label_key: Optional[str], num_workers: int) -> np.ndarray:
+    from regfree.training.batch_stream import BatchStream
+    from regfree.training.embedders import EmbeddingReader
+    from regfree.training.inference import Job, run_pass
+
+    if is_module and method is not None:
+        job = Job(model, logits=False, readers=[EmbeddingReader(model, method, "method")])
+    else:
+        job = Job(model, logits=False, readers=(), whole_output=True)
+    stream = BatchStream(inputs, name="inputs", batch_size=batch_size, num_workers=num_workers,
+                         label_key=label_key, labels=False)
+    out = run_pass([job], stream, device=device if is_module else None, progress=progress,
+                   desc=desc).embeddings[0]
+    return out[0]
 
 
 def _as_rows(output: Any, name: str) -> np.ndarray:
