@@ -17,7 +17,7 @@ from regfree.training.checkpoint import latest_checkpoint, load_checkpoint
 from regfree.training.data import IndexedDataset
 from regfree.training.fit import NFRRiseWarning, fit
 from regfree.training.history import EpochStats, History
-from regfree.training.predict import ModelRun, predict_logits, run_model
+from regfree.training.predict import ModelRun, predict_logits, run_model, run_models
 from regfree.training.recipes import fit_adam_cosine
 from regfree.training.steps import (
     LossTerm,
@@ -45,5 +45,6 @@ __all__ = [
     "load_checkpoint",
     "predict_logits",
     "run_model",
+    "run_models",
     "split_outputs",
 ]
