@@ -34,7 +34,7 @@ from regfree.metrics import discordant_pairs, mcnemar_exact_p
 from regfree.models import cosine_convnet1d
 from regfree.pctraining import DistillationTerm, FocalDistillationLoss, OldLogitCache
 from regfree.training import fit_adam_cosine
-from regfree.training.predict import run_model
+from regfree.training.predict import run_models
 from regfree.upgrade import UpgradeReport, evaluate_upgrade
 
 
@@ -76,11 +76,11 @@ def posthoc_rows(config: DemoConfig, old: torch.nn.Module, plain: torch.nn.Modul
                  ) -> tuple[list[DemoRow], dict]:
     """The rows of plain v2 with an adapter (gallery side, query side) and with a blend, from
     v1 and plain v2 as trained (no training here); returns ``(rows, what they were fit with)``."""
-    common = {"embedder": "forward_features", "progress": config.progress}
-    old_q = run_model(old, (data.x_test, data.y_test), desc="v1 on data", **common)
-    new_q = run_model(plain, (data.x_test, data.y_test), desc="v2 on data", **common)
-    old_g = run_model(old, (data.x_train, data.y_train), desc="v1 on gallery", **common)
-    new_g = run_model(plain, (data.x_train, data.y_train), desc="v2 on gallery", **common)
+    pair = [(old, [("old_embedder", "auto")]), (plain, [("new_embedder", "auto")])]
+    (old_q,), (new_q,) = run_models(pair, (data.x_test, data.y_test), progress=config.progress,
+                                    desc="v1 and v2 on data")
+    (old_g,), (new_g,) = run_models(pair, (data.x_train, data.y_train), name="gallery",
+                                    progress=config.progress, desc="v1 and v2 on gallery")
     top1 = adapter_top1(old_q.embeddings, new_q.embeddings, data.y_test, old_g.embeddings,
                         new_g.embeddings, data.y_train, share=config.adapter_pairs,
                         seed=config.seed)
