@@ -6,7 +6,8 @@
   same items with a model (a ConvNet1D forward pass on mnist1d-sized signals), the work a full
   backfill would redo.
 - query side: a 1-query FAISS search (flat, 100k items, k = 10) with and without adapting the
-  query first, median over rounds, interleaved so load on a shared machine hits both alike.
+  query first, median over rounds, interleaved so load on a shared machine hits both alike; the
+  SLERP row also runs v1 (the ConvNet1D above) on the query, which its blend needs.
 
 Run:
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_adapters.py
@@ -23,6 +24,8 @@ import torch
 from regfree.compat import ADAPTER_KINDS, fit_adapter
 from regfree.models import ConvNet1D
 from regfree.retrieval import Gallery
+
+SLERP_ROW = "slerp 0.5, v1 run on the query"
 
 
 def timed(fn, repeats: int = 3) -> float:
@@ -66,7 +69,11 @@ def main() -> None:
     queries = rng.normal(size=(args.rounds, 128)).astype(np.float32)
     to_v1 = {kind: fit_adapter(target[:5000], source[:5000], kind=kind, progress=False)
              for kind in ADAPTER_KINDS}
-    raw, adapted = [], {kind: [] for kind in ADAPTER_KINDS}
+    # SLERP blends the mapped query with v1's own embedding of it: v1 runs on every query
+    slerp = fit_adapter(target[:5000], source[:5000], kind="orthogonal", blend=0.5,
+                        progress=False)
+    query_signals = torch.from_numpy(rng.normal(size=(args.rounds, 40)).astype(np.float32))
+    raw, adapted = [], {kind: [] for kind in [*ADAPTER_KINDS, SLERP_ROW]}
     plain_queries = queries[:, :64].copy()
     for i in range(args.rounds):
         start = time.perf_counter()
@@ -76,12 +83,17 @@ def main() -> None:
             start = time.perf_counter()
             gallery.search(adapter.transform(queries[i:i + 1]), 10)
             adapted[kind].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        with torch.no_grad():
+            anchor = model.forward_features(query_signals[i:i + 1]).numpy()
+        gallery.search(slerp.transform(queries[i:i + 1], anchor=anchor), 10)
+        adapted[SLERP_ROW].append(time.perf_counter() - start)
     base = np.median(raw)
     print(f"\n1-query search, flat gallery of {args.pairs:,}: raw {base * 1e6:.0f} us (median of "
           f"{args.rounds})")
     for kind, times in adapted.items():
         extra = np.median(times) - base
-        print(f"  adapted query ({kind:<10}): {np.median(times) * 1e6:.0f} us "
+        print(f"  adapted query ({kind}): {np.median(times) * 1e6:.0f} us "
               f"(+{extra * 1e6:.0f} us, {np.median(times) / base:.2f}x)")
 
 
