@@ -11,8 +11,9 @@ rewrites the report from every run saved so far, so several processes, one per s
 the work and a cut-short run leaves its partial table):
     OMP_NUM_THREADS=1 nohup .venv/bin/python experiments/pct_cheap.py --split val --seeds 100 101
     OMP_NUM_THREADS=1 nohup .venv/bin/python experiments/pct_cheap.py --split test --seeds 0 1 2 3 4
-(or one process per seed: ``--seeds 0``, ``--seeds 1``, ...; then ``--report`` rewrites the
-table from what is saved). ``--dataset mnist5k`` for the real digits; ``--quick`` for a smoke run.
+(or one process per seed: ``--seeds 0``, ``--seeds 1``, ...; processes claim each run before
+training it, so overlapping seed lists share the work; ``--report`` rewrites the table from what
+is saved; after a crash delete the run folder's ``*.claim`` files). ``--dataset mnist5k`` for the real digits; ``--quick`` for a smoke run.
 Writes ``experiments/results/pct_cheap_<dataset>_{sweep,test}.{md,json}``.
 """
 
@@ -81,6 +82,18 @@ def run_path(folder: Path, run: Run) -> Path:
     return folder / f"{slug}__seed{run.seed}.pkl"
 
 
+def claim(folder: Path, run: Run) -> bool:
+    """Whether this process takes ``run``: not saved yet and not claimed by another process
+    (a claim is a file created exclusively; delete stale ``*.claim`` files after a crash)."""
+    if run_path(folder, run).exists():
+        return False
+    try:
+        run_path(folder, run).with_suffix(".claim").open("x").close()
+    except FileExistsError:
+        return False
+    return True
+
+
 def load_results(folder: Path) -> list[dict]:
     return [pickle.loads(p.read_bytes()) for p in sorted(folder.glob("*.pkl"))]
 
@@ -94,6 +107,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="seeds to train (runs already saved are skipped)")
     parser.add_argument("--report", action="store_true",
                         help="only rewrite the report from the saved runs")
+    parser.add_argument("--baselines-only", action="store_true",
+                        help="test split: train plain and FD defaults only (not the chosen "
+                             "recipe; no step-cost timing), e.g. while the sweep still runs")
     parser.add_argument("--jobs", type=int, default=1, help="parallel training processes")
     parser.add_argument("--epochs", type=int, metavar="N",
                         help="v2's epochs (default: the setup's); another number saves its runs "
@@ -123,7 +139,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     data = load_data(setup)
     teachers = teachers_for(setup, workdir)
     cost_path = workdir / "step_cost.json"
-    if args.split == "test" and args.seeds:
+    if args.split == "test" and args.seeds and not args.baselines_only:
         with open(workdir / ".cost_lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not cost_path.exists():
@@ -158,7 +174,8 @@ def main(argv: Optional[list[str]] = None) -> int:
              "chosen": Run(0, CHOSEN).label()}, indent=1, default=float))
 
     todo = [r for r in (sweep_runs if args.split == "val" else table_runs)(args.seeds)
-            if not run_path(folder, r).exists()]
+            if not run_path(folder, r).exists()
+            and not (args.baselines_only and r.terms == CHOSEN)]
 
     def save(results: list[dict]) -> None:
         result = results[-1]
@@ -166,7 +183,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         report()
 
     began = time.perf_counter()
-    run_all(todo, setup, workdir, args.jobs, f"{args.split} ({args.dataset})", on_result=save)
+    if args.jobs > 1:
+        run_all(todo, setup, workdir, args.jobs, f"{args.split} ({args.dataset})", on_result=save)
+    else:  # one run at a time, each claimed first: processes given the same seeds share them
+        for run in todo:
+            if claim(folder, run):
+                run_all([run], setup, workdir, 1, run.label(), on_result=save)
     report()
     print(f"done in {(time.perf_counter() - began) / 60:.1f} min; reports in {out}/{stem}_*")
     return 0
