@@ -91,3 +91,21 @@ def test_cheap_recipe_specs_say_what_they_train():
     assert ramped.family == "FD-KL"
     topk = Run(0, (TopKInhibition(2, 0.5, 0.03),))
     assert (topk.label(), topk.family) == ("LDI top-2 vs v1 m=0.5 w=0.03", "LDI-topk")
+
+
+def test_cheap_tables_keep_only_seeds_whose_every_run_finished():
+    from pct_study.cheap import TABLE_RECIPES, complete
+
+    results = [{"run": Run(0, terms)} for terms in TABLE_RECIPES] + [{"run": Run(1)}]
+    assert {r["run"].seed for r in complete(results, len(TABLE_RECIPES))} == {0}
+
+
+def test_a_cheap_run_is_claimed_by_one_process_only(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    from pct_cheap import claim, run_path
+
+    run = Run(0, (TopKInhibition(2, 0.5, 0.03),))
+    assert claim(tmp_path, run)
+    assert not claim(tmp_path, run)  # a second process skips it
+    run_path(tmp_path, Run(1)).write_bytes(b"saved")
+    assert not claim(tmp_path, Run(1))  # already saved
