@@ -11,6 +11,7 @@ rewrites the report from every run saved so far, so several processes, one per s
 the work and a cut-short run leaves its partial table):
     OMP_NUM_THREADS=1 nohup .venv/bin/python experiments/pct_cheap.py --split val --seeds 100 101
     OMP_NUM_THREADS=1 nohup .venv/bin/python experiments/pct_cheap.py --split test --seeds 0 1 2 3 4
+    OMP_NUM_THREADS=1 nohup .venv/bin/python experiments/pct_cheap.py --step-cost
 (or one process per seed: ``--seeds 0``, ``--seeds 1``, ...; processes claim each run before
 training it, so overlapping seed lists share the work; ``--report`` rewrites the table from what
 is saved; after a crash delete the run folder's ``*.claim`` files). ``--dataset mnist5k`` for the real digits; ``--quick`` for a smoke run.
@@ -107,6 +108,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="seeds to train (runs already saved are skipped)")
     parser.add_argument("--report", action="store_true",
                         help="only rewrite the report from the saved runs")
+    parser.add_argument("--step-cost", action="store_true",
+                        help="time every candidate's training step against plain's, side by "
+                             "side in this process (the reports' step-cost column)")
     parser.add_argument("--baselines-only", action="store_true",
                         help="test split: train plain and FD defaults only (not the chosen "
                              "recipe; no step-cost timing), e.g. while the sweep still runs")
@@ -119,8 +123,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.jobs < 1:
         print("--jobs must be >= 1", file=sys.stderr)
         return 2
-    if not args.seeds and not args.report:
-        print("give --seeds to train, or --report to rewrite the report", file=sys.stderr)
+    if not (args.seeds or args.report or args.step_cost):
+        print("give --seeds to train, --step-cost to time the steps, or --report to rewrite "
+              "the report", file=sys.stderr)
         return 2
     torch.set_num_threads(1)
     if args.epochs is not None and args.epochs < 1:
@@ -139,21 +144,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     data = load_data(setup)
     teachers = teachers_for(setup, workdir)
     cost_path = workdir / "step_cost.json"
-    if args.split == "test" and args.seeds and not args.baselines_only:
-        with open(workdir / ".cost_lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not cost_path.exists():
-                print("timing the recipes' training steps side by side ...", flush=True)
-                cost = measure_step_cost(setup, data, workdir, repeats=1 if args.quick else 3)
-                write_text_atomic(cost_path, json.dumps(cost, indent=1))
+    if args.step_cost:
+        print("timing the recipes' training steps side by side ...", flush=True)
+        cost = measure_step_cost(setup, data, workdir, repeats=1 if args.quick else 3)
+        write_text_atomic(cost_path, json.dumps(cost, indent=1))
 
     def report(_: object = None) -> None:
         results = load_results(folder)
+        cost = json.loads(cost_path.read_text()) if cost_path.exists() else None
         if args.split == "val":
             sweep = sweep_pick(results, data, teachers)
             if sweep is None:
                 return
-            write_text_atomic(out / f"{stem}_sweep.md", sweep_markdown(sweep, setup, command))
+            write_text_atomic(out / f"{stem}_sweep.md", sweep_markdown(sweep, setup, command, cost))
             raw = {"command": command, "seeds": sweep["seeds"], "pick": sweep["pick"]["run"].label(),
                    "runs": [{"run": r["run"].label(), "val": asdict(r["val"]),
                              "seconds": r["seconds"]} for r in sweep["runs"]]}
@@ -164,7 +167,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         rows = table_rows(results, data, teachers)
         if not rows:
             return
-        cost = json.loads(cost_path.read_text()) if cost_path.exists() else None
         extra, notes = three_term_rows(args.dataset, args.quick)
         notes = setup_notes(setup, data, teachers) + notes
         write_text_atomic(out / f"{stem}_test.md",

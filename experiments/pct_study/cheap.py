@@ -98,7 +98,7 @@ def sweep_pick(results: list[dict], data: Data, teachers: dict) -> Optional[dict
             "seeds": sorted({r["run"].seed for r in done})}
 
 
-def sweep_markdown(sweep: dict, setup: Setup, command: str) -> str:
+def sweep_markdown(sweep: dict, setup: Setup, command: str, cost: Optional[dict]) -> str:
     plain = sweep["plain"]["val"]
     lines = [f"# Cheap positive-congruent recipe: validation sweep ({setup.dataset})", "",
              f"Command: `{command}` (CPU: {cpu_name()}). Seeds "
@@ -106,14 +106,16 @@ def sweep_markdown(sweep: dict, setup: Setup, command: str) -> str:
              f"trained {setup.v2_epochs} epochs. "
              f"Pick: lowest mean validation NFR among candidates whose mean validation error is "
              f"at most plain's + {GOAL_ERROR * 100:g} points (the goal's error budget). Mean over "
-             "seeds, in %; s/run: wall seconds of one training (machine shared, indicative).", "",
-             "| run | val error | Δ error (points) | val NFR | NFR / plain | s/run | picked |",
+             "seeds, in %. Step cost: CPU time per training step over plain's (see the test "
+             "table).", "",
+             "| run | val error | Δ error (points) | val NFR | NFR / plain | step cost | picked |",
              "|---|---:|---:|---:|---:|---:|---|"]
     for r in sweep["runs"]:
         v = r["val"]
         lines.append(f"| {r['run'].label()} | {v.error:.2%} | {(v.error - plain.error) * 100:+.2f}"
                      f" | {v.nfr:.3%} | {v.nfr / max(plain.nfr, 1e-12):.2f} | "
-                     f"{r['seconds']:.0f} | {'yes' if r is sweep['pick'] else ''} |")
+                     f"{step_cell(r['run'].label(), cost)} | "
+                     f"{'yes' if r is sweep['pick'] else ''} |")
     chosen = sweep["pick"]["run"]
     lines += ["", f"Pick: **{chosen.label()}**. "
               + ("It is `CHOSEN` in experiments/pct_study/cheap.py, which the test table uses."
@@ -139,30 +141,31 @@ def blend_results(results: list[dict], data: Data, teachers: dict) -> list[dict]
 
 
 def measure_step_cost(setup: Setup, data: Data, workdir: Path, repeats: int = 3) -> dict:
-    """CPU seconds per training step (one thread) of plain, FD defaults, the chosen recipe and the three-term
-    recipe, timed side by side in this process (one epoch each, alternating, best of
-    ``repeats``, after an untimed warm-up round). The three-term recipe's ens-KD reads v1's cache in place of the v2
-    ensemble's (an identical lookup: the cost is the same, the teacher is not trained)."""
+    """CPU seconds per training step (one thread) of every candidate and the three-term recipe
+    over plain's, timed side by side in this process: one epoch each, alternating, best of
+    ``repeats`` rounds after an untimed warm-up round. The three-term recipe's ens-KD reads v1's
+    cache in place of the v2 ensemble's (an identical lookup: the cost is the same, the teacher
+    is not trained)."""
     ensemble = workdir / "v2_ensemble_cache"
     if not ensemble.exists():
         ensemble.symlink_to((workdir / "v1_cache").resolve())
-    recipes = {"plain": (), "FD-KL defaults": (FocalDistillation("kl"),), "chosen": CHOSEN}
+    recipes = list(CANDIDATES)
     if setup.dataset == "mnist1d":  # noisy FD builds a ConvNet1D v1
-        recipes["three-term"] = THREE_TERM
+        recipes.append(THREE_TERM)
     context = TermContext(setup, workdir, data)
     steps = int(np.ceil(len(data.y_train) / setup.batch_size))
-    best = {name: np.inf for name in recipes}
+    best = {terms: np.inf for terms in recipes}
     for round_ in range(repeats + 1):
-        for name, terms in recipes.items():
+        for terms in recipes:
             model = cosine_model(setup.v2_width, setup, 0)
             loss_terms = Run(0, terms).build_terms(context)
             began = time.process_time()  # this process's CPU time: other jobs do not count
             fit_adam_cosine(model, (data.x_train, data.y_train), loss_terms=loss_terms, epochs=1,
                             lr=setup.lr, batch_size=setup.batch_size, seed=0, progress=False)
             if round_:  # round 0 warms up (first calls, allocations)
-                best[name] = min(best[name], (time.process_time() - began) / steps)
-    return {name: best[name] / best["plain"] for name in recipes} | {
-        "plain_seconds_per_step": best["plain"], "repeats": repeats}
+                best[terms] = min(best[terms], (time.process_time() - began) / steps)
+    return {"ratios": {Run(0, t).label(): best[t] / best[()] for t in recipes},
+            "plain_seconds_per_step": best[()], "repeats": repeats}
 
 
 def extra_trainings(label: str) -> str:
@@ -170,13 +173,11 @@ def extra_trainings(label: str) -> str:
 
 
 def step_cell(label: str, cost: Optional[dict]) -> str:
-    if cost is None:
-        return "n/a"
     if label.startswith("blend"):
         return "0 (no training)"
-    key = ("plain" if label == "plain" else "three-term" if "ens-KD" in label
-           else "FD-KL defaults" if label.startswith("FD-KL defaults") else "chosen")
-    return f"{cost[key]:.2f}x" if key in cost else "n/a"
+    if cost is None or label not in cost["ratios"]:
+        return "n/a"
+    return f"{cost['ratios'][label]:.2f}x"
 
 
 def table_markdown(setup: Setup, rows: list[dict], cost: Optional[dict], extra: list[dict],
