@@ -83,6 +83,22 @@ def run_path(folder: Path, run: Run) -> Path:
     return folder / f"{slug}__seed{run.seed}.pkl"
 
 
+def trained_by(argv: list[str], results: list[dict]) -> str:
+    """The one command that trains every saved run (whichever processes trained them)."""
+    kept, in_seeds = [], False
+    for arg in argv:
+        if arg == "--seeds":
+            in_seeds = True
+            continue
+        if in_seeds and arg.lstrip("-").isdigit():
+            continue
+        in_seeds = False
+        if arg not in ("--report", "--baselines-only", "--step-cost"):
+            kept.append(arg)
+    seeds = sorted({r["run"].seed for r in results})
+    return command_line("pct_cheap.py", kept + ["--seeds", *map(str, seeds)])
+
+
 def claim(folder: Path, run: Run) -> bool:
     """Whether this process takes ``run``: not saved yet and not claimed by another process
     (a claim is a file created exclusively; delete stale ``*.claim`` files after a crash)."""
@@ -140,7 +156,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         folder = workdir / f"{args.split}_epochs{args.epochs}"
     folder.mkdir(parents=True, exist_ok=True)
     out = ROOT / "results"
-    command = command_line("pct_cheap.py", argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     data = load_data(setup)
     teachers = teachers_for(setup, workdir)
     cost_path = workdir / "step_cost.json"
@@ -151,6 +167,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     def report(_: object = None) -> None:
         results = load_results(folder)
+        command = trained_by(argv, results)
         cost = json.loads(cost_path.read_text()) if cost_path.exists() else None
         if args.split == "val":
             sweep = sweep_pick(results, data, teachers)
@@ -168,7 +185,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         if not rows:
             return
         extra, notes = three_term_rows(args.dataset, args.quick)
-        notes = setup_notes(setup, data, teachers) + notes
+        notes = setup_notes(setup, data, teachers) + notes + [
+            "Step costs: `" + command_line("pct_cheap.py", ["--dataset", args.dataset,
+                                                            "--step-cost"]) + "`."]
         write_text_atomic(out / f"{stem}_test.md",
                           table_markdown(setup, rows, cost, extra, command, notes))
         write_text_atomic(out / f"{stem}_test.json", json.dumps(
@@ -203,9 +222,11 @@ def setup_notes(setup: Setup, data: Data, teachers: dict) -> list[str]:
             f"epochs on {len(data.v1_subset)} training samples (test error {v1_error:.2%}); v2 "
             f"width {setup.v2_width}, {setup.v2_epochs} epochs on {len(data.y_train)}; "
             f"validation {len(data.y_val)}, test {len(data.y_test)} samples. Chosen recipe "
-            f"(`CHOSEN`): {Run(0, CHOSEN).label()}. The blend rows use "
-            "regfree.pctraining.fit_blend on validation logits (+0.3 points of validation error "
-            "allowed) and serve v1 beside v2."]
+            f"(`CHOSEN`): {Run(0, CHOSEN).label()}, the mnist1d sweep's pick "
+            "(`pct_cheap_mnist1d_sweep.md`). The blend rows combine v1's and v2's logits with "
+            "regfree.pctraining.fit_blend, chosen per seed on validation within the error budget "
+            "the row names; they train nothing but serve v1 beside v2 (v1 is a fraction of v2's "
+            "size)."]
 
 
 def three_term_rows(dataset: str, quick: bool) -> tuple[list[dict], list[str]]:

@@ -49,7 +49,7 @@ CANDIDATES: tuple[tuple, ...] = (
 )
 # The test table's recipe: the sweep's pick (results/pct_cheap_mnist1d_sweep.md); the table says
 # whether the saved sweep still picks it.
-CHOSEN: tuple = (TopKInhibition(2, 0.5, 0.03),)
+CHOSEN: tuple = (FocalDistillation("kl", 1.0, 5.0, 100.0, 0.005),)
 THREE_TERM = (FocalDistillation("kl"), KnowledgeDistillation(4.0, 0.5, "v2 ensemble"),
               NoisyFocalDistillation(0.3, 0.02))
 
@@ -117,26 +117,41 @@ def sweep_markdown(sweep: dict, setup: Setup, command: str, cost: Optional[dict]
                      f"{step_cell(r['run'].label(), cost)} | "
                      f"{'yes' if r is sweep['pick'] else ''} |")
     chosen = sweep["pick"]["run"]
-    lines += ["", f"Pick: **{chosen.label()}**. "
-              + ("It is `CHOSEN` in experiments/pct_study/cheap.py, which the test table uses."
-                 if chosen.terms == CHOSEN else
-                 "**`CHOSEN` in experiments/pct_study/cheap.py differs: set it to the pick.**")]
+    if setup.dataset != "mnist1d":
+        verdict = (f"The test table uses the mnist1d sweep's pick (`CHOSEN`: "
+                   f"{Run(0, CHOSEN).label()}); "
+                   + ("the same." if chosen.terms == CHOSEN else "this sweep picks another."))
+    elif chosen.terms == CHOSEN:
+        verdict = "It is `CHOSEN` in experiments/pct_study/cheap.py, which the test tables use."
+    else:
+        verdict = "**`CHOSEN` in experiments/pct_study/cheap.py differs: set it to the pick.**"
+    lines += ["", f"Pick: **{chosen.label()}**. {verdict}"]
     return "\n".join(lines) + "\n"
 
 
 def blend_results(results: list[dict], data: Data, teachers: dict) -> list[dict]:
-    """Per seed, the training-free blend (fit_blend on validation, +0.3 points allowed) of v1
-    with plain v2 and with the chosen recipe's v2."""
+    """Per seed, training-free blends chosen on validation (``fit_blend``): v1 with plain v2
+    (+0.3 points of validation error allowed), and v1 with the recipe's v2 twice: +0.3 points
+    over the recipe's own error, and within +0.3 points of the same seed's plain v2 (whatever
+    of the budget the recipe has not spent)."""
+    plain_val_error = {r["run"].seed: float(np.mean(r["val"] != data.y_val))
+                       for r in results if r["run"].terms == ()}
     out = []
     for r in results:
         if r["run"].terms not in ((), CHOSEN):
             continue
-        blend = fit_blend(data.y_val, teachers["v1_val_logits"], r["val_logits"],
-                          max_error_increase=BLEND_BUDGET)
-        base = "plain v2" if not r["run"].terms else "the recipe's v2"
-        out.append({"run": Derived(f"blend of v1 and {base} (training-free)", r["run"].seed),
-                    "test": blend.predict(teachers["v1_test_logits"], r["test_logits"]),
-                    "seconds": 0.0})
+        own_error = float(np.mean(r["val"] != data.y_val))
+        budgets = {"plain v2": BLEND_BUDGET} if not r["run"].terms else {
+            "the recipe's v2, +0.3 points over it": BLEND_BUDGET,
+            "the recipe's v2, within +0.3 points of plain": max(
+                0.0, plain_val_error[r["run"].seed] + BLEND_BUDGET - own_error)}
+        for base, budget in budgets.items():
+            blend = fit_blend(data.y_val, teachers["v1_val_logits"], r["val_logits"],
+                              max_error_increase=budget)
+            out.append({"run": Derived(f"blend of v1 and {base} (training-free)",
+                                       r["run"].seed),
+                        "test": blend.predict(teachers["v1_test_logits"], r["test_logits"]),
+                        "seconds": 0.0})
     return out
 
 
