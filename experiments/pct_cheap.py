@@ -36,11 +36,14 @@ import torch
 from common import command_line
 from pct_study.cheap import (
     CHOSEN,
+    TABLE_RECIPES,
     measure_step_cost,
+    own_pick,
     sweep_markdown,
     sweep_pick,
     sweep_runs,
     table_markdown,
+    table_recipes,
     table_rows,
     table_runs,
 )
@@ -124,6 +127,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="seeds to train (runs already saved are skipped)")
     parser.add_argument("--report", action="store_true",
                         help="only rewrite the report from the saved runs")
+    parser.add_argument("--own-pick", action="store_true",
+                        help="test split: add this dataset's own sweep pick (from its "
+                             "pct_cheap_<dataset>_sweep.json) as a row")
     parser.add_argument("--step-cost", action="store_true",
                         help="time every candidate's training step against plain's, side by "
                              "side in this process (the reports' step-cost column)")
@@ -159,6 +165,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     data = load_data(setup)
     teachers = teachers_for(setup, workdir)
+    recipes = TABLE_RECIPES
+    if args.own_pick:
+        sweep_json = out / f"{stem}_sweep.json"
+        if not sweep_json.exists():
+            print(f"--own-pick needs {sweep_json}: run the sweep first", file=sys.stderr)
+            return 2
+        recipes = table_recipes(own_pick(json.loads(sweep_json.read_text())["pick"]))
     cost_path = workdir / "step_cost.json"
     if args.step_cost:
         print("timing the recipes' training steps side by side ...", flush=True)
@@ -181,10 +194,13 @@ def main(argv: Optional[list[str]] = None) -> int:
             return
         if not any(r["run"].terms == () for r in results):
             return
-        rows = table_rows(results, data, teachers)
+        rows = table_rows(results, data, teachers, recipes)
         if not rows:
             return
         extra, notes = three_term_rows(args.dataset, args.quick)
+        if len(recipes) > len(TABLE_RECIPES):
+            notes.append(f"Row {Run(0, recipes[-1]).label()}: this dataset's own sweep pick "
+                         f"(`{stem}_sweep.md`, --own-pick).")
         notes = setup_notes(setup, data, teachers) + notes + [
             "Step costs: `" + command_line("pct_cheap.py", ["--dataset", args.dataset,
                                                             "--step-cost"]) + "`."]
@@ -194,9 +210,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             {"command": command, "setup": asdict(setup), "rows": rows, "step_cost": cost,
              "chosen": Run(0, CHOSEN).label()}, indent=1, default=float))
 
-    todo = [r for r in (sweep_runs if args.split == "val" else table_runs)(args.seeds)
+    todo = [r for r in (sweep_runs(args.seeds) if args.split == "val"
+                        else table_runs(args.seeds, recipes))
             if not run_path(folder, r).exists()
-            and not (args.baselines_only and r.terms == CHOSEN)]
+            and not (args.baselines_only and r.terms not in TABLE_RECIPES[:2])]
 
     def save(results: list[dict]) -> None:
         result = results[-1]

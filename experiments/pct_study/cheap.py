@@ -61,8 +61,21 @@ def sweep_runs(seeds: list[int]) -> list[Run]:
 TABLE_RECIPES = ((), (FocalDistillation("kl"),), CHOSEN)
 
 
-def table_runs(seeds: list[int]) -> list[Run]:
-    return [Run(seed, terms) for seed in seeds for terms in TABLE_RECIPES]
+def table_recipes(own_pick: Optional[tuple] = None) -> tuple:
+    """Plain, FD defaults, ``CHOSEN`` and, when given and different, a dataset's own pick."""
+    return TABLE_RECIPES + ((own_pick,) if own_pick and own_pick != CHOSEN else ())
+
+
+def own_pick(label: str) -> tuple:
+    """The candidate whose run label is ``label`` (a sweep's pick, as its JSON records it)."""
+    for terms in CANDIDATES:
+        if Run(0, terms).label() == label:
+            return terms
+    raise ValueError(f"no candidate is labelled {label!r}")
+
+
+def table_runs(seeds: list[int], recipes: tuple = TABLE_RECIPES) -> list[Run]:
+    return [Run(seed, terms) for seed in seeds for terms in recipes]
 
 
 @dataclass(frozen=True)
@@ -234,12 +247,13 @@ def table_markdown(setup: Setup, rows: list[dict], cost: Optional[dict], extra: 
     return "\n".join(lines) + "\n"
 
 
-def table_rows(results: list[dict], data: Data, teachers: dict) -> list[dict]:
+def table_rows(results: list[dict], data: Data, teachers: dict,
+               recipes: tuple = TABLE_RECIPES) -> list[dict]:
     # runs of an earlier CHOSEN stay saved but leave the table
-    done = complete([r for r in results if r["run"].terms in TABLE_RECIPES], len(TABLE_RECIPES))
+    done = complete([r for r in results if r["run"].terms in recipes], len(recipes))
     if not done:
         return []
     rows = summarise(done + blend_results(done, data, teachers), data, teachers)
-    order = ["plain", Run(0, (FocalDistillation("kl"),)).label(), Run(0, CHOSEN).label()]
-    return sorted(rows, key=lambda r: (order.index(r["row"]) if r["row"] in order else 3,
+    order = [Run(0, terms).label() for terms in recipes]
+    return sorted(rows, key=lambda r: (order.index(r["row"]) if r["row"] in order else 9,
                                        r["row"]))
