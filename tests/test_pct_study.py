@@ -15,6 +15,7 @@ from pct_study.recipes import (  # noqa: E402
     KnowledgeDistillation,
     NoisyFocalDistillation,
     Run,
+    TopKInhibition,
     run_from_record,
 )
 from pct_study.settings import QUICK  # noqa: E402
@@ -57,6 +58,8 @@ def test_noisy_check_runs_plain_the_grid_and_one_without_ens_kd():
     Run(3, (FocalDistillation("kl"), KnowledgeDistillation(4.0, 0.5, "v2 ensemble"),
             NoisyFocalDistillation(0.3, 0.02))),
     Run(3, (Elodi(0.003),)),
+    Run(3, (TopKInhibition(2, 0.5, 0.03),)),
+    Run(3, (FocalDistillation("kl", weight=0.02, ramp=True),)),
 ])
 def test_a_run_survives_its_json_record(run):
     assert run_from_record(run.record()) == run
@@ -80,3 +83,29 @@ def test_the_library_defaults_are_recognised():
                              ).matches_library_defaults()
     assert not FocalDistillation("kl", d.alpha, d.beta, d.temperature, d.weight * 2
                                  ).matches_library_defaults()
+
+
+def test_cheap_recipe_specs_say_what_they_train():
+    ramped = Run(0, (FocalDistillation("kl", weight=0.02, ramp=True),))
+    assert ramped.label() == "FD-KL w=0.02, ramped 0->w"
+    assert ramped.family == "FD-KL"
+    topk = Run(0, (TopKInhibition(2, 0.5, 0.03),))
+    assert (topk.label(), topk.family) == ("LDI top-2 vs v1 m=0.5 w=0.03", "LDI-topk")
+
+
+def test_cheap_tables_keep_only_seeds_whose_every_run_finished():
+    from pct_study.cheap import TABLE_RECIPES, complete
+
+    results = [{"run": Run(0, terms)} for terms in TABLE_RECIPES] + [{"run": Run(1)}]
+    assert {r["run"].seed for r in complete(results, len(TABLE_RECIPES))} == {0}
+
+
+def test_a_cheap_run_is_claimed_by_one_process_only(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    from pct_cheap import claim, run_path
+
+    run = Run(0, (TopKInhibition(2, 0.5, 0.03),))
+    assert claim(tmp_path, run)
+    assert not claim(tmp_path, run)  # a second process skips it
+    run_path(tmp_path, Run(1)).write_bytes(b"saved")
+    assert not claim(tmp_path, Run(1))  # already saved

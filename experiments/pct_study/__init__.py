@@ -3,4 +3,6 @@
 ``settings`` (the setup and its data), ``recipes`` (term specs: which loss terms a v2 run trains
 with), ``runner`` (training runs, in worker processes), ``analysis`` (scores, sweep picks,
 the table's statistics), ``report`` (markdown and plot); the script is the command line.
+``cheap`` holds issue 15's cheap recipe (candidates, blends, step cost, its two reports) for
+``experiments/pct_cheap.py``, on the same setup and code, or on MNIST-5k and scikit-learn digits.
 """

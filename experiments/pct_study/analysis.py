@@ -56,9 +56,10 @@ def group_by_label(results: list[dict]) -> dict[str, list[dict]]:
     return groups
 
 
-def pick(results: list[dict], plain_error: float, key: str = "val") -> dict:
-    """Lowest NFR among runs within ERROR_SLACK of plain's error (else the lowest error)."""
-    eligible = [r for r in results if r[key].error <= plain_error + ERROR_SLACK + 1e-12]
+def pick(results: list[dict], plain_error: float, key: str = "val",
+         slack: float = ERROR_SLACK) -> dict:
+    """Lowest NFR among runs within ``slack`` of plain's error (else the lowest error)."""
+    eligible = [r for r in results if r[key].error <= plain_error + slack + 1e-12]
     if eligible:
         return min(eligible, key=lambda r: (r[key].nfr, r[key].error))
     return min(results, key=lambda r: r[key].error)

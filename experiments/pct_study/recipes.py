@@ -22,6 +22,9 @@ from regfree.pctraining import (
     KnowledgeDistillationLoss,
     NoisyDistillationTerm,
     OldLogitCache,
+    ScheduledTerm,
+    TopKLogitInhibitionLoss,
+    linear_ramp,
     margin_logit_distance,
     uniform_weights,
 )
@@ -48,13 +51,16 @@ class TermContext:
 @dataclass(frozen=True)
 class FocalDistillation:
     """Focal distillation toward v1's cached logits; a field left None takes the library
-    default (``FocalDistillationLoss``), all four None is the "defaults" row."""
+    default (``FocalDistillationLoss``), all four None is the "defaults" row. ``ramp``: the
+    weight rises linearly from 0 in the first epoch to ``weight`` in the last
+    (:func:`regfree.pctraining.linear_ramp`)."""
 
     kind: str = "kl"  # "kl" (FD-KL) or "logit" (FD-LM)
     alpha: Optional[float] = None
     beta: Optional[float] = None
     temperature: Optional[float] = None
     weight: Optional[float] = None
+    ramp: bool = False
 
     @property
     def family(self) -> str:
@@ -65,6 +71,8 @@ class FocalDistillation:
         return (self.alpha, self.beta, self.temperature, self.weight) == (None,) * 4
 
     def label(self, alone: bool = True) -> str:
+        if self.ramp:
+            return _unramped(self).label(alone) + ", ramped 0->w"
         if self.defaults:
             if not alone:
                 return f"{self.family} defaults"
@@ -86,6 +94,29 @@ class FocalDistillation:
     def build(self, context: TermContext) -> Any:
         loss = FocalDistillationLoss(alpha=self.alpha, beta=self.beta, kind=self.kind,
                                      temperature=self.temperature, weight=self.weight)
+        term = DistillationTerm(loss, context.cache(V1_CACHE))
+        return ScheduledTerm(term, linear_ramp(context.setup.v2_epochs)) if self.ramp else term
+
+
+def _unramped(spec: FocalDistillation) -> FocalDistillation:
+    return FocalDistillation(spec.kind, spec.alpha, spec.beta, spec.temperature, spec.weight)
+
+
+@dataclass(frozen=True)
+class TopKInhibition:
+    """Logit-difference inhibition toward v1's cached logits on the top-k classes only
+    (:class:`regfree.pctraining.TopKLogitInhibitionLoss`, every sample weighted 1)."""
+
+    k: int
+    margin: float
+    weight: float
+    family = "LDI-topk"
+
+    def label(self, alone: bool = True) -> str:
+        return f"LDI top-{self.k} vs v1 m={self.margin:g} w={self.weight:g}"
+
+    def build(self, context: TermContext) -> Any:
+        loss = TopKLogitInhibitionLoss(k=self.k, margin=self.margin, weight=self.weight)
         return DistillationTerm(loss, context.cache(V1_CACHE))
 
 
@@ -154,9 +185,10 @@ class NoisyFocalDistillation:
                                      self.noise * feature_std)
 
 
-TermSpec = Union[FocalDistillation, KnowledgeDistillation, Elodi, NoisyFocalDistillation]
+TermSpec = Union[FocalDistillation, KnowledgeDistillation, Elodi, NoisyFocalDistillation,
+                 TopKInhibition]
 SPECS = {cls.__name__: cls for cls in (FocalDistillation, KnowledgeDistillation, Elodi,
-                                       NoisyFocalDistillation)}
+                                       NoisyFocalDistillation, TopKInhibition)}
 
 
 @dataclass(frozen=True)

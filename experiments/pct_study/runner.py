@@ -19,13 +19,23 @@ from pct_study.recipes import (
     TermContext,
 )
 from pct_study.settings import Data, Setup, load_data
-from regfree.models import cosine_convnet1d
+from regfree.models import MLP, ConvNet2D, cosine_convnet1d
 from regfree.pctraining import OldLogitCache
 from regfree.training import fit_adam_cosine, predict_logits
 
 
 def cosine_model(width: int, setup: Setup, seed: int) -> torch.nn.Module:
-    """ConvNet1D with a cosine head, as in the demo (bct_mnist1d chose cosine heads)."""
+    """ConvNet1D with a cosine head, as in the demo (bct_mnist1d chose cosine heads); on
+    MNIST-5k a ConvNet2D, on scikit-learn digits an MLP (``width`` hidden units), same head."""
+    if setup.dataset in ("mnist5k", "digits"):
+        from regfree.compat.heads import CosineClassifier
+
+        torch.manual_seed(seed)
+        model = (ConvNet2D(width=width, embedding_dim=setup.embedding_dim)
+                 if setup.dataset == "mnist5k" else
+                 MLP(64, hidden=width, embedding_dim=setup.embedding_dim))
+        model.head = CosineClassifier(setup.embedding_dim, 10, scale=16.0)
+        return model
     return cosine_convnet1d(width, setup.embedding_dim, seed=seed)
 
 
@@ -53,7 +63,7 @@ def build_teachers(setup: Setup, data: Data, workdir: Path) -> dict:
 
 
 def run_v2(job: tuple[Run, Setup, str]) -> dict:
-    """Train one v2 and return its validation and test predictions (runs in a worker)."""
+    """Train one v2 and return its validation and test predictions and logits (in a worker)."""
     run, setup, workdir = job
     torch.set_num_threads(1)
     data = load_data(setup)
@@ -65,9 +75,12 @@ def run_v2(job: tuple[Run, Setup, str]) -> dict:
                     seed=run.seed, progress=False)
     if run.keep_weights:
         torch.save(model.state_dict(), member_path(Path(workdir), run.seed))
-    return {"run": run, "seconds": time.perf_counter() - began,
-            "val": predict_logits(model, data.x_val).argmax(1),
-            "test": predict_logits(model, data.x_test).argmax(1)}
+    seconds = time.perf_counter() - began
+    logits = {split: predict_logits(model, x) for split, x in (("val", data.x_val),
+                                                               ("test", data.x_test))}
+    return {"run": run, "seconds": seconds, "val": logits["val"].argmax(1),
+            "test": logits["test"].argmax(1), "val_logits": logits["val"],
+            "test_logits": logits["test"]}
 
 
 def member_path(workdir: Path, seed: int) -> Path:

@@ -39,6 +39,8 @@ _LAZY = {
     "DistillationLoss": "losses", "FocalDistillationLoss": "losses",
     "KnowledgeDistillationLoss": "losses",
     "DistillationTerm": "term", "NoisyDistillationTerm": "term",
+    "ScheduledTerm": "schedule", "linear_ramp": "schedule",
+    "TopKLogitInhibitionLoss": "topk", "topk_logit_distance": "topk",
     "focal_weights": "weighting", "old_correct": "weighting", "uniform_weights": "weighting",
 }
 
@@ -50,16 +52,20 @@ __all__ = [
     "LogitBlend",
     "NoisyDistillationTerm",
     "OldLogitCache",
+    "ScheduledTerm",
+    "TopKLogitInhibitionLoss",
     "blend_sweep",
     "fit_blend",
     "focal_weights",
     "interpolate_weights",
     "interpolation_sweep",
     "kl_distance",
+    "linear_ramp",
     "logit_distance",
     "margin_logit_distance",
     "old_correct",
     "pareto_front",
+    "topk_logit_distance",
     "uniform_weights",
 ]
 

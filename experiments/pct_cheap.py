@@ -1,0 +1,279 @@
+"""A cheap positive-congruent recipe (issue 15): sweep candidates on validation, then the chosen
+recipe against plain, FD defaults, the three-term recipe and the training-free blend on test.
+
+The setup is the positive-congruent study's (experiments/pct_study: mnist1d, v1 width 16 on a
+third of the training split, v2 width 128, cosine heads, Adam with cosine decay), or on
+``--dataset mnist5k`` the 5,000 real MNIST digits with ConvNet2D (``pct_study.settings.MNIST5K``).
+Candidates, the pick rule and the table are in ``pct_study/cheap.py``.
+
+Run (from the repository root; each process trains the runs of its seeds one after another and
+rewrites the report from every run saved so far, so several processes, one per seed, can share
+the work and a cut-short run leaves its partial table):
+    OMP_NUM_THREADS=1 nohup .venv/bin/python experiments/pct_cheap.py --split val --seeds 100 101
+    OMP_NUM_THREADS=1 nohup .venv/bin/python experiments/pct_cheap.py --split test --seeds 0 1 2 3 4
+    OMP_NUM_THREADS=1 nohup .venv/bin/python experiments/pct_cheap.py --step-cost
+(or one process per seed: ``--seeds 0``, ``--seeds 1``, ...; processes claim each run before
+training it, so overlapping seed lists share the work; ``--report`` rewrites the table from what
+is saved; after a crash delete the run folder's ``*.claim`` files). ``--dataset mnist5k`` for the real digits (``--dataset digits``: scikit-learn's 8x8 digits, an
+MLP); ``--quick`` for a smoke run.
+Writes ``experiments/results/pct_cheap_<dataset>_{sweep,test}.{md,json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import pickle
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from common import command_line
+from pct_study.cheap import (
+    CHOSEN,
+    TABLE_RECIPES,
+    complete,
+    measure_step_cost,
+    own_pick,
+    sweep_markdown,
+    sweep_pick,
+    sweep_runs,
+    table_markdown,
+    table_recipes,
+    table_rows,
+    table_runs,
+)
+from pct_study.recipes import Run
+from pct_study.runner import build_teachers, cosine_model, run_all
+from pct_study.settings import DIGITS, MNIST5K, QUICK, Data, Setup, load_data
+from regfree.atomic import atomic_write
+from regfree.reporting import write_text_atomic
+from regfree.training import predict_logits
+
+ROOT = Path(__file__).resolve().parent
+SETUPS = {"mnist1d": Setup(), "mnist5k": MNIST5K, "digits": DIGITS}
+QUICK_SETUPS = {"mnist1d": QUICK, "mnist5k": replace(MNIST5K, v1_epochs=2, v2_epochs=2),
+                "digits": replace(DIGITS, v1_epochs=2, v2_epochs=2)}
+
+
+def teachers_for(setup: Setup, workdir: Path) -> dict:
+    """v1 (trained once per work folder, under a lock so that parallel processes share it):
+    its training-logit cache, its validation and test predictions and logits."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    saved = workdir / "v1_logits.npz"
+    with open(workdir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not saved.exists():
+            data = load_data(setup)
+            build_teachers(replace(setup, ensemble_size=1), data, workdir)
+            v1 = cosine_model(setup.v1_width, setup, 0)
+            v1.load_state_dict(torch.load(workdir / "v1.pt"))
+            logits = {f"v1_{s}_logits": predict_logits(v1, x)
+                      for s, x in (("val", data.x_val), ("test", data.x_test))}
+            atomic_write(saved, lambda handle: np.savez(handle, **logits))
+    with np.load(saved) as arrays:
+        teachers = {k: arrays[k] for k in arrays.files}
+    for split in ("val", "test"):
+        teachers[f"v1_{split}"] = teachers[f"v1_{split}_logits"].argmax(1)
+    return teachers
+
+
+def run_path(folder: Path, run: Run) -> Path:
+    slug = "".join(c if c.isalnum() else "_" for c in run.label())
+    return folder / f"{slug}__seed{run.seed}.pkl"
+
+
+def trained_by(argv: list[str], results: list[dict]) -> str:
+    """The one command that trains every saved run (whichever processes trained them)."""
+    kept, in_seeds = [], False
+    for arg in argv:
+        if arg == "--seeds":
+            in_seeds = True
+            continue
+        if in_seeds and arg.lstrip("-").isdigit():
+            continue
+        in_seeds = False
+        if arg not in ("--report", "--baselines-only", "--step-cost"):
+            kept.append(arg)
+    seeds = sorted({r["run"].seed for r in results})
+    return command_line("pct_cheap.py", kept + ["--seeds", *map(str, seeds)])
+
+
+def claim(folder: Path, run: Run) -> bool:
+    """Whether this process takes ``run``: not saved yet and not claimed by another process
+    (a claim is a file created exclusively; delete stale ``*.claim`` files after a crash)."""
+    if run_path(folder, run).exists():
+        return False
+    try:
+        run_path(folder, run).with_suffix(".claim").open("x").close()
+    except FileExistsError:
+        return False
+    return True
+
+
+def load_results(folder: Path) -> list[dict]:
+    return [pickle.loads(p.read_bytes()) for p in sorted(folder.glob("*.pkl"))]
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", choices=sorted(SETUPS), default="mnist1d")
+    parser.add_argument("--split", choices=("val", "test"), default="val",
+                        help="val: the candidates' sweep; test: the table")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[],
+                        help="seeds to train (runs already saved are skipped)")
+    parser.add_argument("--report", action="store_true",
+                        help="only rewrite the report from the saved runs")
+    parser.add_argument("--own-pick", action="store_true",
+                        help="test split: add this dataset's own sweep pick (from its "
+                             "pct_cheap_<dataset>_sweep.json) as a row")
+    parser.add_argument("--step-cost", action="store_true",
+                        help="time every candidate's training step against plain's, side by "
+                             "side in this process (the reports' step-cost column)")
+    parser.add_argument("--baselines-only", action="store_true",
+                        help="test split: train plain and FD defaults only (not the chosen "
+                             "recipe; no step-cost timing), e.g. while the sweep still runs")
+    parser.add_argument("--jobs", type=int, default=1, help="parallel training processes")
+    parser.add_argument("--epochs", type=int, metavar="N",
+                        help="v2's epochs (default: the setup's); another number saves its runs "
+                             "apart and the report says so")
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run")
+    args = parser.parse_args(argv)
+    if args.jobs < 1:
+        print("--jobs must be >= 1", file=sys.stderr)
+        return 2
+    if not (args.seeds or args.report or args.step_cost):
+        print("give --seeds to train, --step-cost to time the steps, or --report to rewrite "
+              "the report", file=sys.stderr)
+        return 2
+    torch.set_num_threads(1)
+    if args.epochs is not None and args.epochs < 1:
+        print("--epochs must be >= 1", file=sys.stderr)
+        return 2
+    setup = (QUICK_SETUPS if args.quick else SETUPS)[args.dataset]
+    stem = f"pct_cheap_{args.dataset}" + ("_quick" if args.quick else "")
+    workdir = ROOT / "output" / stem
+    folder = workdir / args.split
+    if args.epochs is not None and args.epochs != setup.v2_epochs:
+        setup = replace(setup, v2_epochs=args.epochs)
+        folder = workdir / f"{args.split}_epochs{args.epochs}"
+    folder.mkdir(parents=True, exist_ok=True)
+    out = ROOT / "results"
+    argv = sys.argv[1:] if argv is None else list(argv)
+    data = load_data(setup)
+    teachers = teachers_for(setup, workdir)
+    recipes = TABLE_RECIPES
+    if args.own_pick:
+        sweep_json = out / f"{stem}_sweep.json"
+        if not sweep_json.exists():
+            print(f"--own-pick needs {sweep_json}: run the sweep first", file=sys.stderr)
+            return 2
+        recipes = table_recipes(own_pick(json.loads(sweep_json.read_text())["pick"]))
+    cost_path = workdir / "step_cost.json"
+    if args.step_cost:
+        print("timing the recipes' training steps side by side ...", flush=True)
+        cost = measure_step_cost(setup, data, workdir, repeats=1 if args.quick else 3)
+        write_text_atomic(cost_path, json.dumps(cost, indent=1))
+
+    def report(_: object = None) -> None:
+        results = load_results(folder)
+        command = trained_by(argv, results)
+        cost = json.loads(cost_path.read_text()) if cost_path.exists() else None
+        if args.split == "val":
+            sweep = sweep_pick(results, data, teachers)
+            if sweep is None:
+                return
+            write_text_atomic(out / f"{stem}_sweep.md", sweep_markdown(sweep, setup, command, cost))
+            raw = {"command": command, "seeds": sweep["seeds"], "pick": sweep["pick"]["run"].label(),
+                   "runs": [{"run": r["run"].label(), "val": asdict(r["val"]),
+                             "seconds": r["seconds"]} for r in sweep["runs"]]}
+            write_text_atomic(out / f"{stem}_sweep.json", json.dumps(raw, indent=1))
+            return
+        if not any(r["run"].terms == () for r in results):
+            return
+        rows = table_rows(results, data, teachers, recipes)
+        if not rows:
+            return
+        extra, notes = three_term_rows(args.dataset, args.quick)
+        done = complete([r for r in results if r["run"].terms in recipes], len(recipes))
+        plain_flips = sum(int(np.sum((teachers["v1_test"] == data.y_test)
+                                     & (r["test"] != data.y_test)))
+                          for r in done if r["run"].terms == ())
+        notes.append(f"Plain v2's negative flips, pooled over its {rows[0]['seeds']} seeds: "
+                     f"{plain_flips} (the resolution of every NFR / plain below).")
+        if len(recipes) > len(TABLE_RECIPES):
+            notes.append(f"Row {Run(0, recipes[-1]).label()}: this dataset's own sweep pick "
+                         f"(`{stem}_sweep.md`, --own-pick).")
+        notes = setup_notes(setup, data, teachers) + notes + [
+            "Step costs: `" + command_line("pct_cheap.py", ["--dataset", args.dataset,
+                                                            "--step-cost"]) + "`."]
+        write_text_atomic(out / f"{stem}_test.md",
+                          table_markdown(setup, rows, cost, extra, command, notes))
+        write_text_atomic(out / f"{stem}_test.json", json.dumps(
+            {"command": command, "setup": asdict(setup), "rows": rows, "step_cost": cost,
+             "chosen": Run(0, CHOSEN).label()}, indent=1, default=float))
+
+    todo = [r for r in (sweep_runs(args.seeds) if args.split == "val"
+                        else table_runs(args.seeds, recipes))
+            if not run_path(folder, r).exists()
+            and not (args.baselines_only and r.terms not in TABLE_RECIPES[:2])]
+
+    def save(results: list[dict]) -> None:
+        result = results[-1]
+        atomic_write(run_path(folder, result["run"]), lambda h: pickle.dump(result, h))
+        report()
+
+    began = time.perf_counter()
+    if args.jobs > 1:
+        run_all(todo, setup, workdir, args.jobs, f"{args.split} ({args.dataset})", on_result=save)
+    else:  # one run at a time, each claimed first: processes given the same seeds share them
+        for run in todo:
+            if claim(folder, run):
+                run_all([run], setup, workdir, 1, run.label(), on_result=save)
+    report()
+    print(f"done in {(time.perf_counter() - began) / 60:.1f} min; reports in {out}/{stem}_*")
+    return 0
+
+
+def setup_notes(setup: Setup, data: Data, teachers: dict) -> list[str]:
+    v1_error = float(np.mean(teachers["v1_test"] != data.y_test))
+    model = {"mnist1d": "ConvNet1D", "mnist5k": "ConvNet2D", "digits": "MLP"}[setup.dataset]
+    return [f"Setup: {model} with a cosine head; v1 width {setup.v1_width}, {setup.v1_epochs} "
+            f"epochs on {len(data.v1_subset)} training samples (test error {v1_error:.2%}); v2 "
+            f"width {setup.v2_width}, {setup.v2_epochs} epochs on {len(data.y_train)}; "
+            f"validation {len(data.y_val)}, test {len(data.y_test)} samples. Chosen recipe "
+            f"(`CHOSEN`): {Run(0, CHOSEN).label()}, the mnist1d sweep's pick "
+            "(`pct_cheap_mnist1d_sweep.md`). The blend rows combine v1's and v2's logits with "
+            "regfree.pctraining.fit_blend, chosen per seed on validation within the error budget "
+            "the row names; they train nothing but serve v1 beside v2 (v1 is a fraction of v2's "
+            "size)."]
+
+
+def three_term_rows(dataset: str, quick: bool) -> tuple[list[dict], list[str]]:
+    """The three-term recipe's row from results/pct_mnist1d.json (mnist1d only; its own plain)."""
+    path = ROOT / "results" / "pct_mnist1d.json"
+    if dataset != "mnist1d" or quick or not path.exists():
+        return [], ["No three-term row: it needs 4 extra v2 trainings and a live v1 (noisy FD); "
+                    "not run here."]
+    raw = json.loads(path.read_text())
+    rows = {r["row"]: r for r in raw["rows"]}
+    three = next(r for label, r in rows.items() if "ens-KD" in label and "noisy" in label)
+    three = {**three, "plain_error": float(np.mean(rows["plain"]["error"])),
+             "mcnemar_p_nfr": three["mcnemar_p_nfr"]}
+    note = (f"Three-term row: copied from results/pct_mnist1d.md ({raw['cpu']}, not this "
+            "CPU: a rerun on another CPU moves each row like a new seed), where the same setup "
+            "and seeds gave plain " + f"{np.mean(rows['plain']['error']):.2%} error, "
+            f"{np.mean(rows['plain']['nfr']):.2%} NFR; its Δ error and ratio are against that "
+            "plain. Its step cost is timed here (ens-KD reading v1's cache in place of the "
+            "ensemble's: the same lookup).")
+    return [three], [note]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
