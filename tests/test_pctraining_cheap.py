@@ -16,7 +16,7 @@ from regfree.pctraining import (
     topk_logit_distance,
 )
 from regfree.pctraining.topk import topk_class_mask
-from regfree.training import TrainStep, fit, predict_logits
+from regfree.training import StepTerm, TrainStep, fit, predict_logits
 
 NEW = torch.tensor([[4.0, 1.0, 0.0, -1.0], [0.0, 0.5, 3.0, 1.0]])
 OLD = torch.tensor([[1.0, 3.0, 0.0, 0.0], [2.0, 0.0, 1.0, 0.0]])
@@ -109,7 +109,7 @@ def test_scheduled_term_scales_the_term_by_the_epoch_factor(make_model):
     v1, v2 = make_model(1), make_model(2)
     inner = DistillationTerm(FocalDistillationLoss(weight=1.0), teacher=v1)
     term = ScheduledTerm(inner, linear_ramp(5))
-    full = inner(TrainStep(x, y, torch.arange(8), v2(x), epoch=4)).item()
+    full = StepTerm(inner)(TrainStep(x, y, torch.arange(8), v2(x), epoch=4)).item()
     for epoch, factor in ((0, 0.0), (2, 0.5), (4, 1.0)):
         step = TrainStep(x, y, torch.arange(8), v2(x), epoch=epoch)
         assert term(step).item() == pytest.approx(factor * full, rel=1e-6)

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from regfree.training.steps import TrainStep
+from regfree.training.steps import TrainStep, as_loss_term
 
 Schedule = Callable[[int], float]
 
@@ -72,9 +72,9 @@ class ScheduledTerm(nn.Module):
                  name: str | None = None) -> None:
         super().__init__()
         if not callable(term) or not callable(schedule):
-            raise TypeError("term must be a loss term (step -> tensor) and schedule a callable "
-                            "epoch -> factor, e.g. linear_ramp(epochs)")
-        self.term = term
+            raise TypeError("term must be a loss (e.g. DistillationTerm) or a step term and "
+                            "schedule a callable epoch -> factor, e.g. linear_ramp(epochs)")
+        self.term = as_loss_term(term)
         self.schedule = schedule
         self.name = name or getattr(term, "name", type(term).__name__)
 
