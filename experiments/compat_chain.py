@@ -7,6 +7,8 @@ Families, each scored by its full T x T retrieval matrix (CoReS' AC and AM):
   last head    v_k trained with BCT through v_(k-1)'s head only;
   all heads    v_k trained with BCT through the heads of every earlier version (one
                BackwardCompatibleLoss over [v1.head, ..., v_(k-1).head], equal head_weights);
+  all heads + L2  as all heads, plus an L2 pull of v_k's normalised embeddings onto
+               v_(k-1)'s (EmbeddingRegressionLoss(normalize=True)) on v_k's training data;
   simplex      every version, v1 included, trained alone with the same fixed d-simplex head
                (regfree.compat.simplex_head; CoReS), no influence loss.
 New classes (MPT's setting): v1 trained on the first half of the classes (v1's data part), v2
@@ -44,6 +46,7 @@ from regfree.compat import (
     BackwardCompatibleLoss,
     CompatibilityReport,
     CosineClassifier,
+    EmbeddingRegressionLoss,
     NewClassMargin,
     embedder,
     extend_head,
@@ -70,6 +73,7 @@ class Setting:
     batch_size: int = 128
     scale: float = 16.0  # cosine heads' temperature
     bct_weight: float = 1.0
+    l2_weight: float = 1.0
     margin: float = 2.0  # NewClassMargin's offset (logit units, scale 16)
     seen_classes: int = 5
     num_samples: int = 8000  # mnist1d only
@@ -132,6 +136,11 @@ class Seed:
     def bct(self, heads, **options) -> BackwardCompatibleLoss:
         return BackwardCompatibleLoss(heads, weight=self.setting.bct_weight, **options)
 
+    def l2(self, previous: nn.Module, version: int) -> EmbeddingRegressionLoss:
+        """L2 to ``previous``'s embeddings of ``version``'s training data (cached by position)."""
+        cache = embedder(previous)(self.data.x_train[self.parts[version]])
+        return EmbeddingRegressionLoss(cache, weight=self.setting.l2_weight, normalize=True)
+
     def report(self, models: list[nn.Module]) -> dict:
         return scores(self.data, {f"v{k + 1}": embedder(m) for k, m in enumerate(models)})
 
@@ -155,12 +164,14 @@ def run_chain(run: Seed) -> tuple[dict, dict]:
     independent = [v1] + [run.train(k) for k in (1, 2, 3)]
     v2 = run.train(1, [run.bct(v1.head)])
     last, every = [v1, v2], [v1, v2]
+    pulled = [v1, run.train(1, [run.bct(v1.head), run.l2(v1, 1)])]
     for k in (2, 3):
         last.append(run.train(k, [run.bct(last[-1].head)]))
         every.append(run.train(k, [run.bct([m.head for m in every])]))
+        pulled.append(run.train(k, [run.bct([m.head for m in pulled]), run.l2(pulled[-1], k)]))
     simplex = [run.train(k, head="simplex") for k in range(4)]
     families = {"independent": independent, "last head": last, "all heads": every,
-                "simplex": simplex}
+                "all heads + L2": pulled, "simplex": simplex}
     return ({name: run.report(models) for name, models in families.items()},
             {"independent v2": independent[1], "simplex v2": simplex[1]})
 

@@ -113,6 +113,9 @@ def render(dataset: str, seeds: list[dict], combine_command: str) -> str:
               "- last head: v_k with BCT through v_(k-1)'s head only.",
               "- all heads: v_k with one BackwardCompatibleLoss over the heads of v1 .. v_(k-1), "
               "equal head_weights.",
+              "- all heads + L2: as all heads, plus `EmbeddingRegressionLoss(normalize=True)` "
+              "pulling v_k's unit embeddings onto v_(k-1)'s (weight "
+              f"{setting['l2_weight']:g}).",
               "- simplex: every version, v1 included, trained alone with the same fixed "
               "d-simplex head (`simplex_head`, 9-d embeddings), no influence loss.",
               "- new/new cost = independent C[k][k] − the family's C[k][k] (positive = worse); "
