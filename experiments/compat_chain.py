@@ -15,7 +15,8 @@ New classes (MPT's setting): v1 trained on the first half of the classes (v1's d
 (the chain's v2 size and data) on all of them; options for v2: independent, BCT through
 extend_head with class-mean rows, with fitted rows (rows="fit"), with MPT's margin on the new
 classes' logits (NewClassMargin, +margin and -margin), new-class samples left out of the influence
-loss (unseen="ignore"), and the simplex head (v1 trained with it on half the classes). Seen and
+loss (unseen="ignore"), class-mean rows plus the L2 pull onto v1's normalised embeddings, and
+the simplex head (v1 trained with it on half the classes). Seen and
 unseen queries are scored separately.
 
 Retrieval protocol: queries = test split, gallery = the whole training split embedded by the
@@ -76,13 +77,13 @@ class Setting:
     l2_weight: float = 1.0
     margin: float = 2.0  # NewClassMargin's offset (logit units, scale 16)
     seen_classes: int = 5
-    num_samples: int = 8000  # mnist1d only
+    num_samples: int = 12000  # mnist1d only
 
 
 SETTINGS = {
-    "mnist1d": Setting("mnist1d", widths=(16, 24, 32, 48), epochs=12),
+    "mnist1d": Setting("mnist1d", widths=(16, 24, 32, 48), epochs=20),
     "digits": Setting("digits", widths=(16, 32, 64, 128), epochs=40),
-    "mnist5k": Setting("mnist5k", widths=(4, 6, 8, 12), epochs=10),
+    "mnist5k": Setting("mnist5k", widths=(4, 6, 8, 12), epochs=20),
 }
 
 
@@ -207,6 +208,7 @@ def run_new_classes(run: Seed, reuse: dict) -> dict:
         f"BCT, class-mean rows, margin -{s.margin:g}":
             run.train(1, [run.bct(NewClassMargin(mean_rows, seen, -s.margin))]),
         "BCT, unseen left out": run.train(1, [run.bct(v1.head, unseen="ignore")]),
+        "BCT, class-mean rows + L2": run.train(1, [run.bct(mean_rows), run.l2(v1, 1)]),
     }
     old = embedder(v1)
     rows = {name: group_scores(run, old, embedder(model), seen) for name, model in options.items()}

@@ -131,7 +131,8 @@ def render(dataset: str, seeds: list[dict], combine_command: str) -> str:
               "those embeddings, old rows fixed). Margin: `NewClassMargin` adds the offset to the "
               "new classes' logits in the influence loss (+: MPT's sign, old classes must win by "
               "more; −: new-class samples pulled harder onto their rows). Unseen left out: "
-              "`unseen=\"ignore\"`. Simplex: v1 and v2 trained with the fixed simplex head (its "
+              "`unseen=\"ignore\"`. + L2: class-mean rows plus `EmbeddingRegressionLoss("
+              "normalize=True)` onto v1's embeddings of v2's data (every class). Simplex: v1 and v2 trained with the fixed simplex head (its "
               "own v1). Goal: unseen queries on v1's gallery at least as well as v1 searches "
               "them (new/old − old/old ≥ 0).", ""]
     lines += new_class_table(seeds) + [""]
