@@ -26,6 +26,8 @@ One seed per process (it writes experiments/results/compat_chain_<dataset>.seed<
 --combine writes experiments/results/compat_chain_<dataset>.md (and .json) from every seed file:
   OMP_NUM_THREADS=1 .venv/bin/python experiments/compat_chain.py --dataset mnist1d --seeds 0
   OMP_NUM_THREADS=1 .venv/bin/python experiments/compat_chain.py --dataset mnist1d --combine
+--l2-weight W runs only the independent and all heads + L2 families with that L2 weight
+(files compat_chain_<dataset>_l2w<W>.*).
 """
 
 from __future__ import annotations
@@ -159,17 +161,22 @@ def scores(data: DataSplit, embedders: dict[str, Callable], queries: Optional[np
     return CompatibilityReport(matrix).to_dict()
 
 
-def run_chain(run: Seed) -> tuple[dict, dict]:
-    """Every family's report, and the models the new-class study reuses."""
+def run_chain(run: Seed, pulled_only: bool = False) -> tuple[dict, dict]:
+    """Every family's report, and the models the new-class study reuses (``pulled_only``: the
+    independent reference and the all heads + L2 family alone)."""
     v1 = run.train(0)
     independent = [v1] + [run.train(k) for k in (1, 2, 3)]
+    pulled = [v1, run.train(1, [run.bct(v1.head), run.l2(v1, 1)])]
+    for k in (2, 3):
+        pulled.append(run.train(k, [run.bct([m.head for m in pulled]), run.l2(pulled[-1], k)]))
+    if pulled_only:
+        families = {"independent": independent, "all heads + L2": pulled}
+        return {name: run.report(models) for name, models in families.items()}, {}
     v2 = run.train(1, [run.bct(v1.head)])
     last, every = [v1, v2], [v1, v2]
-    pulled = [v1, run.train(1, [run.bct(v1.head), run.l2(v1, 1)])]
     for k in (2, 3):
         last.append(run.train(k, [run.bct(last[-1].head)]))
         every.append(run.train(k, [run.bct([m.head for m in every])]))
-        pulled.append(run.train(k, [run.bct([m.head for m in pulled]), run.l2(pulled[-1], k)]))
     simplex = [run.train(k, head="simplex") for k in range(4)]
     families = {"independent": independent, "last head": last, "all heads": every,
                 "all heads + L2": pulled, "simplex": simplex}
@@ -218,24 +225,25 @@ def run_new_classes(run: Seed, reuse: dict) -> dict:
     return rows
 
 
-def seed_path(dataset: str, seed: int) -> Path:
-    return RESULTS / f"compat_chain_{dataset}.seed{seed}.json"
+def seed_path(name: str, seed: int) -> Path:
+    return RESULTS / f"compat_chain_{name}.seed{seed}.json"
 
 
-def run_seed(setting: Setting, seed: int, argv: list[str]) -> dict:
+def run_seed(setting: Setting, seed: int, argv: list[str], name: str,
+             pulled_only: bool = False) -> dict:
     torch.set_num_threads(1)
     started = time.perf_counter()
     run = Seed(setting, load(setting), seed)
-    chain, reuse = run_chain(run)
+    chain, reuse = run_chain(run, pulled_only)
     print(f"{setting.dataset} seed {seed}: chain done in {time.perf_counter() - started:.0f}s",
           flush=True)
     result = {"dataset": setting.dataset, "seed": seed, "setting": asdict(setting),
               "command": command_line("compat_chain.py", argv), "cpu": cpu_name(),
               "chain": chain}
-    write_text_atomic(seed_path(setting.dataset, seed), json.dumps(result, indent=1))
-    result["new classes"] = run_new_classes(run, reuse)
+    write_text_atomic(seed_path(name, seed), json.dumps(result, indent=1))
+    result["new classes"] = {} if pulled_only else run_new_classes(run, reuse)
     result["seconds"] = time.perf_counter() - started
-    write_text_atomic(seed_path(setting.dataset, seed), json.dumps(result, indent=1))
+    write_text_atomic(seed_path(name, seed), json.dumps(result, indent=1))
     print(f"{setting.dataset} seed {seed}: {result['seconds']:.0f}s", flush=True)
     return result
 
@@ -246,20 +254,27 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--dataset", choices=list(SETTINGS), required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--epochs", type=int, help="override the dataset's epochs")
+    parser.add_argument("--l2-weight", type=float,
+                        help="only the independent and all heads + L2 families, with this L2 "
+                             "weight (results named compat_chain_<dataset>_l2w<weight>)")
     parser.add_argument("--combine", action="store_true",
                         help="write the dataset's table from every seed file")
     args = parser.parse_args(argv)
     setting = SETTINGS[args.dataset]
     if args.epochs:
         setting = replace(setting, epochs=args.epochs)
+    name = args.dataset
+    if args.l2_weight is not None:
+        setting = replace(setting, l2_weight=args.l2_weight)
+        name = f"{args.dataset}_l2w{args.l2_weight:g}"
     if args.combine:
         from compat_chain_report import combine
 
-        markdown = combine(args.dataset, command_line("compat_chain.py", argv))
+        markdown = combine(name, command_line("compat_chain.py", argv))
         print(markdown)
         return 0
     for seed in args.seeds:
-        run_seed(setting, seed, argv)
+        run_seed(setting, seed, argv, name, pulled_only=args.l2_weight is not None)
     return 0
 
 

@@ -18,11 +18,11 @@ RESULTS = Path(__file__).parent / "results"
 METRICS = (("top1", "top-1"), ("mAP", "mAP@100"))
 
 
-def load_seeds(dataset: str) -> list[dict]:
-    files = sorted(RESULTS.glob(f"compat_chain_{dataset}.seed*.json"))
+def load_seeds(name: str) -> list[dict]:
+    files = sorted(RESULTS.glob(f"compat_chain_{name}.seed*.json"))
     seeds = [json.loads(path.read_text()) for path in files]
     if not seeds:
-        raise SystemExit(f"no seed files experiments/results/compat_chain_{dataset}.seed*.json; "
+        raise SystemExit(f"no seed files experiments/results/compat_chain_{name}.seed*.json; "
                          "run the seeds first")
     return sorted(seeds, key=lambda r: r["seed"])
 
@@ -89,8 +89,9 @@ def new_class_table(seeds: list[dict]) -> list[str]:
     return lines
 
 
-def render(dataset: str, seeds: list[dict], combine_command: str) -> str:
+def render(seeds: list[dict], combine_command: str) -> str:
     first = seeds[0]
+    dataset = first["dataset"]
     setting = first["setting"]
     minutes = [s.get("seconds", float("nan")) / 60 for s in seeds]
     commands = sorted({s["command"] for s in seeds})
@@ -123,6 +124,8 @@ def render(dataset: str, seeds: list[dict], combine_command: str) -> str:
     lines += chain_summary(seeds) + [""]
     for family in first["chain"]:
         lines += [f"### {family}: top-1", ""] + chain_matrix(seeds, family) + [""]
+    if not first["new classes"]:
+        return "\n".join(lines)
     lines += [f"## New classes: v1 on classes 0-{setting['seen_classes'] - 1}, v2 on all ten", "",
               f"v1 = the chain's v1 size on its data part restricted to classes "
               f"< {setting['seen_classes']}; v2 = the chain's v2 size and data (independent v2 is "
@@ -139,14 +142,16 @@ def render(dataset: str, seeds: list[dict], combine_command: str) -> str:
     return "\n".join(lines)
 
 
-def combine(dataset: str, combine_command: str) -> str:
-    seeds = load_seeds(dataset)
+def combine(name: str, combine_command: str) -> str:
+    """Write compat_chain_<name>.md and .json from the seed files of ``name`` (a dataset, or a
+    dataset and a tag such as ``mnist1d_l2w3``)."""
+    seeds = load_seeds(name)
     complete = [s for s in seeds if "new classes" in s]
     if len(complete) < len(seeds):
         missing = [s["seed"] for s in seeds if "new classes" not in s]
         print(f"seeds {missing} have no new-class results yet (still running?): left out")
-    markdown = render(dataset, complete, combine_command)
-    write_text_atomic(RESULTS / f"compat_chain_{dataset}.md", markdown)
-    write_text_atomic(RESULTS / f"compat_chain_{dataset}.json",
-                      json.dumps({"dataset": dataset, "seeds": complete}, indent=1))
+    markdown = render(complete, combine_command)
+    write_text_atomic(RESULTS / f"compat_chain_{name}.md", markdown)
+    write_text_atomic(RESULTS / f"compat_chain_{name}.json",
+                      json.dumps({"dataset": complete[0]["dataset"], "seeds": complete}, indent=1))
     return markdown
