@@ -2,7 +2,11 @@
 
 - :class:`BackwardCompatibleLoss`: influence loss through the frozen old head (a loss term for
   :func:`regfree.training.fit`); :class:`EmbeddingRegressionLoss`: the L2 baseline.
-- :func:`extend_head`: the frozen old head extended to classes v1 never saw.
+- :func:`extend_head`: the frozen old head extended to classes v1 never saw (class-mean or
+  fitted rows, :func:`fit_new_rows`); :class:`NewClassMargin`: an offset on the new classes'
+  logits in the influence loss (MPT's margin).
+- :func:`simplex_head`: a fixed d-simplex head; versions trained with it are compatible by
+  construction (CoReS).
 - :class:`CosineClassifier`: a normalised head (galleries search by cosine).
 - :class:`ProjectedModel`: v2 with a learned projection into v1's embedding space.
 - :func:`compatibility_report`: the cross-version matrix, criterion, update gain, AC and AM
@@ -21,8 +25,9 @@ Example:
 
 from regfree.compat.adapter import ADAPTER_KINDS, EmbeddingAdapter
 from regfree.compat.adapter_fit import fit_adapter
-from regfree.compat.heads import CosineClassifier, extend_head, freeze
+from regfree.compat.heads import CosineClassifier, extend_head, freeze, simplex_head
 from regfree.compat.losses import BackwardCompatibleLoss, EmbeddingRegressionLoss
+from regfree.compat.new_classes import NewClassMargin, fit_new_rows
 from regfree.compat.projection import ProjectedModel, embedder
 from regfree.compat.report import CompatibilityReport, compatibility_report
 
@@ -33,10 +38,13 @@ __all__ = [
     "CompatibilityReport",
     "CosineClassifier",
     "EmbeddingRegressionLoss",
+    "NewClassMargin",
     "ProjectedModel",
     "compatibility_report",
     "embedder",
     "extend_head",
     "fit_adapter",
+    "fit_new_rows",
     "freeze",
+    "simplex_head",
 ]

@@ -1,5 +1,5 @@
-"""Classifier heads for backward-compatible training: a cosine head, freezing, and extending a
-frozen old head to classes the old model never saw."""
+"""Classifier heads for backward-compatible training: a cosine head, a fixed (stationary)
+d-simplex head, freezing, and extending a frozen old head to classes the old model never saw."""
 
 from __future__ import annotations
 
@@ -92,19 +92,29 @@ def _head_weight(head: nn.Module, name: str) -> torch.Tensor:
     return head.weight
 
 
-def extend_head(old_head: nn.Module, old_embeddings, labels, num_classes: int) -> nn.Module:
+_ROWS = ("mean", "fit")
+
+
+def extend_head(old_head: nn.Module, old_embeddings, labels, num_classes: int, *,
+                rows: str = "mean") -> nn.Module:
     """Extend a frozen old head to ``num_classes`` classes (BCT's synthesised classifier).
 
-    Rows ``0 .. C_old-1`` keep the old weights (and biases) exactly. The row of each new class
-    ``c >= C_old`` is the old model's mean embedding of class ``c``, rescaled to the mean L2 norm
-    of the old rows; a new row's bias is the mean old bias. The result is a frozen copy; the
-    old head itself is not modified.
+    Rows ``0 .. C_old-1`` keep the old weights (and biases) exactly. With ``rows="mean"`` the
+    row of each new class ``c >= C_old`` is the old model's mean embedding of class ``c``,
+    rescaled to the mean L2 norm of the old rows; a new row's bias is the mean old bias. With
+    ``rows="fit"`` those rows are the starting point of a fit: the new rows (their directions,
+    at the same norm, and their biases) are trained with cross-entropy on ``old_embeddings`` of
+    every class while the old rows stay fixed (:func:`~regfree.compat.new_classes.fit_new_rows`),
+    so each new row points where the old space separates its class from the others, not only at
+    its centre. The result is a frozen copy; the old head itself is not modified.
 
     Args:
         old_head: the old model's head, ``nn.Linear`` or :class:`CosineClassifier`.
         old_embeddings: the old model's embeddings ``(N, D)`` of samples covering every new class.
         labels: class ids ``(N,)`` of those samples.
         num_classes: the number of classes of the extended head (> C_old).
+        rows: ``"mean"`` (class means, BCT's recipe) or ``"fit"`` (class means refined by a fit
+            on ``old_embeddings``; pass embeddings of the old classes too).
 
     Returns:
         A frozen head of the same type with ``num_classes`` outputs.
@@ -116,6 +126,8 @@ def extend_head(old_head: nn.Module, old_embeddings, labels, num_classes: int) -
         torch.Size([2, 2])
     """
     weight = _head_weight(old_head, "old_head").detach().cpu()
+    if rows not in _ROWS:
+        raise ValueError(f"rows must be one of {_ROWS}, got {rows!r}")
     old_classes, dim = weight.shape
     if int(num_classes) != num_classes or num_classes <= old_classes:
         raise ValueError(f"num_classes must be an integer > the old head's {old_classes} "
@@ -146,4 +158,48 @@ def extend_head(old_head: nn.Module, old_embeddings, labels, num_classes: int) -
             bias = old_head.bias.detach()
             fill = bias.mean().expand(len(new_classes))
             extended.bias = nn.Parameter(torch.cat([bias, fill]), requires_grad=False)
+    if rows == "fit":
+        from regfree.compat.new_classes import fit_new_rows
+
+        fit_new_rows(extended, embeddings, targets, old_classes)
     return extended
+
+
+def simplex_head(in_features: int, num_classes: int, *, scale: float = 16.0) -> CosineClassifier:
+    """A fixed (stationary) cosine head whose rows are the vertices of a regular simplex.
+
+    Every version of a model family trained with the same fixed head maps each class onto the
+    same direction, so versions are compatible by construction, with no influence loss (CoReS,
+    Biondi et al.: the d-simplex classifier). The first version must be trained with it too,
+    and ``num_classes`` should cover the classes later versions will add (rows of classes not
+    yet trained simply stay unused). Any two rows have cosine ``-1 / (num_classes - 1)``.
+
+    Args:
+        in_features: embedding size, at least ``num_classes - 1``.
+        num_classes: number of rows (classes), at least 2.
+        scale: the fixed temperature of the cosine logits.
+
+    Returns:
+        A :class:`CosineClassifier` with ``requires_grad=False`` weights (the trainer leaves
+        frozen parameters out of the optimiser).
+
+    Example:
+        >>> head = simplex_head(4, 3)
+        >>> rows = F.normalize(head.weight, dim=1)
+        >>> round(float(rows[0] @ rows[1]), 4), head.weight.requires_grad
+        (-0.5, False)
+    """
+    if int(num_classes) != num_classes or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    if int(in_features) != in_features or in_features < num_classes - 1:
+        raise ValueError(f"in_features must be an integer >= num_classes - 1 = "
+                         f"{num_classes - 1} (a simplex of {num_classes} vertices needs "
+                         f"{num_classes - 1} dimensions), got {in_features!r}")
+    centred = torch.eye(num_classes, dtype=torch.float64) - 1.0 / num_classes
+    basis, _ = torch.linalg.qr(centred)  # the centred rows span num_classes - 1 dimensions
+    vertices = centred @ basis[:, :num_classes - 1]
+    rows = torch.zeros(num_classes, int(in_features), dtype=torch.float64)
+    rows[:, :num_classes - 1] = F.normalize(vertices, dim=1)
+    head = CosineClassifier(int(in_features), int(num_classes), scale=scale)
+    head.weight = nn.Parameter(rows.float(), requires_grad=False)
+    return head

@@ -1,0 +1,282 @@
+"""Compatibility that lasts: a v1 -> v2 -> v3 -> v4 chain, and classes v1 never saw.
+
+Chain: each version is wider and trained on more of the training split (25, 50, 75, 100%).
+Families, each scored by its full T x T retrieval matrix (CoReS' AC and AM):
+  independent  every version trained alone (the new/new reference: the cost of a family is its
+               C[k][k] minus the independent version's);
+  last head    v_k trained with BCT through v_(k-1)'s head only;
+  all heads    v_k trained with BCT through the heads of every earlier version (one
+               BackwardCompatibleLoss over [v1.head, ..., v_(k-1).head], equal head_weights);
+  all heads + L2  as all heads, plus an L2 pull of v_k's normalised embeddings onto
+               v_(k-1)'s (EmbeddingRegressionLoss(normalize=True)) on v_k's training data;
+  simplex      every version, v1 included, trained alone with the same fixed d-simplex head
+               (regfree.compat.simplex_head; CoReS), no influence loss.
+New classes (MPT's setting): v1 trained on the first half of the classes (v1's data part), v2
+(the chain's v2 size and data) on all of them; options for v2: independent, BCT through
+extend_head with class-mean rows, with fitted rows (rows="fit"), with MPT's margin on the new
+classes' logits (NewClassMargin, +margin and -margin), new-class samples left out of the influence
+loss (unseen="ignore"), class-mean rows plus the L2 pull onto v1's normalised embeddings, and
+the simplex head (v1 trained with it on half the classes). Seen and
+unseen queries are scored separately.
+
+Retrieval protocol: queries = test split, gallery = the whole training split embedded by the
+gallery's model, cosine similarity, top-1 and mAP (regfree.compat.compatibility_report).
+
+One seed per process (it writes experiments/results/compat_chain_<dataset>.seed<k>.json), then
+--combine writes experiments/results/compat_chain_<dataset>.md (and .json) from every seed file:
+  OMP_NUM_THREADS=1 .venv/bin/python experiments/compat_chain.py --dataset mnist1d --seeds 0
+  OMP_NUM_THREADS=1 .venv/bin/python experiments/compat_chain.py --dataset mnist1d --combine
+--l2-weight W runs only the independent and all heads + L2 families with that L2 weight
+(files compat_chain_<dataset>_l2w<W>.*).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from common import command_line, cpu_name
+from regfree.compat import (
+    BackwardCompatibleLoss,
+    CompatibilityReport,
+    CosineClassifier,
+    EmbeddingRegressionLoss,
+    NewClassMargin,
+    embedder,
+    extend_head,
+    simplex_head,
+)
+from regfree.data import DataSplit, load_digits_split, load_mnist1d, load_mnist5k
+from regfree.models import MLP, ConvNet1D, ConvNet2D
+from regfree.reporting import write_text_atomic
+from regfree.retrieval import retrieval_matrix
+from regfree.training import fit_adam_cosine
+
+RESULTS = Path(__file__).parent / "results"
+MAP_K = 100  # mAP over each query's 100 nearest gallery items (the full ranking is slow)
+
+
+@dataclass(frozen=True)
+class Setting:
+    dataset: str
+    widths: tuple[int, ...]  # capacity of v1 .. v4
+    epochs: int
+    shares: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # share of the training split, v1 .. v4
+    dim: int = 32
+    lr: float = 3e-3
+    batch_size: int = 128
+    scale: float = 16.0  # cosine heads' temperature
+    bct_weight: float = 1.0
+    l2_weight: float = 1.0
+    margin: float = 2.0  # NewClassMargin's offset (logit units, scale 16)
+    seen_classes: int = 5
+    num_samples: int = 12000  # mnist1d only
+
+
+SETTINGS = {
+    "mnist1d": Setting("mnist1d", widths=(16, 24, 32, 48), epochs=20),
+    "digits": Setting("digits", widths=(16, 32, 64, 128), epochs=40),
+    "mnist5k": Setting("mnist5k", widths=(4, 6, 8, 12), epochs=20),
+}
+
+
+def load(setting: Setting) -> DataSplit:
+    if setting.dataset == "mnist1d":
+        return load_mnist1d(num_samples=setting.num_samples, seed=42)
+    if setting.dataset == "digits":
+        return load_digits_split(seed=0)
+    return load_mnist5k(seed=0)
+
+
+def build(setting: Setting, version: int, classes: int, seed: int, head: str = "cosine"
+          ) -> nn.Module:
+    """Version ``version`` (0-based) of the dataset's model, cosine or fixed simplex head."""
+    torch.manual_seed(seed)
+    # the simplex spans num_classes - 1 directions: a wider embedding would leave free
+    # directions that each version fills its own way (CoReS uses d = K - 1)
+    width, dim = setting.widths[version], (9 if head == "simplex" else setting.dim)
+    if setting.dataset == "mnist1d":
+        model = ConvNet1D(width=width, embedding_dim=dim, return_embeddings=True)
+    elif setting.dataset == "digits":
+        model = MLP(64, hidden=width, embedding_dim=dim, return_embeddings=True)
+    else:
+        model = ConvNet2D(width=width, embedding_dim=dim, return_embeddings=True)
+    if head == "simplex":  # every row exists from v1 on, also for classes not yet trained
+        model.head = simplex_head(dim, 10, scale=setting.scale)
+    else:
+        model.head = CosineClassifier(dim, classes, scale=setting.scale)
+    return model
+
+
+class Seed:
+    """Everything one seed trains: data parts, models, and the terms that tie them."""
+
+    def __init__(self, setting: Setting, data: DataSplit, seed: int) -> None:
+        self.setting, self.data, self.seed = setting, data, seed
+        order = np.random.default_rng(seed).permutation(len(data.y_train))
+        self.parts = [np.sort(order[:round(share * len(order))]) for share in setting.shares]
+
+    def train(self, version: int, terms=(), *, head: str = "cosine", classes: int = 10,
+              part: Optional[np.ndarray] = None) -> nn.Module:
+        s = self.setting
+        seed = self.seed + 1000 * version
+        model = build(s, version, classes, seed, head)
+        pick = self.parts[version] if part is None else part
+        fit_adam_cosine(model, (self.data.x_train[pick], self.data.y_train[pick]),
+                        loss_terms=list(terms), epochs=s.epochs, lr=s.lr,
+                        batch_size=s.batch_size, seed=seed, progress=False)
+        return model
+
+    def bct(self, heads, **options) -> BackwardCompatibleLoss:
+        return BackwardCompatibleLoss(heads, weight=self.setting.bct_weight, **options)
+
+    def l2(self, previous: nn.Module, version: int) -> EmbeddingRegressionLoss:
+        """L2 to ``previous``'s embeddings of ``version``'s training data (cached by position)."""
+        cache = embedder(previous)(self.data.x_train[self.parts[version]])
+        return EmbeddingRegressionLoss(cache, weight=self.setting.l2_weight, normalize=True)
+
+    def report(self, models: list[nn.Module]) -> dict:
+        return scores(self.data, {f"v{k + 1}": embedder(m) for k, m in enumerate(models)})
+
+
+def scores(data: DataSplit, embedders: dict[str, Callable], queries: Optional[np.ndarray] = None
+           ) -> dict:
+    """The compatibility report (top-1, mAP@100) of ``embedders`` on test queries (all, or the
+    boolean mask ``queries``) against the training split as gallery."""
+    pick = slice(None) if queries is None else queries
+    x_query = data.x_test[pick]
+    matrix = retrieval_matrix({name: f(x_query) for name, f in embedders.items()},
+                              data.y_test[pick],
+                              {name: f(data.x_train) for name, f in embedders.items()},
+                              data.y_train, ks=(1,), map_k=MAP_K)
+    return CompatibilityReport(matrix).to_dict()
+
+
+def run_chain(run: Seed, pulled_only: bool = False) -> tuple[dict, dict]:
+    """Every family's report, and the models the new-class study reuses (``pulled_only``: the
+    independent reference and the all heads + L2 family alone)."""
+    v1 = run.train(0)
+    independent = [v1] + [run.train(k) for k in (1, 2, 3)]
+    pulled = [v1, run.train(1, [run.bct(v1.head), run.l2(v1, 1)])]
+    for k in (2, 3):
+        pulled.append(run.train(k, [run.bct([m.head for m in pulled]), run.l2(pulled[-1], k)]))
+    if pulled_only:
+        families = {"independent": independent, "all heads + L2": pulled}
+        return {name: run.report(models) for name, models in families.items()}, {}
+    v2 = run.train(1, [run.bct(v1.head)])
+    last, every = [v1, v2], [v1, v2]
+    for k in (2, 3):
+        last.append(run.train(k, [run.bct(last[-1].head)]))
+        every.append(run.train(k, [run.bct([m.head for m in every])]))
+    simplex = [run.train(k, head="simplex") for k in range(4)]
+    families = {"independent": independent, "last head": last, "all heads": every,
+                "all heads + L2": pulled, "simplex": simplex}
+    return ({name: run.report(models) for name, models in families.items()},
+            {"independent v2": independent[1], "simplex v2": simplex[1]})
+
+
+def group_scores(run: Seed, old: Callable, new: Callable, seen: int) -> dict:
+    """old/old, new/old and new/new (top-1, mAP) for seen and unseen queries apart."""
+    d = run.data
+    out = {}
+    for group, queries in (("seen", d.y_test < seen), ("unseen", d.y_test >= seen)):
+        matrices = scores(d, {"v1": old, "v2": new}, queries)["matrices"]
+        out[group] = {f"{a}/{b} {m}": matrices[m][i][j]
+                      for a, b, i, j in (("old", "old", 0, 0), ("new", "old", 1, 0),
+                                         ("new", "new", 1, 1))
+                      for m in ("top1", "mAP")}
+    return out
+
+
+def run_new_classes(run: Seed, reuse: dict) -> dict:
+    s, x, y = run.setting, run.data.x_train, run.data.y_train
+    seen = s.seen_classes
+    v1_part = run.parts[0][y[run.parts[0]] < seen]
+    v1 = run.train(0, classes=seen, part=v1_part)
+    old_in_v2_data = embedder(v1)(x[run.parts[1]])
+    labels = y[run.parts[1]]
+    mean_rows = extend_head(v1.head, old_in_v2_data, labels, 10)
+    fitted_rows = extend_head(v1.head, old_in_v2_data, labels, 10, rows="fit")
+    options = {
+        "independent": reuse["independent v2"],
+        "BCT, class-mean rows": run.train(1, [run.bct(mean_rows)]),
+        "BCT, fitted rows": run.train(1, [run.bct(fitted_rows)]),
+        f"BCT, class-mean rows, margin +{s.margin:g}":
+            run.train(1, [run.bct(NewClassMargin(mean_rows, seen, s.margin))]),
+        f"BCT, class-mean rows, margin -{s.margin:g}":
+            run.train(1, [run.bct(NewClassMargin(mean_rows, seen, -s.margin))]),
+        "BCT, unseen left out": run.train(1, [run.bct(v1.head, unseen="ignore")]),
+        "BCT, class-mean rows + L2": run.train(1, [run.bct(mean_rows), run.l2(v1, 1)]),
+    }
+    old = embedder(v1)
+    rows = {name: group_scores(run, old, embedder(model), seen) for name, model in options.items()}
+    v1_simplex = run.train(0, head="simplex", part=v1_part)
+    rows["simplex (v1 and v2)"] = group_scores(run, embedder(v1_simplex),
+                                               embedder(reuse["simplex v2"]), seen)
+    return rows
+
+
+def seed_path(name: str, seed: int) -> Path:
+    return RESULTS / f"compat_chain_{name}.seed{seed}.json"
+
+
+def run_seed(setting: Setting, seed: int, argv: list[str], name: str,
+             pulled_only: bool = False) -> dict:
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    run = Seed(setting, load(setting), seed)
+    chain, reuse = run_chain(run, pulled_only)
+    print(f"{setting.dataset} seed {seed}: chain done in {time.perf_counter() - started:.0f}s",
+          flush=True)
+    result = {"dataset": setting.dataset, "seed": seed, "setting": asdict(setting),
+              "command": command_line("compat_chain.py", argv), "cpu": cpu_name(),
+              "chain": chain}
+    write_text_atomic(seed_path(name, seed), json.dumps(result, indent=1))
+    result["new classes"] = {} if pulled_only else run_new_classes(run, reuse)
+    result["seconds"] = time.perf_counter() - started
+    write_text_atomic(seed_path(name, seed), json.dumps(result, indent=1))
+    print(f"{setting.dataset} seed {seed}: {result['seconds']:.0f}s", flush=True)
+    return result
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=list(SETTINGS), required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--epochs", type=int, help="override the dataset's epochs")
+    parser.add_argument("--l2-weight", type=float,
+                        help="only the independent and all heads + L2 families, with this L2 "
+                             "weight (results named compat_chain_<dataset>_l2w<weight>)")
+    parser.add_argument("--combine", action="store_true",
+                        help="write the dataset's table from every seed file")
+    args = parser.parse_args(argv)
+    setting = SETTINGS[args.dataset]
+    if args.epochs:
+        setting = replace(setting, epochs=args.epochs)
+    name = args.dataset
+    if args.l2_weight is not None:
+        setting = replace(setting, l2_weight=args.l2_weight)
+        name = f"{args.dataset}_l2w{args.l2_weight:g}"
+    if args.combine:
+        from compat_chain_report import combine
+
+        markdown = combine(name, command_line("compat_chain.py", argv))
+        print(markdown)
+        return 0
+    for seed in args.seeds:
+        run_seed(setting, seed, argv, name, pulled_only=args.l2_weight is not None)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,157 @@
+"""Tables of experiments/compat_chain.py: every seed file of a dataset into one markdown report.
+
+Read by ``compat_chain.py --combine``; writes experiments/results/compat_chain_<dataset>.md and
+the seeds' results together in compat_chain_<dataset>.json.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from common import mean_std
+from regfree.reporting import write_text_atomic
+
+RESULTS = Path(__file__).parent / "results"
+METRICS = (("top1", "top-1"), ("mAP", "mAP@100"))
+
+
+def load_seeds(name: str) -> list[dict]:
+    files = sorted(RESULTS.glob(f"compat_chain_{name}.seed*.json"))
+    seeds = [json.loads(path.read_text()) for path in files]
+    if not seeds:
+        raise SystemExit(f"no seed files experiments/results/compat_chain_{name}.seed*.json; "
+                         "run the seeds first")
+    return sorted(seeds, key=lambda r: r["seed"])
+
+
+def matrices(seeds: list[dict], family: str, metric: str) -> np.ndarray:
+    """``(seeds, T, T)`` matrices of one chain family, NaN above the diagonal."""
+    return np.array([s["chain"][family]["matrices"][metric] for s in seeds], dtype=float)
+
+
+def chain_summary(seeds: list[dict]) -> list[str]:
+    families = list(seeds[0]["chain"])
+    own = {f: np.diagonal(matrices(seeds, f, "top1"), axis1=1, axis2=2) for f in families}
+    lines = ["| family | AC top-1 | AC mAP@100 | AM top-1 | worst C[i][j] − C[j][j] (top-1) "
+             "| new/new cost v2, v3, v4 (points) | goal (AC = 1, cost < 1) |",
+             "|---|---|---|---|---|---|---|"]
+    for family in families:
+        ac = [s["chain"][family]["AC"]["top1"] for s in seeds]
+        ac_map = [s["chain"][family]["AC"]["mAP"] for s in seeds]
+        am = [s["chain"][family]["AM"]["top1"] for s in seeds]
+        m = matrices(seeds, family, "top1")
+        worst = [min(m[s, i, j] - m[s, j, j] for i in range(4) for j in range(i))
+                 for s in range(len(seeds))]
+        cost = 100 * (own["independent"] - own[family])[:, 1:]  # v1 is shared (or simplex)
+        costs = ", ".join(f"{c:+.1f}" for c in cost.mean(axis=0))
+        met = all(a == 1.0 for a in ac) and bool((cost.mean(axis=0) < 1.0).all())
+        verdict = "n/a (reference)" if family == "independent" else ("met" if met else "missed")
+        lines.append(f"| {family} | {mean_std(ac, 1.0, 2)} | {mean_std(ac_map, 1.0, 2)} | "
+                     f"{mean_std(am, digits=1)} | {mean_std(worst, digits=1)} | {costs} | "
+                     f"{verdict} |")
+    return lines
+
+
+def chain_matrix(seeds: list[dict], family: str, metric: str = "top1") -> list[str]:
+    m = matrices(seeds, family, metric)
+    size = m.shape[1]
+    names = [f"v{k + 1}" for k in range(size)]
+    lines = ["| query \\ gallery | " + " | ".join(names) + " |", "|---" * (size + 1) + "|"]
+    for i in range(size):
+        cells = [mean_std(list(m[:, i, j]), digits=1) if j <= i else "" for j in range(size)]
+        lines.append(f"| {names[i]} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def new_class_table(seeds: list[dict]) -> list[str]:
+    options = list(seeds[0]["new classes"])
+    lines = ["| v2 training | queries | old/old top-1 | new/old top-1 | new/old − old/old | "
+             "new/new top-1 | new/new cost vs independent | old/old mAP@100 | new/old mAP@100 "
+             "| seeds new/old ≥ old/old |", "|---" * 10 + "|"]
+    for option in options:
+        for group in ("seen", "unseen"):
+            def values(key: str, option: str = option, group: str = group) -> list[float]:
+                return [s["new classes"][option][group][key] for s in seeds]
+
+            gap = [n - o for n, o in zip(values("new/old top1"), values("old/old top1"))]
+            cost = [i - n for i, n in zip(values("new/new top1", "independent"),
+                                          values("new/new top1"))]
+            met = sum(g >= 0 for g in gap)
+            lines.append(" | ".join([
+                f"| {option}", group, mean_std(values("old/old top1"), digits=1),
+                mean_std(values("new/old top1"), digits=1), mean_std(gap, digits=1),
+                mean_std(values("new/new top1"), digits=1), mean_std(cost, digits=1),
+                mean_std(values("old/old mAP"), digits=1), mean_std(values("new/old mAP"), digits=1),
+                f"{met}/{len(seeds)}"]) + " |")
+    return lines
+
+
+def render(seeds: list[dict], combine_command: str) -> str:
+    first = seeds[0]
+    dataset = first["dataset"]
+    setting = first["setting"]
+    minutes = [s.get("seconds", float("nan")) / 60 for s in seeds]
+    commands = sorted({s["command"] for s in seeds})
+    lines = [f"# Compatibility that lasts on {dataset}: a four-version chain and new classes", "",
+             "Commands (one process per seed, then the table):", ""]
+    lines += [f"    {c}" for c in commands] + [f"    {combine_command}", ""]
+    lines += [f"Seeds {[s['seed'] for s in seeds]}, {np.nanmean(minutes):.1f} min a seed on "
+              f"{first['cpu']} (OMP_NUM_THREADS=1, the machine shared). Values in %, mean ± "
+              "std over seeds.", "",
+              "Retrieval: queries = the test split, gallery = the whole training split embedded "
+              "by the gallery's version, cosine similarity; top-1 = the nearest gallery item has "
+              "the query's label; mAP@100 over each query's 100 nearest items. C[i][j] = "
+              "version-i queries on the version-j gallery; AC = share of pairs i > j with "
+              "C[i][j] ≥ C[j][j] (every later version searches every earlier gallery at least "
+              "as well as that version itself); AM = mean of the filled entries.", "",
+              f"Setting: `{json.dumps(setting)}`", "",
+              f"## Chain v1 -> v2 -> v3 -> v4 (widths {setting['widths']}, training shares "
+              f"{setting['shares']})", "",
+              "- independent: each version trained alone (the new/new reference).",
+              "- last head: v_k with BCT through v_(k-1)'s head only.",
+              "- all heads: v_k with one BackwardCompatibleLoss over the heads of v1 .. v_(k-1), "
+              "equal head_weights.",
+              "- all heads + L2: as all heads, plus `EmbeddingRegressionLoss(normalize=True)` "
+              "pulling v_k's unit embeddings onto v_(k-1)'s (weight "
+              f"{setting['l2_weight']:g}).",
+              "- simplex: every version, v1 included, trained alone with the same fixed "
+              "d-simplex head (`simplex_head`, 9-d embeddings), no influence loss.",
+              "- new/new cost = independent C[k][k] − the family's C[k][k] (positive = worse); "
+              "the simplex family's v1 is its own, the others share v1.", ""]
+    lines += chain_summary(seeds) + [""]
+    for family in first["chain"]:
+        lines += [f"### {family}: top-1", ""] + chain_matrix(seeds, family) + [""]
+    if not first["new classes"]:
+        return "\n".join(lines)
+    lines += [f"## New classes: v1 on classes 0-{setting['seen_classes'] - 1}, v2 on all ten", "",
+              f"v1 = the chain's v1 size on its data part restricted to classes "
+              f"< {setting['seen_classes']}; v2 = the chain's v2 size and data (independent v2 is "
+              "the chain's). extend_head rows: class means of v1's embeddings of v2's data "
+              "(BCT's recipe) or fitted (`rows=\"fit\"`: directions trained by cross-entropy on "
+              "those embeddings, old rows fixed). Margin: `NewClassMargin` adds the offset to the "
+              "new classes' logits in the influence loss (+: MPT's sign, old classes must win by "
+              "more; −: new-class samples pulled harder onto their rows). Unseen left out: "
+              "`unseen=\"ignore\"`. + L2: class-mean rows plus `EmbeddingRegressionLoss("
+              "normalize=True)` onto v1's embeddings of v2's data (every class). Simplex: v1 and v2 trained with the fixed simplex head (its "
+              "own v1). Goal: unseen queries on v1's gallery at least as well as v1 searches "
+              "them (new/old − old/old ≥ 0).", ""]
+    lines += new_class_table(seeds) + [""]
+    return "\n".join(lines)
+
+
+def combine(name: str, combine_command: str) -> str:
+    """Write compat_chain_<name>.md and .json from the seed files of ``name`` (a dataset, or a
+    dataset and a tag such as ``mnist1d_l2w3``)."""
+    seeds = load_seeds(name)
+    complete = [s for s in seeds if "new classes" in s]
+    if len(complete) < len(seeds):
+        missing = [s["seed"] for s in seeds if "new classes" not in s]
+        print(f"seeds {missing} have no new-class results yet (still running?): left out")
+    markdown = render(complete, combine_command)
+    write_text_atomic(RESULTS / f"compat_chain_{name}.md", markdown)
+    write_text_atomic(RESULTS / f"compat_chain_{name}.json",
+                      json.dumps({"dataset": complete[0]["dataset"], "seeds": complete}, indent=1))
+    return markdown
