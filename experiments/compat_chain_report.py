@@ -55,6 +55,44 @@ def chain_summary(seeds: list[dict]) -> list[str]:
     return lines
 
 
+def candidate_scores(seeds: list[dict], family: str) -> dict:
+    """What the pick rule reads of one family: AC (top-1, mAP) per seed and the mean new/new
+    cost in points at v2, v3, v4 against the independent family of the same seeds."""
+    own = {f: np.diagonal(matrices(seeds, f, "top1"), axis1=1, axis2=2)
+           for f in ("independent", family)}
+    cost = 100 * (own["independent"] - own[family])[:, 1:].mean(axis=0)
+    return {"ac": [s["chain"][family]["AC"]["top1"] for s in seeds],
+            "ac_map": [s["chain"][family]["AC"]["mAP"] for s in seeds],
+            "worst_cost": float(cost.max())}
+
+
+def pick(seeds: list[dict]) -> tuple[str, str]:
+    """The validation sweep's choice and the rule step that chose it.
+
+    Rule (fixed before the sweep was run): (1) a candidate meets the goal when its top-1 AC is
+    1 on every seed and its mean new/new cost is under 1 point at each of v2, v3, v4; pick the
+    one with the smallest L2 weight, equal head weights before oldest-weighted. (2) If none
+    meets it, among those with every mean cost under 1 point pick the highest mean top-1 AC
+    (ties: higher mean mAP AC, then the smaller L2 weight, then equal head weights). (3) If
+    no candidate costs under 1 point, the lowest worst mean cost.
+    """
+    candidates = seeds[0]["candidates"]
+    order = sorted(candidates, key=lambda f: (candidates[f]["l2_weight"],
+                                              candidates[f]["head_weights"] != "equal"))
+    scores = {f: candidate_scores(seeds, f) for f in order}
+    met = [f for f in order if all(a == 1.0 for a in scores[f]["ac"])
+           and scores[f]["worst_cost"] < 1.0]
+    if met:
+        return met[0], "(1) the smallest L2 weight with AC = 1 on every seed at cost < 1 point"
+    cheap = [f for f in order if scores[f]["worst_cost"] < 1.0]
+    if cheap:
+        best = max(cheap, key=lambda f: (np.mean(scores[f]["ac"]), np.mean(scores[f]["ac_map"]),
+                                         -order.index(f)))
+        return best, "(2) none meets the goal: the highest mean AC among costs < 1 point"
+    best = min(order, key=lambda f: scores[f]["worst_cost"])
+    return best, "(3) no candidate costs < 1 point: the lowest worst mean cost"
+
+
 def chain_matrix(seeds: list[dict], family: str, metric: str = "top1") -> list[str]:
     m = matrices(seeds, family, metric)
     size = m.shape[1]
