@@ -320,7 +320,7 @@ def run_seed(setting: Setting, seed: int, argv: list[str], name: str,
           flush=True)
     result = {"dataset": setting.dataset, "seed": seed, "setting": asdict(setting),
               "command": command_line("compat_chain.py", argv), "cpu": cpu_name(),
-              "chain": chain}
+              "head_weights": weighting, "chain": chain}
     write_text_atomic(seed_path(name, seed), json.dumps(result, indent=1))
     result["new classes"] = {} if pulled_only else run_new_classes(run, reuse)
     result["seconds"] = time.perf_counter() - started
