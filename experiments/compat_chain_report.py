@@ -157,7 +157,8 @@ def choice_lines(seeds: list[dict]) -> list[str]:
                 "smallest L2 weight with AC = 1 on every seed at a mean cost < 1 point at each "
                 "of v2..v4, equal head weights first; else the highest mean AC among costs "
                 f"< 1 point; else the lowest cost): **{family}**, by rule {step}. Its test "
-                "numbers: `--split test --l2-weight W` (3 seeds).", ""]
+                "numbers: `--split test --l2-weight W` (3 seeds; `--head-weights oldest` for an "
+                "oldest-weighted pick).", ""]
     name = f"{first['dataset']}_val"
     validation = [s for s in load_seeds(name, missing_ok=True) if "seconds" in s]
     if not validation:
