@@ -22,12 +22,23 @@ unseen queries are scored separately.
 Retrieval protocol: queries = test split, gallery = the whole training split embedded by the
 gallery's model, cosine similarity, top-1 and mAP (regfree.compat.compatibility_report).
 
+Choosing the L2 weight (--split val): a stratified 20% of the training split (drawn with the
+seed) becomes the queries, the rest is what every version trains on (its 25/50/75/100% parts)
+and what each gallery indexes; the test split is not read. One process per seed sweeps the
+L2 weights 1, 2, 4, 8 with equal head weights and with head weights favouring the oldest head
+(v_k's heads v1 .. v_(k-1) weighted k-1, ..., 1), writing its seed file after every candidate.
+--combine --split val picks one candidate per dataset by the rule in compat_chain_report.pick
+(fixed before the sweep ran); its test numbers come from --split test with --l2-weight W
+(and --head-weights oldest when the pick favours the oldest head).
+
 One seed per process (it writes experiments/results/compat_chain_<dataset>.seed<k>.json), then
 --combine writes experiments/results/compat_chain_<dataset>.md (and .json) from every seed file:
   OMP_NUM_THREADS=1 .venv/bin/python experiments/compat_chain.py --dataset mnist1d --seeds 0
   OMP_NUM_THREADS=1 .venv/bin/python experiments/compat_chain.py --dataset mnist1d --combine
 --l2-weight W runs only the independent and all heads + L2 families with that L2 weight
-(files compat_chain_<dataset>_l2w<W>.*).
+(files compat_chain_<dataset>_l2w<W>.*; with --head-weights oldest, ..._l2w<W>_oldest.*).
+  OMP_NUM_THREADS=1 .venv/bin/python experiments/compat_chain.py --dataset mnist1d --split val --seeds 10
+  OMP_NUM_THREADS=1 .venv/bin/python experiments/compat_chain.py --dataset mnist1d --split val --combine
 """
 
 from __future__ import annotations
@@ -42,6 +53,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+from sklearn.model_selection import train_test_split
 from torch import nn
 
 from common import command_line, cpu_name
@@ -63,6 +75,9 @@ from regfree.training import fit_adam_cosine
 
 RESULTS = Path(__file__).parent / "results"
 MAP_K = 100  # mAP over each query's 100 nearest gallery items (the full ranking is slow)
+VALIDATION_SHARE = 0.2  # of the training split, held out as queries by --split val
+SWEEP_L2_WEIGHTS = (1.0, 2.0, 4.0, 8.0)
+HEAD_WEIGHTINGS = ("equal", "oldest")
 
 
 @dataclass(frozen=True)
@@ -95,6 +110,22 @@ def load(setting: Setting) -> DataSplit:
     if setting.dataset == "digits":
         return load_digits_split(seed=0)
     return load_mnist5k(seed=0)
+
+
+def validation_split(data: DataSplit, seed: int) -> DataSplit:
+    """``data`` with a stratified share of its training split as the "test" (query) part and
+    the rest as the training part; the real test split is dropped, so nothing tuned on the
+    result has seen it."""
+    rest, held = train_test_split(np.arange(len(data.y_train)), test_size=VALIDATION_SHARE,
+                                  stratify=data.y_train, random_state=seed)
+    rest, held = np.sort(rest), np.sort(held)
+    return DataSplit(data.x_train[rest], data.y_train[rest], data.x_train[held],
+                     data.y_train[held], data.num_classes)
+
+
+def head_weights(heads: int, weighting: str) -> Optional[list[float]]:
+    """BackwardCompatibleLoss' head_weights for ``heads`` earlier heads, oldest first."""
+    return None if weighting == "equal" else [float(heads - h) for h in range(heads)]
 
 
 def build(setting: Setting, version: int, classes: int, seed: int, head: str = "cosine"
@@ -139,10 +170,25 @@ class Seed:
     def bct(self, heads, **options) -> BackwardCompatibleLoss:
         return BackwardCompatibleLoss(heads, weight=self.setting.bct_weight, **options)
 
-    def l2(self, previous: nn.Module, version: int) -> EmbeddingRegressionLoss:
-        """L2 to ``previous``'s embeddings of ``version``'s training data (cached by position)."""
+    def l2(self, previous: nn.Module, version: int, weight: Optional[float] = None
+           ) -> EmbeddingRegressionLoss:
+        """L2 to ``previous``'s embeddings of ``version``'s training data (cached by position);
+        ``weight`` defaults to the setting's."""
         cache = embedder(previous)(self.data.x_train[self.parts[version]])
-        return EmbeddingRegressionLoss(cache, weight=self.setting.l2_weight, normalize=True)
+        weight = self.setting.l2_weight if weight is None else weight
+        return EmbeddingRegressionLoss(cache, weight=weight, normalize=True)
+
+    def pulled(self, v1: nn.Module, weight: float, weighting: str = "equal",
+               v2: Optional[nn.Module] = None) -> list[nn.Module]:
+        """The all heads + L2 chain: v_k through every earlier head, pulled onto v_(k-1).
+        ``v2`` reuses a v2 trained with the same weight (one earlier head: weighting is moot)."""
+        if v2 is None:
+            v2 = self.train(1, [self.bct(v1.head), self.l2(v1, 1, weight)])
+        chain = [v1, v2]
+        for k in (2, 3):
+            bct = self.bct([m.head for m in chain], head_weights=head_weights(k, weighting))
+            chain.append(self.train(k, [bct, self.l2(chain[-1], k, weight)]))
+        return chain
 
     def report(self, models: list[nn.Module]) -> dict:
         return scores(self.data, {f"v{k + 1}": embedder(m) for k, m in enumerate(models)})
@@ -161,14 +207,14 @@ def scores(data: DataSplit, embedders: dict[str, Callable], queries: Optional[np
     return CompatibilityReport(matrix).to_dict()
 
 
-def run_chain(run: Seed, pulled_only: bool = False) -> tuple[dict, dict]:
+def run_chain(run: Seed, pulled_only: bool = False, weighting: str = "equal"
+              ) -> tuple[dict, dict]:
     """Every family's report, and the models the new-class study reuses (``pulled_only``: the
-    independent reference and the all heads + L2 family alone)."""
+    independent reference and the all heads + L2 family alone, its heads weighted by
+    ``weighting``)."""
     v1 = run.train(0)
     independent = [v1] + [run.train(k) for k in (1, 2, 3)]
-    pulled = [v1, run.train(1, [run.bct(v1.head), run.l2(v1, 1)])]
-    for k in (2, 3):
-        pulled.append(run.train(k, [run.bct([m.head for m in pulled]), run.l2(pulled[-1], k)]))
+    pulled = run.pulled(v1, run.setting.l2_weight, weighting)
     if pulled_only:
         families = {"independent": independent, "all heads + L2": pulled}
         return {name: run.report(models) for name, models in families.items()}, {}
@@ -229,17 +275,52 @@ def seed_path(name: str, seed: int) -> Path:
     return RESULTS / f"compat_chain_{name}.seed{seed}.json"
 
 
+def candidate_name(weight: float, weighting: str) -> str:
+    heads = "all heads" if weighting == "equal" else "all heads, oldest weighted"
+    return f"{heads} + L2 w{weight:g}"
+
+
+def run_validation_seed(setting: Setting, seed: int, argv: list[str], name: str) -> dict:
+    """The L2 weight sweep on a validation carve of the training split; the seed file is
+    rewritten after every candidate, so a stopped run leaves what it finished."""
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    run = Seed(setting, validation_split(load(setting), seed), seed)
+    result = {"dataset": setting.dataset, "seed": seed, "setting": asdict(setting),
+              "split": "val", "command": command_line("compat_chain.py", argv),
+              "cpu": cpu_name(), "chain": {}, "candidates": {}}
+    v1 = run.train(0)
+    independent = [v1] + [run.train(k) for k in (1, 2, 3)]
+    result["chain"]["independent"] = run.report(independent)
+    for weight in SWEEP_L2_WEIGHTS:
+        v2 = None
+        for weighting in HEAD_WEIGHTINGS:
+            chain = run.pulled(v1, weight, weighting, v2)
+            v2 = chain[1]
+            family = candidate_name(weight, weighting)
+            result["chain"][family] = run.report(chain)
+            result["candidates"][family] = {"l2_weight": weight, "head_weights": weighting}
+            result["seconds so far"] = time.perf_counter() - started
+            write_text_atomic(seed_path(name, seed), json.dumps(result, indent=1))
+            print(f"{setting.dataset} val seed {seed}: {family} done at "
+                  f"{result['seconds so far']:.0f}s", flush=True)
+    result["new classes"] = {}
+    result["seconds"] = time.perf_counter() - started
+    write_text_atomic(seed_path(name, seed), json.dumps(result, indent=1))
+    return result
+
+
 def run_seed(setting: Setting, seed: int, argv: list[str], name: str,
-             pulled_only: bool = False) -> dict:
+             pulled_only: bool = False, weighting: str = "equal") -> dict:
     torch.set_num_threads(1)
     started = time.perf_counter()
     run = Seed(setting, load(setting), seed)
-    chain, reuse = run_chain(run, pulled_only)
+    chain, reuse = run_chain(run, pulled_only, weighting)
     print(f"{setting.dataset} seed {seed}: chain done in {time.perf_counter() - started:.0f}s",
           flush=True)
     result = {"dataset": setting.dataset, "seed": seed, "setting": asdict(setting),
               "command": command_line("compat_chain.py", argv), "cpu": cpu_name(),
-              "chain": chain}
+              "head_weights": weighting, "chain": chain}
     write_text_atomic(seed_path(name, seed), json.dumps(result, indent=1))
     result["new classes"] = {} if pulled_only else run_new_classes(run, reuse)
     result["seconds"] = time.perf_counter() - started
@@ -257,9 +338,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--l2-weight", type=float,
                         help="only the independent and all heads + L2 families, with this L2 "
                              "weight (results named compat_chain_<dataset>_l2w<weight>)")
+    parser.add_argument("--head-weights", choices=HEAD_WEIGHTINGS, default="equal",
+                        help="with --l2-weight: the earlier heads weighted equally, or k-1, ..., 1 "
+                             "from the oldest (results named ..._l2w<weight>_oldest)")
+    parser.add_argument("--split", choices=("val", "test"), default="test",
+                        help="val: sweep the L2 weight with a validation carve of the training "
+                             "split as queries (results named compat_chain_<dataset>_val); "
+                             "test: the test split as queries")
     parser.add_argument("--combine", action="store_true",
                         help="write the dataset's table from every seed file")
     args = parser.parse_args(argv)
+    if args.split == "val" and args.l2_weight is not None:
+        parser.error("--split val sweeps every L2 weight itself; leave out --l2-weight")
+    if args.head_weights != "equal" and args.l2_weight is None:
+        parser.error("--head-weights oldest needs --l2-weight (it applies to the L2 family)")
     setting = SETTINGS[args.dataset]
     if args.epochs:
         setting = replace(setting, epochs=args.epochs)
@@ -267,6 +359,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.l2_weight is not None:
         setting = replace(setting, l2_weight=args.l2_weight)
         name = f"{args.dataset}_l2w{args.l2_weight:g}"
+        name += "_oldest" if args.head_weights == "oldest" else ""
+    if args.split == "val":
+        name = f"{args.dataset}_val"
     if args.combine:
         from compat_chain_report import combine
 
@@ -274,7 +369,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(markdown)
         return 0
     for seed in args.seeds:
-        run_seed(setting, seed, argv, name, pulled_only=args.l2_weight is not None)
+        if args.split == "val":
+            run_validation_seed(setting, seed, argv, name)
+        else:
+            run_seed(setting, seed, argv, name, pulled_only=args.l2_weight is not None,
+                     weighting=args.head_weights)
     return 0
 
 

@@ -18,10 +18,10 @@ RESULTS = Path(__file__).parent / "results"
 METRICS = (("top1", "top-1"), ("mAP", "mAP@100"))
 
 
-def load_seeds(name: str) -> list[dict]:
+def load_seeds(name: str, missing_ok: bool = False) -> list[dict]:
     files = sorted(RESULTS.glob(f"compat_chain_{name}.seed*.json"))
     seeds = [json.loads(path.read_text()) for path in files]
-    if not seeds:
+    if not seeds and not missing_ok:
         raise SystemExit(f"no seed files experiments/results/compat_chain_{name}.seed*.json; "
                          "run the seeds first")
     return sorted(seeds, key=lambda r: r["seed"])
@@ -53,6 +53,44 @@ def chain_summary(seeds: list[dict]) -> list[str]:
                      f"{mean_std(am, digits=1)} | {mean_std(worst, digits=1)} | {costs} | "
                      f"{verdict} |")
     return lines
+
+
+def candidate_scores(seeds: list[dict], family: str) -> dict:
+    """What the pick rule reads of one family: AC (top-1, mAP) per seed and the mean new/new
+    cost in points at v2, v3, v4 against the independent family of the same seeds."""
+    own = {f: np.diagonal(matrices(seeds, f, "top1"), axis1=1, axis2=2)
+           for f in ("independent", family)}
+    cost = 100 * (own["independent"] - own[family])[:, 1:].mean(axis=0)
+    return {"ac": [s["chain"][family]["AC"]["top1"] for s in seeds],
+            "ac_map": [s["chain"][family]["AC"]["mAP"] for s in seeds],
+            "worst_cost": float(cost.max())}
+
+
+def pick(seeds: list[dict]) -> tuple[str, str]:
+    """The validation sweep's choice and the rule step that chose it.
+
+    Rule (fixed before the sweep was run): (1) a candidate meets the goal when its top-1 AC is
+    1 on every seed and its mean new/new cost is under 1 point at each of v2, v3, v4; pick the
+    one with the smallest L2 weight, equal head weights before oldest-weighted. (2) If none
+    meets it, among those with every mean cost under 1 point pick the highest mean top-1 AC
+    (ties: higher mean mAP AC, then the smaller L2 weight, then equal head weights). (3) If
+    no candidate costs under 1 point, the lowest worst mean cost.
+    """
+    candidates = seeds[0]["candidates"]
+    order = sorted(candidates, key=lambda f: (candidates[f]["l2_weight"],
+                                              candidates[f]["head_weights"] != "equal"))
+    scores = {f: candidate_scores(seeds, f) for f in order}
+    met = [f for f in order if all(a == 1.0 for a in scores[f]["ac"])
+           and scores[f]["worst_cost"] < 1.0]
+    if met:
+        return met[0], "(1) the smallest L2 weight with AC = 1 on every seed at cost < 1 point"
+    cheap = [f for f in order if scores[f]["worst_cost"] < 1.0]
+    if cheap:
+        best = max(cheap, key=lambda f: (np.mean(scores[f]["ac"]), np.mean(scores[f]["ac_map"]),
+                                         -order.index(f)))
+        return best, "(2) none meets the goal: the highest mean AC among costs < 1 point"
+    best = min(order, key=lambda f: scores[f]["worst_cost"])
+    return best, "(3) no candidate costs < 1 point: the lowest worst mean cost"
 
 
 def chain_matrix(seeds: list[dict], family: str, metric: str = "top1") -> list[str]:
@@ -89,6 +127,52 @@ def new_class_table(seeds: list[dict]) -> list[str]:
     return lines
 
 
+def queries_sentence(first: dict) -> str:
+    if first.get("split", "test") == "val":
+        return ("Retrieval (validation, the test split unread): queries = a stratified 20% of "
+                "the training split drawn with the seed, gallery = the rest of the training "
+                "split (what the versions train on) embedded by the gallery's version")
+    return ("Retrieval: queries = the test split, gallery = the whole training split embedded "
+            "by the gallery's version")
+
+
+def l2_sentence(first: dict) -> str:
+    pull = ("- all heads + L2: as all heads, plus `EmbeddingRegressionLoss(normalize=True)` "
+            "pulling v_k's unit embeddings onto v_(k-1)'s")
+    if first.get("split", "test") == "val":
+        return (pull + " at weight w (`+ L2 w<w>`); `oldest weighted`: the heads of v1 .. "
+                "v_(k-1) get head_weights k-1, ..., 1 (the oldest counts most).")
+    if first.get("head_weights", "equal") == "oldest":
+        return pull + f" (weight {first['setting']['l2_weight']:g}), head_weights k-1, ..., 1."
+    return pull + f" (weight {first['setting']['l2_weight']:g})."
+
+
+def choice_lines(seeds: list[dict]) -> list[str]:
+    """How the chain's L2 weight was chosen: the validation pick (this file's, or the one the
+    dataset's validation sweep made) and whether this file holds it."""
+    first = seeds[0]
+    if first.get("split", "test") == "val":
+        family, step = pick(seeds)
+        return ["**Pick** (rule fixed before the sweep ran, `compat_chain_report.pick`: the "
+                "smallest L2 weight with AC = 1 on every seed at a mean cost < 1 point at each "
+                "of v2..v4, equal head weights first; else the highest mean AC among costs "
+                f"< 1 point; else the lowest cost): **{family}**, by rule {step}. Its test "
+                "numbers: `--split test --l2-weight W` (3 seeds; `--head-weights oldest` for an "
+                "oldest-weighted pick).", ""]
+    name = f"{first['dataset']}_val"
+    validation = [s for s in load_seeds(name, missing_ok=True) if "seconds" in s]
+    if not validation:
+        return ["The L2 weight was not chosen on validation data (no validation sweep yet).", ""]
+    family, _ = pick(validation)
+    chosen = validation[0]["candidates"][family]
+    here = (first["setting"]["l2_weight"] == chosen["l2_weight"]
+            and first.get("head_weights", "equal") == chosen["head_weights"])
+    return [f"L2 weight chosen on validation data (seeds {[s['seed'] for s in validation]}, "
+            f"`compat_chain_{name}.md`): **{family}**; "
+            + ("this file's all heads + L2 family is that pick." if here else
+               "this file's all heads + L2 family is not the pick (shown for comparison)."), ""]
+
+
 def render(seeds: list[dict], combine_command: str) -> str:
     first = seeds[0]
     dataset = first["dataset"]
@@ -101,8 +185,7 @@ def render(seeds: list[dict], combine_command: str) -> str:
     lines += [f"Seeds {[s['seed'] for s in seeds]}, {np.nanmean(minutes):.1f} min a seed on "
               f"{first['cpu']} (OMP_NUM_THREADS=1, the machine shared). Values in %, mean ± "
               "std over seeds.", "",
-              "Retrieval: queries = the test split, gallery = the whole training split embedded "
-              "by the gallery's version, cosine similarity; top-1 = the nearest gallery item has "
+              queries_sentence(first) + ", cosine similarity; top-1 = the nearest gallery item has "
               "the query's label; mAP@100 over each query's 100 nearest items. C[i][j] = "
               "version-i queries on the version-j gallery; AC = share of pairs i > j with "
               "C[i][j] ≥ C[j][j] (every later version searches every earlier gallery at least "
@@ -114,14 +197,12 @@ def render(seeds: list[dict], combine_command: str) -> str:
               "- last head: v_k with BCT through v_(k-1)'s head only.",
               "- all heads: v_k with one BackwardCompatibleLoss over the heads of v1 .. v_(k-1), "
               "equal head_weights.",
-              "- all heads + L2: as all heads, plus `EmbeddingRegressionLoss(normalize=True)` "
-              "pulling v_k's unit embeddings onto v_(k-1)'s (weight "
-              f"{setting['l2_weight']:g}).",
+              l2_sentence(first),
               "- simplex: every version, v1 included, trained alone with the same fixed "
               "d-simplex head (`simplex_head`, 9-d embeddings), no influence loss.",
               "- new/new cost = independent C[k][k] − the family's C[k][k] (positive = worse); "
               "the simplex family's v1 is its own, the others share v1.", ""]
-    lines += chain_summary(seeds) + [""]
+    lines += chain_summary(seeds) + [""] + choice_lines(seeds)
     for family in first["chain"]:
         lines += [f"### {family}: top-1", ""] + chain_matrix(seeds, family) + [""]
     if not first["new classes"]:
