@@ -44,8 +44,10 @@ class TermContext:
     data: Data
 
     def cache(self, name: str) -> OldLogitCache:
+        # v1 and its ensemble have v1's head (setup.v1_classes outputs); the v2 ensemble all 10
+        classes = 10 if name == V2_ENSEMBLE_CACHE else self.setup.v1_classes
         return OldLogitCache.open(self.workdir / name, num_samples=len(self.data.y_train),
-                                  num_classes=10)
+                                  num_classes=classes)
 
 
 @dataclass(frozen=True)
