@@ -4,10 +4,13 @@
 Setup: the cheap recipe's test setup (``pct_cheap.py``: mnist1d, v1 width 16 on a third of the
 training split, here only its samples of classes 0-4; v2 width 128 on all of it) and its rows:
 plain v2, FD-KL defaults, the cheap recipe's pick (``CHOSEN``) and the training-free blends.
-Focal distillation compares v2's logits of v1's five classes with v1's (the library's rule for
-an old head with fewer classes, and MPT's: ``outputs[:, :C_old]``); samples of classes v1 never
-saw are not distilled. The blends combine v1's five-class scores with v2's ten
-(``fit_blend``: v1 gives the classes it never saw probability 0). Tables and statistics: ``pct_study/new_classes.py``.
+Focal distillation compares v2's logits of v1's five classes with v1's (the library's default
+rule for an old head with fewer classes, and MPT's: ``outputs[:, :C_old]``); two more rows run
+FD defaults and the pick with ``new_classes="zero"`` (v1 gives the classes it never saw
+probability zero, so v2 pays for moving a seen-class sample's probability to a new class).
+Samples of classes v1 never saw are not distilled. The blends combine v1's five-class scores
+with v2's ten (``fit_blend``: probability 0 on the classes v1 never saw). Tables and statistics:
+``pct_study/new_classes.py``.
 
 Run (from the repository root; one process per seed, each rewrites the report from every run
 saved so far, so a cut-short study leaves its partial table):
@@ -34,8 +37,8 @@ import torch
 from pct_cheap import QUICK_SETUPS, SETUPS, claim, load_results, run_path, teachers_for
 
 from common import command_line
-from pct_study.cheap import TABLE_RECIPES, table_runs
-from pct_study.new_classes import V1_CLASSES, new_class_markdown, new_class_rows
+from pct_study.cheap import table_runs
+from pct_study.new_classes import RECIPES, V1_CLASSES, new_class_markdown, new_class_rows
 from pct_study.runner import run_all
 from pct_study.settings import load_data
 from regfree.atomic import atomic_write
@@ -88,7 +91,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         report()
 
     began = time.perf_counter()
-    for run in table_runs(args.seeds, TABLE_RECIPES):
+    for run in table_runs(args.seeds, RECIPES):
         if claim(folder, run):
             run_all([run], setup, workdir, 1, run.label(), on_result=save)
     report()

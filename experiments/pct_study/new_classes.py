@@ -10,19 +10,24 @@ import numpy as np
 
 from common import cpu_name, mean_std
 from pct_study.analysis import group_by_label, summarise
-from pct_study.cheap import TABLE_RECIPES, blend_results, complete
-from pct_study.recipes import Run
+from pct_study.cheap import CHOSEN, TABLE_RECIPES, blend_results, complete
+from pct_study.recipes import FocalDistillation, Run
 from pct_study.report import fmt_p
 from pct_study.settings import Data, Setup
 
 V1_CLASSES = 5  # v1 learns classes 0-4 (MPT: the old model on the first half of the classes)
 NUM_CLASSES = 10
+# the cheap study's rows, then FD defaults and the cheap pick with v1 giving the classes it never
+# saw probability zero (FocalDistillationLoss(new_classes="zero")): they also charge v2 for
+# moving a seen-class sample's probability to a new class
+RECIPES = TABLE_RECIPES + tuple((replace(fd, new_classes="zero"),)
+                                for fd in (FocalDistillation("kl"), CHOSEN[0]))
 
 
 def new_class_rows(results: list[dict], data: Data, teachers: dict) -> list[dict]:
     """Per row (seeds whose every run finished, plus the blends): ``summarise``'s statistics on
     the test samples of classes v1 knows, and the error on the classes it never saw."""
-    done = complete([r for r in results if r["run"].terms in TABLE_RECIPES], len(TABLE_RECIPES))
+    done = complete([r for r in results if r["run"].terms in RECIPES], len(RECIPES))
     if not done:
         return []
     runs = done + blend_results(done, data, teachers)
@@ -40,7 +45,7 @@ def new_class_rows(results: list[dict], data: Data, teachers: dict) -> list[dict
         # the margin problem MPT names: a seen-class sample lost to one of the new classes
         to_new = sum(int(np.sum(f & (p >= V1_CLASSES))) for f, p in zip(flips, preds))
         row["flips_to_new_classes"] = to_new / max(1, sum(int(f.sum()) for f in flips))
-    order = [Run(0, terms).label() for terms in TABLE_RECIPES]
+    order = [Run(0, terms).label() for terms in RECIPES]
     return sorted(rows, key=lambda r: (order.index(r["row"]) if r["row"] in order else 9,
                                        r["row"]))
 
@@ -66,8 +71,12 @@ def new_class_markdown(setup: Setup, data: Data, teachers: dict, rows: list[dict
         f"{int(seen.sum())} samples of seen classes, {int((~seen).sum())} of unseen ones "
         "(the cheap study's test setup, `pct_cheap_<dataset>_test.md`).", "",
         f"Distillation (FD rows) compares v2's logits of classes 0-{V1_CLASSES - 1} with v1's "
-        "(regfree.pctraining's rule for an old head with fewer classes, the same slice as MPT's "
-        f"code); samples of classes {V1_CLASSES}-{NUM_CLASSES - 1} get no distillation term. "
+        "(regfree.pctraining's default rule for an old head with fewer classes, "
+        "`new_classes=\"ignore\"`, the same slice as MPT's code); rows marked *new classes: "
+        "zero* (`FocalDistillationLoss(new_classes=\"zero\")`) give the classes v1 never saw "
+        "probability zero in v1's softmax and compare all ten, so v2 also pays for the "
+        "probability it moves from a seen-class sample to a new class. Samples of classes "
+        f"{V1_CLASSES}-{NUM_CLASSES - 1} get no distillation term in either. "
         "Blends: v1's five-class logits combined with v2's by regfree.pctraining.fit_blend (v1 "
         "gives the classes it never saw probability 0), chosen per seed on "
         "validation (all classes) within the error budget the row names; v1 keeps running "
