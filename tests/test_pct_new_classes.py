@@ -11,7 +11,7 @@ from scipy.special import softmax
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 
 from pct_study.cheap import CHOSEN, TABLE_RECIPES  # noqa: E402
-from pct_study.new_classes import V1_CLASSES, new_class_rows  # noqa: E402
+from pct_study.new_classes import RECIPES, V1_CLASSES, new_class_rows  # noqa: E402
 from pct_study.recipes import Run  # noqa: E402
 from pct_study.settings import Data, Setup, load_data  # noqa: E402
 from regfree.pctraining import LogitBlend, blend_sweep, fit_blend  # noqa: E402
@@ -81,7 +81,7 @@ def test_rows_score_seen_classes_apart_from_unseen_ones():
     fd = y.copy()
     fd[1] = 7  # keeps one of plain's two flips
     results = []
-    for terms, pred in zip(TABLE_RECIPES, (plain, fd, y.copy())):
+    for terms, pred in zip(RECIPES, (plain, fd, y.copy(), y.copy(), y.copy())):
         logits = 6.0 * np.eye(10)[pred]
         results.append({"run": Run(0, terms), "seconds": 1.0, "val": pred, "test": pred,
                         "val_logits": logits, "test_logits": logits})
@@ -99,3 +99,75 @@ def test_rows_score_seen_classes_apart_from_unseen_ones():
     chosen = rows[Run(0, CHOSEN).label()]
     assert chosen["nfr"] == [0.0] and chosen["error_unseen"] == [0.0]
     assert any(label.startswith("blend of v1 and plain v2") for label in rows)
+    # a seed missing one of the five runs leaves the table
+    assert new_class_rows(results[:-1], data, teachers) == []
+
+
+def np_softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_zero_rule_is_kl_from_v1_padded_with_probability_zero():
+    import torch
+
+    from regfree.pctraining import FocalDistillationLoss
+
+    rng = np.random.default_rng(3)
+    new = rng.normal(size=(4, 5)) * 3
+    old = rng.normal(size=(4, 3)) * 3
+    y = np.array([0, 1, 2, 4])  # the last sample is of a class v1 never saw
+    t = 2.0
+    p_old, p_new = np_softmax(old / t), np_softmax(new / t)
+    kl = t * t * np.sum(p_old * (np.log(p_old) - np.log(p_new[:, :3])), axis=1)
+    weights = 1.0 + 5.0 * (old.argmax(1) == y)
+    weights[3] = 0.0
+    loss = FocalDistillationLoss(alpha=1.0, beta=5.0, temperature=t, weight=1.0,
+                                 new_classes="zero")
+    value = loss(torch.tensor(new, dtype=torch.float64), torch.tensor(old), torch.tensor(y))
+    assert value.item() == pytest.approx(float(np.mean(weights * kl)), rel=1e-9)
+
+
+def test_zero_rule_pushes_new_class_logits_down_where_the_shared_rule_does_not():
+    import torch
+
+    from regfree.pctraining import FocalDistillationLoss, KnowledgeDistillationLoss
+
+    new = torch.tensor([[2.0, 0.0, 2.0], [0.0, 2.0, 1.0], [0.0, 0.0, 3.0]])
+    old = torch.tensor([[3.0, 0.0], [0.0, 3.0], [1.0, 0.0]])
+    y = torch.tensor([0, 1, 2])
+    grads = {}
+    for rule in ("ignore", "zero"):
+        for loss in (FocalDistillationLoss(new_classes=rule),
+                     KnowledgeDistillationLoss(new_classes=rule)):
+            leaf = new.clone().requires_grad_(True)
+            loss(leaf, old, y).backward()
+            grads[rule, type(loss).__name__] = leaf.grad
+    for name in ("FocalDistillationLoss", "KnowledgeDistillationLoss"):
+        assert torch.all(grads["ignore", name][:, 2] == 0)
+        # a positive gradient: descent lowers the new class's logit on seen-class samples
+        assert torch.all(grads["zero", name][:2, 2] > 0)
+        assert torch.all(grads["zero", name][2] == 0)  # the new-class sample: not distilled
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"kind": "logit", "new_classes": "zero"}, "new_classes='zero' needs a probability distance"),
+    ({"new_classes": "pad"}, r"new_classes must be one of \('ignore', 'zero'\)"),
+])
+def test_new_class_rule_refuses_bad_settings(kwargs, match):
+    from regfree.pctraining import FocalDistillationLoss
+
+    with pytest.raises(ValueError, match=match):
+        FocalDistillationLoss(**kwargs)
+
+
+def test_the_study_adds_zero_rule_rows_that_say_so_and_survive_their_record():
+    from pct_study.recipes import FocalDistillation, run_from_record
+
+    assert RECIPES[:len(TABLE_RECIPES)] == TABLE_RECIPES and len(RECIPES) == 5
+    zero = Run(1, (FocalDistillation("kl", 1.0, 5.0, 100.0, 0.005, new_classes="zero"),))
+    assert zero.label() == "FD-KL a=1 b=5 T=100 w=0.005, new classes: zero"
+    assert zero in [Run(1, terms) for terms in RECIPES]
+    assert run_from_record(zero.record()) == zero
+    assert FocalDistillation("kl", weight=0.01, ramp=True, new_classes="zero").label() == (
+        "FD-KL w=0.01, new classes: zero, ramped 0->w")
