@@ -72,7 +72,10 @@ class DistillationLoss(nn.Module):
             below their lowest (probability zero for the classes the old model never saw) and
             compares all classes: meant for probability distances such as KL (a logit distance
             would pull the new classes' logits down by the gap). Samples of new classes are
-            not distilled either way.
+            not distilled either way. Use it at a low temperature: zero probability at ``T`` needs
+            logit gaps of many ``T``, out of reach for bounded logits (a cosine head's lie within
+            its scale), and the term then overwhelms the cross-entropy (the T = 100 row of
+            ``experiments/results/pct_new_classes_mnist1d.md``).
 
     Example:
         >>> from regfree.pctraining.distances import logit_distance
