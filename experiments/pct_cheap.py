@@ -72,7 +72,7 @@ def teachers_for(setup: Setup, workdir: Path) -> dict:
         if not saved.exists():
             data = load_data(setup)
             build_teachers(replace(setup, ensemble_size=1), data, workdir)
-            v1 = cosine_model(setup.v1_width, setup, 0)
+            v1 = cosine_model(setup.v1_width, setup, 0, setup.v1_classes)
             v1.load_state_dict(torch.load(workdir / "v1.pt"))
             logits = {f"v1_{s}_logits": predict_logits(v1, x)
                       for s, x in (("val", data.x_val), ("test", data.x_test))}

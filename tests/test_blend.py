@@ -72,7 +72,7 @@ def test_probability_inputs_and_refusals():
         fit_blend(y[:3], old, new)
     with pytest.raises(ValueError, match="old_val_scores contains NaN or inf in 2 rows"):
         fit_blend(y, np.where(np.eye(4, 2, dtype=bool), np.nan, old), new)
-    with pytest.raises(ValueError, match="old_scores and new_scores must have the same shape"):
+    with pytest.raises(ValueError, match="old_scores and new_scores must have one row per sample each"):
         LogitBlend("gate", 0.2).predict(old, new[:2])
     with pytest.raises(ValueError, match="knob must be a number in"):
         LogitBlend("gate", 1.5)

@@ -5,4 +5,6 @@ with), ``runner`` (training runs, in worker processes), ``analysis`` (scores, sw
 the table's statistics), ``report`` (markdown and plot); the script is the command line.
 ``cheap`` holds issue 15's cheap recipe (candidates, blends, step cost, its two reports) for
 ``experiments/pct_cheap.py``, on the same setup and code, or on MNIST-5k and scikit-learn digits.
+``new_classes`` scores those rows on seen and unseen classes when v1 knows only classes 0-4
+(``Setup.v1_classes``; MPT's setting) for ``experiments/pct_new_classes.py``.
 """

@@ -7,7 +7,7 @@ label are those of its specs, joined in order, e.g. FD-KL defaults + ens-KD + no
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -44,8 +44,10 @@ class TermContext:
     data: Data
 
     def cache(self, name: str) -> OldLogitCache:
+        # v1 and its ensemble have v1's head (setup.v1_classes outputs); the v2 ensemble all 10
+        classes = 10 if name == V2_ENSEMBLE_CACHE else self.setup.v1_classes
         return OldLogitCache.open(self.workdir / name, num_samples=len(self.data.y_train),
-                                  num_classes=10)
+                                  num_classes=classes)
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class FocalDistillation:
     temperature: Optional[float] = None
     weight: Optional[float] = None
     ramp: bool = False
+    new_classes: str = "ignore"  # "zero": v1 gives classes it never saw probability 0 (KL)
 
     @property
     def family(self) -> str:
@@ -73,6 +76,9 @@ class FocalDistillation:
     def label(self, alone: bool = True) -> str:
         if self.ramp:
             return _unramped(self).label(alone) + ", ramped 0->w"
+        if self.new_classes != "ignore":
+            return (replace(self, new_classes="ignore").label(alone)
+                    + f", new classes: {self.new_classes}")
         if self.defaults:
             if not alone:
                 return f"{self.family} defaults"
@@ -93,13 +99,14 @@ class FocalDistillation:
 
     def build(self, context: TermContext) -> Any:
         loss = FocalDistillationLoss(alpha=self.alpha, beta=self.beta, kind=self.kind,
-                                     temperature=self.temperature, weight=self.weight)
+                                     temperature=self.temperature, weight=self.weight,
+                                     new_classes=self.new_classes)
         term = DistillationTerm(loss, context.cache(V1_CACHE))
         return ScheduledTerm(term, linear_ramp(context.setup.v2_epochs)) if self.ramp else term
 
 
 def _unramped(spec: FocalDistillation) -> FocalDistillation:
-    return FocalDistillation(spec.kind, spec.alpha, spec.beta, spec.temperature, spec.weight)
+    return replace(spec, ramp=False)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from regfree.pctraining import OldLogitCache
 from regfree.training import fit_adam_cosine, predict_logits
 
 
-def cosine_model(width: int, setup: Setup, seed: int) -> torch.nn.Module:
+def cosine_model(width: int, setup: Setup, seed: int, num_classes: int = 10) -> torch.nn.Module:
     """ConvNet1D with a cosine head, as in the demo (bct_mnist1d chose cosine heads); on
     MNIST-5k a ConvNet2D, on scikit-learn digits an MLP (``width`` hidden units), same head."""
     if setup.dataset in ("mnist5k", "digits"):
@@ -34,13 +34,13 @@ def cosine_model(width: int, setup: Setup, seed: int) -> torch.nn.Module:
         model = (ConvNet2D(width=width, embedding_dim=setup.embedding_dim)
                  if setup.dataset == "mnist5k" else
                  MLP(64, hidden=width, embedding_dim=setup.embedding_dim))
-        model.head = CosineClassifier(setup.embedding_dim, 10, scale=16.0)
+        model.head = CosineClassifier(setup.embedding_dim, num_classes, scale=16.0)
         return model
-    return cosine_convnet1d(width, setup.embedding_dim, seed=seed)
+    return cosine_convnet1d(width, setup.embedding_dim, num_classes=num_classes, seed=seed)
 
 
 def train_v1(setup: Setup, data: Data, seed: int) -> torch.nn.Module:
-    model = cosine_model(setup.v1_width, setup, seed)
+    model = cosine_model(setup.v1_width, setup, seed, setup.v1_classes)
     subset = (data.x_train[data.v1_subset], data.y_train[data.v1_subset])
     fit_adam_cosine(model, subset, epochs=setup.v1_epochs, lr=setup.lr,
                     batch_size=setup.batch_size, seed=seed, progress=False)

@@ -20,6 +20,7 @@ class Setup:
     v1_width: int = 16
     v1_epochs: int = 20
     v1_fraction: float = 1 / 3
+    v1_classes: int = 10  # v1 learns classes 0..v1_classes-1 only (its head has that many outputs)
     v2_width: int = 128  # FD's NFR cut grows with v2's width (results/pct_mnist1d_width64.md)
     v2_epochs: int = 30
     embedding_dim: int = 32
@@ -86,12 +87,15 @@ class Data:
 def load_data(setup: Setup) -> Data:
     """Training split of one generator draw; validation and test from an independent draw, large
     enough that an NFR of 0.5% is some fifty flips per model rather than a handful. MNIST-5k:
-    a 60/20/20 split of its 5,000 digits (seed 0); scikit-learn digits: the same split of 1,797."""
+    a 60/20/20 split of its 5,000 digits (seed 0); scikit-learn digits: the same split of 1,797.
+    v1's subset: a ``v1_fraction`` draw of the training split, less the samples of classes
+    ``>= v1_classes``."""
     if setup.dataset in ("mnist5k", "digits"):
         loader = load_mnist5k if setup.dataset == "mnist5k" else load_digits_split
         digits = loader(test_fraction=0.4, seed=0)
         n_v1 = int(round(len(digits.y_train) * setup.v1_fraction))
         v1_subset = np.sort(np.random.default_rng(1).permutation(len(digits.y_train))[:n_v1])
+        v1_subset = v1_subset[digits.y_train[v1_subset] < setup.v1_classes]
         half = len(digits.y_test) // 2
         return Data(digits.x_train, digits.y_train, digits.x_test[:half], digits.y_test[:half],
                     digits.x_test[half:], digits.y_test[half:], v1_subset)
@@ -101,6 +105,7 @@ def load_data(setup: Setup) -> Data:
     split = load_mnist1d(num_samples=setup.num_samples, seed=42)
     n_v1 = int(round(len(split.y_train) * setup.v1_fraction))
     v1_subset = np.sort(np.random.default_rng(1).permutation(len(split.y_train))[:n_v1])
+    v1_subset = v1_subset[split.y_train[v1_subset] < setup.v1_classes]
     held_out = load_mnist1d(num_samples=setup.eval_samples, seed=setup.eval_seed)
     x = np.concatenate([held_out.x_train, held_out.x_test])
     y = np.concatenate([held_out.y_train, held_out.y_test])

@@ -6,6 +6,10 @@ Two ways to combine, each with one knob chosen on validation data:
 - ``"gate"``: v2's class, except where v1 is more confident than v2 by more than ``margin``
   (max-probability difference); there v1's class.
 
+v1 may know fewer classes than v2 (v2 added classes): its scores then have fewer columns, its
+classes are taken to be v2's first ones (the distillation losses' rule) and it gives the others
+probability 0.
+
 ``w = 0`` (or a margin above 1) is v2 alone. v1 keeps running beside v2 for either, so a blend
 doubles the serving cost of a single model; the NFR it buys must be weighed against that.
 Numpy and scipy only: it works from exported score files.
@@ -43,6 +47,18 @@ def _probabilities(scores: Any, name: str, kind: str) -> np.ndarray:
         raise ValueError(f"{name}: scores='probabilities' needs non-negative rows summing to 1; "
                          "pass scores='logits' for raw scores")
     return array
+
+
+def _aligned(old_scores: Any, new_scores: Any, old_name: str, new_name: str,
+             kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Both models' probabilities over v2's classes (v1's padded with 0 for classes it lacks)."""
+    p_old = _probabilities(old_scores, old_name, kind)
+    p_new = _probabilities(new_scores, new_name, kind)
+    if len(p_old) != len(p_new) or p_old.shape[1] > p_new.shape[1]:
+        raise ValueError(f"{old_name} and {new_name} must have one row per sample each, and "
+                         f"{old_name} no more classes than {new_name} (v1's classes are v2's "
+                         f"first ones); got shapes {p_old.shape} and {p_new.shape}")
+    return np.pad(p_old, ((0, 0), (0, p_new.shape[1] - p_old.shape[1]))), p_new
 
 
 def _combine(kind: str, knob: float, p_old: np.ndarray, p_new: np.ndarray) -> np.ndarray:
@@ -86,14 +102,12 @@ class LogitBlend:
         """Class ids of the combined model.
 
         Args:
-            old_scores: v1's ``(n, classes)`` scores.
+            old_scores: v1's ``(n, classes)`` scores (fewer classes than v2's: its classes are
+                v2's first ones).
             new_scores: v2's scores for the same samples.
         """
-        p_old = _probabilities(old_scores, "old_scores", self.scores)
-        p_new = _probabilities(new_scores, "new_scores", self.scores)
-        if p_old.shape != p_new.shape:
-            raise ValueError(f"old_scores and new_scores must have the same shape, got "
-                             f"{p_old.shape} and {p_new.shape}")
+        p_old, p_new = _aligned(old_scores, new_scores, "old_scores", "new_scores",
+                                self.scores)
         return _combine(self.kind, self.knob, p_old, p_new)
 
     def to_dict(self) -> dict[str, Any]:
@@ -132,11 +146,10 @@ def blend_sweep(y_val: Any, old_val_scores: Any, new_val_scores: Any, *,
     """
     if scores not in SCORE_KINDS:
         raise ValueError(f"scores must be one of {SCORE_KINDS}, got {scores!r}")
-    p_old = _probabilities(old_val_scores, "old_val_scores", scores)
-    p_new = _probabilities(new_val_scores, "new_val_scores", scores)
+    p_old, p_new = _aligned(old_val_scores, new_val_scores, "old_val_scores", "new_val_scores",
+                            scores)
     y = as_numpy(y_val)
-    if y.ndim != 1 or y.dtype.kind not in "iu" or len(y) != len(p_old) \
-            or p_old.shape != p_new.shape:
+    if y.ndim != 1 or y.dtype.kind not in "iu" or len(y) != len(p_old):
         raise ValueError(f"y_val must be 1-D integer class ids, one per row of the scores "
                          f"(got y_val {y.shape}, old {p_old.shape}, new {p_new.shape})")
     if len(y) == 0:
@@ -168,7 +181,8 @@ def fit_blend(y_val: Any, old_val_scores: Any, new_val_scores: Any, *,
 
     Args:
         y_val: validation labels (class ids).
-        old_val_scores: v1's validation scores, ``(n, classes)``.
+        old_val_scores: v1's validation scores, ``(n, classes)``; a v1 with fewer classes than
+            v2 has fewer columns (its classes are v2's first ones; probability 0 on the others).
         new_val_scores: v2's validation scores.
         max_error_increase: how much validation error (a fraction, 0.005 = half a point) the
             blend may add over v2 alone.
@@ -184,6 +198,13 @@ def fit_blend(y_val: Any, old_val_scores: Any, new_val_scores: Any, *,
         >>> new = np.array([[0.0, 0.2], [0.0, 2.0], [0.0, 3.0], [3.0, 0.0]])
         >>> fit_blend(y, old, new).predict(old, new).tolist()
         [0, 1, 1, 0]
+
+        v2 added class 2, which v1 never saw (v1's two columns are classes 0 and 1):
+
+        >>> y3 = np.array([0, 1, 2, 0])
+        >>> new3 = np.array([[0.0, 0.2, 0.1], [0.0, 2.0, 0.0], [0.0, 0.0, 3.0], [3.0, 0.0, 0.0]])
+        >>> fit_blend(y3, old, new3).predict(old, new3).tolist()
+        [0, 1, 2, 0]
     """
     if not (isinstance(max_error_increase, (int, float)) and np.isfinite(max_error_increase)
             and max_error_increase >= 0):

@@ -9,7 +9,11 @@ Fewer old classes than new: when the old logits have ``C_old < C_new`` columns, 
 classes are taken to be the first ``C_old`` new classes. Samples whose target is a new class
 (``>= C_old``) get weight 0 (no distillation term), and the remaining samples are compared on the
 shared classes only (``new_logits[:, :C_old]``). The mean still runs over the whole batch, so the
-term stays a per-sample mean (what the trainer's multi-process weighting assumes).
+term stays a per-sample mean (what the trainer's multi-process weighting assumes). With
+``new_classes="zero"`` the old model instead gives the classes it never saw probability zero (its
+logits are padded ``UNSEEN_GAP`` below its lowest), so a KL distance over all new classes also
+charges the new model for the probability it moves to new classes on samples of old classes (the
+old classes' margin that MPT, Ricci et al. AAAI 2026, protects).
 
 Every loss is called like a torch loss, new model's output first:
 ``loss(new_logits, old_logits, targets)``, in your own training loop (the old logits computed
@@ -33,6 +37,11 @@ from regfree.pctraining.weighting import focal_weights, old_correct, uniform_wei
 
 if TYPE_CHECKING:
     from regfree.training.steps import TrainStep
+
+NEW_CLASS_RULES = ("ignore", "zero")
+#: how far below the old model's lowest logit the classes it never saw are put by
+#: ``new_classes="zero"``: softmax(old / T) gives them at most e^-100 of the mass at T <= 100
+UNSEEN_GAP = 1e4
 
 Weighting = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -58,6 +67,15 @@ class DistillationLoss(nn.Module):
         distance: ``(new_logits, old_logits) -> (B,)`` per-sample distances.
         weight: the overall factor (lambda).
         name: label of the term in the training history.
+        new_classes: when the old logits have fewer classes than the new: ``"ignore"``
+            compares the shared classes only; ``"zero"`` pads the old logits ``UNSEEN_GAP``
+            below their lowest (probability zero for the classes the old model never saw) and
+            compares all classes: meant for probability distances such as KL (a logit distance
+            would pull the new classes' logits down by the gap). Samples of new classes are
+            not distilled either way. Use it at a low temperature: zero probability at ``T`` needs
+            logit gaps of many ``T``, out of reach for bounded logits (a cosine head's lie within
+            its scale), and the term then overwhelms the cross-entropy (the T = 100 row of
+            ``experiments/results/pct_new_classes_mnist1d.md``).
 
     Example:
         >>> from regfree.pctraining.distances import logit_distance
@@ -68,10 +86,14 @@ class DistillationLoss(nn.Module):
     """
 
     def __init__(self, weighting: Weighting, distance: Distance, weight: float = 1.0,
-                 name: str = "distill") -> None:
+                 name: str = "distill", *, new_classes: str = "ignore") -> None:
         super().__init__()
         if weight < 0:
             raise ValueError(f"weight must be >= 0, got {weight}")
+        if new_classes not in NEW_CLASS_RULES:
+            raise ValueError(f"new_classes must be one of {NEW_CLASS_RULES}, got "
+                             f"{new_classes!r}")
+        self.new_classes = new_classes
         self.weighting = weighting
         self.distance = distance
         self.weight = float(weight)
@@ -96,11 +118,16 @@ class DistillationLoss(nn.Module):
         targets = targets.to(new_logits.device)
         num_old = old_logits.shape[1]
         with torch.autocast(device_type=new_logits.device.type, enabled=False):
-            new = at_least_float32(new_logits)[:, :num_old]
+            new = at_least_float32(new_logits)
             old = at_least_float32(old_logits)
             known = targets < num_old
             weights = self.weighting(old, targets).to(new.dtype) * known.to(new.dtype)
-            distances = self.distance(new, old)
+            if self.new_classes == "zero" and num_old < new.shape[1]:
+                floor = old.min(dim=1, keepdim=True).values - UNSEEN_GAP
+                distances = self.distance(
+                    new, torch.cat([old, floor.expand(-1, new.shape[1] - num_old)], dim=1))
+            else:
+                distances = self.distance(new[:, :num_old], old)
             value = self.weight * (weights * distances).mean()
         # kept, not reduced: last_stats does the reductions only when someone asks (each is a
         # small op, and a training step is only a few hundred of them)
@@ -154,6 +181,9 @@ class FocalDistillationLoss(DistillationLoss):
         kind: ``"kl"`` or ``"logit"``, or a callable distance ``(new, old) -> (B,)``.
         weight: overall factor lambda.
         name: label in the training history.
+        new_classes: for an old model with fewer classes, ``"ignore"`` (compare the shared
+            classes) or ``"zero"`` (the old model gives the others probability zero; KL only):
+            see :class:`DistillationLoss`.
 
     Each of ``alpha``, ``beta``, ``temperature`` and ``weight`` left as None takes the default of
     ``kind`` (``DEFAULTS``; a callable distance takes the KL defaults with weight 1).
@@ -166,11 +196,25 @@ class FocalDistillationLoss(DistillationLoss):
         0.25
         >>> fd.last_stats["old_correct_share"]
         0.5
+
+        v1 knew classes 0 and 1; v2 gives the new class 2 as much as class 0. Over the shared
+        classes the two agree; with ``new_classes="zero"`` v2 pays for the new class's share:
+
+        >>> new3, old2, y0 = torch.tensor([[4.0, 0.0, 4.0]]), torch.tensor([[4.0, 0.0]]), torch.tensor([0])
+        >>> FocalDistillationLoss(weight=1.0)(new3, old2, y0).item()
+        0.0
+        >>> FocalDistillationLoss(weight=1.0, new_classes="zero")(new3, old2, y0).item() > 1.0
+        True
     """
 
     def __init__(self, alpha: Optional[float] = None, beta: Optional[float] = None,
                  temperature: Optional[float] = None, kind: str | Distance = "kl",
-                 weight: Optional[float] = None, name: Optional[str] = None) -> None:
+                 weight: Optional[float] = None, name: Optional[str] = None, *,
+                 new_classes: str = "ignore") -> None:
+        if new_classes == "zero" and kind == "logit":
+            raise ValueError("new_classes='zero' needs a probability distance (kind='kl'): a "
+                             "logit distance would pull the new classes' logits down by "
+                             "UNSEEN_GAP")
         defaults = DEFAULTS.get(kind, DEFAULTS["kl"]) if isinstance(kind, str) else DEFAULTS["kl"]
         alpha = defaults["alpha"] if alpha is None else alpha
         beta = defaults["beta"] if beta is None else beta
@@ -181,12 +225,13 @@ class FocalDistillationLoss(DistillationLoss):
             raise ValueError(f"alpha and beta must be >= 0 and not both 0, got {alpha}, {beta}")
         distance = _distance(kind, temperature)
         super().__init__(partial(focal_weights, alpha=float(alpha), beta=float(beta)), distance,
-                         weight, name or f"fd_{kind if isinstance(kind, str) else 'custom'}")
+                         weight, name or f"fd_{kind if isinstance(kind, str) else 'custom'}",
+                         new_classes=new_classes)
         self.alpha, self.beta, self.temperature, self.kind = alpha, beta, temperature, kind
 
     def extra_repr(self) -> str:
         return (f"alpha={self.alpha}, beta={self.beta}, temperature={self.temperature}, "
-                f"kind={self.kind!r}, weight={self.weight}")
+                f"kind={self.kind!r}, weight={self.weight}, new_classes={self.new_classes!r}")
 
 
 class KnowledgeDistillationLoss(DistillationLoss):
@@ -200,8 +245,10 @@ class KnowledgeDistillationLoss(DistillationLoss):
         0.0
     """
 
-    def __init__(self, temperature: float = 4.0, weight: float = 1.0, name: str = "kd") -> None:
-        super().__init__(uniform_weights, _distance("kl", temperature), weight, name)
+    def __init__(self, temperature: float = 4.0, weight: float = 1.0, name: str = "kd", *,
+                 new_classes: str = "ignore") -> None:
+        super().__init__(uniform_weights, _distance("kl", temperature), weight, name,
+                         new_classes=new_classes)
         self.temperature = temperature
 
     def extra_repr(self) -> str:
