@@ -47,11 +47,11 @@ def test_head_weights_mix_the_heads_terms():
     each = [F.cross_entropy(h(embeddings), targets) for h in heads]
     mixed = BackwardCompatibleLoss(heads, weight=2.0, head_weights=[3.0, 1.0])
     expected = 2.0 * (3.0 * each[0] + 1.0 * each[1]) / 4.0
-    torch.testing.assert_close(mixed.loss(embeddings, targets), expected)
-    equal = BackwardCompatibleLoss(heads).loss(embeddings, targets)
+    torch.testing.assert_close(mixed(embeddings, targets), expected)
+    equal = BackwardCompatibleLoss(heads)(embeddings, targets)
     torch.testing.assert_close(equal, (each[0] + each[1]) / 2)
-    only_first = BackwardCompatibleLoss(heads, head_weights=[1, 0]).loss(embeddings, targets)
-    torch.testing.assert_close(only_first, BackwardCompatibleLoss(heads[0]).loss(embeddings,
+    only_first = BackwardCompatibleLoss(heads, head_weights=[1, 0])(embeddings, targets)
+    torch.testing.assert_close(only_first, BackwardCompatibleLoss(heads[0])(embeddings,
                                                                                  targets))
     assert mixed.old_head is mixed.old_heads[-1] and len(mixed.old_heads) == 2
     assert all(not p.requires_grad for p in mixed.old_heads.parameters())

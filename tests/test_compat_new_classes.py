@@ -88,7 +88,7 @@ def test_new_class_margin_offsets_only_new_logits_and_moves_the_influence_loss()
     old_part, new_part = y < 2, y == 2
 
     def influence(h, part):
-        return float(BackwardCompatibleLoss(h).loss(x[part], y[part]))
+        return float(BackwardCompatibleLoss(h)(x[part], y[part]))
 
     # MPT's sign: old classes must beat the new ones by more, new-class samples win more easily
     assert influence(margin, old_part) > influence(head, old_part)

@@ -142,14 +142,6 @@ class BackwardCompatibleLoss(nn.Module):
         Returns:
             The weighted mean cross-entropy (0 when no sample is usable under ``unseen="ignore"``).
         """
-        return self.loss(new_embeddings, targets)
-
-    def step_arguments(self, step: TrainStep) -> tuple[torch.Tensor, torch.Tensor]:
-        """What :func:`regfree.training.fit` passes: the step's embeddings and targets."""
-        return step_embeddings(step, "BackwardCompatibleLoss"), step.targets
-
-    def loss(self, new_embeddings: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The same as calling the loss, ``bct(new_embeddings, targets)`` (see :meth:`forward`)."""
         if new_embeddings.dim() != 2:
             raise ValueError(f"new_embeddings must have shape (B, D), got "
                              f"{tuple(new_embeddings.shape)}")
@@ -176,6 +168,10 @@ class BackwardCompatibleLoss(nn.Module):
         self.last_used = used[-1]
         self.last_old_head_accuracy = accuracy
         return self.weight * total / sum(self.head_weights)
+
+    def step_arguments(self, step: TrainStep) -> tuple[torch.Tensor, torch.Tensor]:
+        """What :func:`regfree.training.fit` passes: the step's embeddings and targets."""
+        return step_embeddings(step, "BackwardCompatibleLoss"), step.targets
 
 
 class EmbeddingRegressionLoss(nn.Module):
@@ -230,7 +226,14 @@ class EmbeddingRegressionLoss(nn.Module):
         Returns:
             A scalar tensor, differentiable in ``new_embeddings``.
         """
-        return self.loss(new_embeddings, old_embeddings)
+        if new_embeddings.shape != old_embeddings.shape:
+            raise ValueError(f"new_embeddings {tuple(new_embeddings.shape)} and old_embeddings "
+                             f"{tuple(old_embeddings.shape)} must have the same shape")
+        old_embeddings = old_embeddings.detach().to(new_embeddings.device, new_embeddings.dtype)
+        if self.normalize:
+            new_embeddings = F.normalize(new_embeddings, dim=1)
+            old_embeddings = F.normalize(old_embeddings, dim=1)
+        return self.weight * (new_embeddings - old_embeddings).pow(2).sum(dim=1).mean()
 
     def step_arguments(self, step: TrainStep) -> tuple[torch.Tensor, torch.Tensor]:
         """What :func:`regfree.training.fit` passes: the step's embeddings and their cached
@@ -247,14 +250,3 @@ class EmbeddingRegressionLoss(nn.Module):
         if self.old_embeddings.device != embeddings.device:
             self.old_embeddings = self.old_embeddings.to(embeddings.device)
         return embeddings, self.old_embeddings[indices.to(embeddings.device)]
-
-    def loss(self, new_embeddings: torch.Tensor, old_embeddings: torch.Tensor) -> torch.Tensor:
-        """The same as calling the loss, ``l2(new_embeddings, old_embeddings)``."""
-        if new_embeddings.shape != old_embeddings.shape:
-            raise ValueError(f"new_embeddings {tuple(new_embeddings.shape)} and old_embeddings "
-                             f"{tuple(old_embeddings.shape)} must have the same shape")
-        old_embeddings = old_embeddings.detach().to(new_embeddings.device, new_embeddings.dtype)
-        if self.normalize:
-            new_embeddings = F.normalize(new_embeddings, dim=1)
-            old_embeddings = F.normalize(old_embeddings, dim=1)
-        return self.weight * (new_embeddings - old_embeddings).pow(2).sum(dim=1).mean()
