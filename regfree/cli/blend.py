@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import math
 
-from regfree.cli.common import EXIT_OK, CliError, check_output_path
+from regfree.cli.common import EXIT_OK, CliError, check_output_path, share
 
 _DESCRIPTION = (
     "Choose a training-free blend of the old and the new model's scores (a weighted blend of "
@@ -18,15 +17,8 @@ _DESCRIPTION = (
 
 
 def error_increase(text: str) -> float:
-    """An argparse type: a finite share >= 0 (0.005 = half a point of error)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise argparse.ArgumentTypeError(f"expected a share in [0, 1] such as 0.005, got "
-                                         f"{text!r}")
-    return value
+    """An argparse type: a share of error in [0, 1] (0.005 = half a point of error)."""
+    return share(text, "a share in [0, 1] such as 0.005")
 
 
 def add_blend_parser(subparsers: argparse._SubParsersAction) -> None:

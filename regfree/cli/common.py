@@ -13,14 +13,14 @@ class CliError(Exception):
     """Bad input or usage; its message is printed as one line and the exit code is 2."""
 
 
-def share(text: str) -> float:
-    """An argparse type: a number in [0, 1]."""
+def share(text: str, expected: str = "a number in [0, 1]") -> float:
+    """An argparse type: a number in [0, 1] (``expected`` describes it in the error)."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+        value = float("nan")  # fails the range check below, with the same message
     if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
 
 
