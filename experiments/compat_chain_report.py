@@ -66,24 +66,32 @@ def candidate_scores(seeds: list[dict], family: str) -> dict:
             "worst_cost": float(cost.max())}
 
 
+def candidate_order(candidate: dict) -> tuple[float, int]:
+    """(weight, simplicity rank) of a sweep candidate: an L2 one (``l2_weight``, head weights
+    equal or oldest) or a contrastive one (``weight``, ``rank`` 0 without heads, 1 with)."""
+    if "l2_weight" in candidate:
+        return candidate["l2_weight"], int(candidate["head_weights"] != "equal")
+    return candidate["weight"], candidate["rank"]
+
+
 def pick(seeds: list[dict]) -> tuple[str, str]:
     """The validation sweep's choice and the rule step that chose it.
 
-    Rule (fixed before the sweep was run): (1) a candidate meets the goal when its top-1 AC is
-    1 on every seed and its mean new/new cost is under 1 point at each of v2, v3, v4; pick the
-    one with the smallest L2 weight, equal head weights before oldest-weighted. (2) If none
-    meets it, among those with every mean cost under 1 point pick the highest mean top-1 AC
-    (ties: higher mean mAP AC, then the smaller L2 weight, then equal head weights). (3) If
-    no candidate costs under 1 point, the lowest worst mean cost.
+    Rule (fixed before the sweep was run; the same for the L2 sweep and the contrastive one):
+    (1) a candidate meets the goal when its top-1 AC is 1 on every seed and its mean new/new
+    cost is under 1 point at each of v2, v3, v4; pick the one with the smallest weight, then
+    the simpler candidate (equal head weights before oldest-weighted; contrastive before all
+    heads + contrastive). (2) If none meets it, among those with every mean cost under 1 point
+    pick the highest mean top-1 AC (ties: higher mean mAP AC, then the smaller weight, then the
+    simpler candidate). (3) If no candidate costs under 1 point, the lowest worst mean cost.
     """
     candidates = seeds[0]["candidates"]
-    order = sorted(candidates, key=lambda f: (candidates[f]["l2_weight"],
-                                              candidates[f]["head_weights"] != "equal"))
+    order = sorted(candidates, key=lambda f: candidate_order(candidates[f]))
     scores = {f: candidate_scores(seeds, f) for f in order}
     met = [f for f in order if all(a == 1.0 for a in scores[f]["ac"])
            and scores[f]["worst_cost"] < 1.0]
     if met:
-        return met[0], "(1) the smallest L2 weight with AC = 1 on every seed at cost < 1 point"
+        return met[0], "(1) the smallest weight with AC = 1 on every seed at cost < 1 point"
     cheap = [f for f in order if scores[f]["worst_cost"] < 1.0]
     if cheap:
         best = max(cheap, key=lambda f: (np.mean(scores[f]["ac"]), np.mean(scores[f]["ac_map"]),
