@@ -10,7 +10,8 @@ New classes (v1 on classes 0-4, v2 on all ten): "contrastive onto v1" and "BCT, 
 + contrastive onto v1" (extend_head's class-mean rows), beside the independent v2.
 
 Choosing the weight (--split val, seeds 10 and 11): the validation carve of compat_chain.py
-(queries = a stratified 20% of the training split), both families at weights 0.5, 1, 2; the
+(queries = a stratified 20% of the training split), both families at weights 0.5, 1, 2, 4,
+8 (4 and 8 added when digits' first sweep picked 2, the grid's edge); the
 seed file is rewritten after every candidate. --combine --split val picks one candidate by
 compat_chain_report.pick (rule written before the sweep ran). Test (--split test --weight W):
 the independent reference, both families at weight W and the two new-class options; the
@@ -48,7 +49,8 @@ from common import command_line, cpu_name
 from regfree.compat import embedder, extend_head
 from regfree.reporting import write_text_atomic
 
-SWEEP_WEIGHTS = (0.5, 1.0, 2.0)
+# 0.5, 1, 2 first; digits' first sweep picked the edge (2), so 4 and 8 were added, same rule
+SWEEP_WEIGHTS = (0.5, 1.0, 2.0, 4.0, 8.0)
 FAMILIES = ("contrastive", "all heads + contrastive")
 
 
