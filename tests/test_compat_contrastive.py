@@ -132,7 +132,7 @@ def test_inside_fit_the_term_is_trained_down_and_logged(digits, make_model):
     cache_before = loss.old_embeddings[0].clone()
     history = _train(v2, digits, [loss], 1, n=300, epochs=6)
     term = history.term("contrastive")
-    assert term[-1] < 0.7 * term[0]
+    assert term[-1] < 0.8 * term[0]
     torch.testing.assert_close(loss.old_embeddings[0], cache_before)  # the old side is fixed
 
 
