@@ -19,6 +19,10 @@ loss (unseen="ignore"), class-mean rows plus the L2 pull onto v1's normalised em
 the simplex head (v1 trained with it on half the classes). Seen and
 unseen queries are scored separately.
 
+The cross-model contrastive families (CrossModelContrastiveLoss) and their new-class options
+live in experiments/compat_chain_contrastive.py; the shared setting and models in
+experiments/compat_chain_setup.py.
+
 Retrieval protocol: queries = test split, gallery = the whole training split embedded by the
 gallery's model, cosine similarity, top-1 and mAP (regfree.compat.compatibility_report).
 
