@@ -21,7 +21,10 @@ table also shows the families and new-class options already in compat_chain_<dat
   OMP_NUM_THREADS=1 .venv/bin/python experiments/compat_chain_contrastive.py --dataset digits --split val --combine
   OMP_NUM_THREADS=1 .venv/bin/python experiments/compat_chain_contrastive.py --dataset digits --weight 1 --seeds 0
   OMP_NUM_THREADS=1 .venv/bin/python experiments/compat_chain_contrastive.py --dataset digits --weight 1 --combine
-Files: compat_chain_<dataset>_val_contrastive.* and compat_chain_<dataset>_cw<W>.*.
+Temperature: 0.1 first (weights 0.5 .. 8); --temperature 0.05 and 0.2 (weights 1, 2, 4) were
+added after those picks missed AC = 1; --combine --split val (at 0.1) picks over every
+temperature's file. Files: compat_chain_<dataset>_val_contrastive[_t<T>].* and
+compat_chain_<dataset>_cw<W>[_t<T>].*.
 """
 
 from __future__ import annotations
@@ -51,7 +54,15 @@ from regfree.reporting import write_text_atomic
 
 # 0.5, 1, 2 first; digits' first sweep picked the edge (2), so 4 and 8 were added, same rule
 SWEEP_WEIGHTS = (0.5, 1.0, 2.0, 4.0, 8.0)
+# added after the T = 0.1 sweeps, whose picks all missed AC = 1 by a point or two: the two
+# neighbouring temperatures at the middle weights; the pick runs over every temperature's file
+SWEEP_TEMPERATURES = {0.1: SWEEP_WEIGHTS, 0.05: (1.0, 2.0, 4.0), 0.2: (1.0, 2.0, 4.0)}
 FAMILIES = ("contrastive", "all heads + contrastive")
+
+
+def temperature_tag(temperature: float, prefix: str) -> str:
+    """The suffix that names a run at a temperature other than the first sweep's 0.1."""
+    return "" if temperature == 0.1 else f"{prefix}{temperature:g}"
 
 
 def contrastive_chain(run: Seed, v1: nn.Module, weight: float, with_heads: bool
@@ -98,11 +109,12 @@ def run_validation_seed(setting: Setting, seed: int, argv: list[str], name: str)
     result = header(setting, seed, "val", argv) | {"candidates": {}}
     v1 = run.train(0)
     result["chain"]["independent"] = run.report([v1] + [run.train(k) for k in (1, 2, 3)])
-    for weight in SWEEP_WEIGHTS:
+    for weight in SWEEP_TEMPERATURES[setting.temperature]:
         for rank, family in enumerate(FAMILIES):
-            candidate = f"{family} w{weight:g}"
+            candidate = f"{family} w{weight:g}" + temperature_tag(setting.temperature, " T")
             result["chain"][candidate] = run.report(contrastive_chain(run, v1, weight, rank == 1))
-            result["candidates"][candidate] = {"weight": weight, "rank": rank, "family": family}
+            result["candidates"][candidate] = {"weight": weight, "rank": rank, "family": family,
+                                               "temperature": setting.temperature}
             result["seconds so far"] = time.perf_counter() - started
             write_text_atomic(seed_path(name, seed), json.dumps(result, indent=1))
             print(f"{setting.dataset} val seed {seed}: {candidate} at "
@@ -145,18 +157,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--weight", type=float,
                         help="with --split test: the contrastive weight (the validation pick); "
                              "results named compat_chain_<dataset>_cw<weight>")
+    parser.add_argument("--temperature", type=float, default=0.1,
+                        choices=sorted(SWEEP_TEMPERATURES),
+                        help="CrossModelContrastiveLoss' temperature (files get _t<T> unless 0.1)")
     parser.add_argument("--combine", action="store_true",
                         help="write the table from every seed file")
     args = parser.parse_args(argv)
     if (args.split == "val") == (args.weight is not None):
         parser.error("--split val sweeps the weights itself (leave out --weight); "
                      "--split test needs --weight W (the validation pick)")
-    setting = SETTINGS[args.dataset]
+    setting = replace(SETTINGS[args.dataset], temperature=args.temperature)
     if args.split == "val":
         name = f"{args.dataset}_val_contrastive"
     else:
         setting = replace(setting, contrastive_weight=args.weight)
         name = f"{args.dataset}_cw{args.weight:g}"
+    name += temperature_tag(args.temperature, "_t")
     if args.combine:
         from compat_chain_report import combine
 

@@ -67,12 +67,31 @@ def candidate_scores(seeds: list[dict], family: str) -> dict:
             "worst_cost": float(cost.max())}
 
 
-def candidate_order(candidate: dict) -> tuple[float, int]:
-    """(weight, simplicity rank) of a sweep candidate: an L2 one (``l2_weight``, head weights
-    equal or oldest) or a contrastive one (``weight``, ``rank`` 0 without heads, 1 with)."""
+def candidate_order(candidate: dict) -> tuple[float, int, int]:
+    """(weight, simplicity rank, 1 if not the first temperature) of a sweep candidate: an L2
+    one (``l2_weight``, head weights equal or oldest) or a contrastive one (``weight``, ``rank``
+    0 without heads, 1 with, ``temperature``)."""
     if "l2_weight" in candidate:
-        return candidate["l2_weight"], int(candidate["head_weights"] != "equal")
-    return candidate["weight"], candidate["rank"]
+        return candidate["l2_weight"], int(candidate["head_weights"] != "equal"), 0
+    return (candidate["weight"], candidate["rank"],
+            int(candidate.get("temperature", 0.1) != 0.1))
+
+
+def with_other_temperatures(seeds: list[dict], name: str) -> list[dict]:
+    """The contrastive validation seeds with the candidates of the sweeps at other temperatures
+    (compat_chain_<name>_t<T>.seed*.json, same seeds and independent reference) merged in."""
+    others = {}
+    for path in sorted(RESULTS.glob(f"compat_chain_{name}_t*.seed*.json")):
+        other = json.loads(path.read_text())
+        if "seconds" in other:
+            others.setdefault(other["seed"], []).append(other)
+    if not seeds or not all(s["seed"] in others for s in seeds):
+        return seeds
+    for seed in seeds:
+        for other in others[seed["seed"]]:
+            seed["chain"].update({k: v for k, v in other["chain"].items() if k != "independent"})
+            seed["candidates"].update(other["candidates"])
+    return seeds
 
 
 def pick(seeds: list[dict]) -> tuple[str, str]:
@@ -82,7 +101,7 @@ def pick(seeds: list[dict]) -> tuple[str, str]:
     (1) a candidate meets the goal when its top-1 AC is 1 on every seed and its mean new/new
     cost is under 1 point at each of v2, v3, v4; pick the one with the smallest weight, then
     the simpler candidate (equal head weights before oldest-weighted; contrastive before all
-    heads + contrastive). (2) If none meets it, among those with every mean cost under 1 point
+    heads + contrastive; temperature 0.1 before the temperatures added later). (2) If none meets it, among those with every mean cost under 1 point
     pick the highest mean top-1 AC (ties: higher mean mAP AC, then the smaller weight, then the
     simpler candidate). (3) If no candidate costs under 1 point, the lowest worst mean cost.
     """
@@ -172,10 +191,12 @@ def family_lines(first: dict) -> list[str]:
                      "d-simplex head (`simplex_head`, 9-d embeddings), no influence loss.")
     if any("contrastive" in f for f in families):
         setting = first["setting"]
-        weight = (" at weight w (`w<w>`)" if first.get("split") == "val"
-                  else f" (weight {setting['contrastive_weight']:g})")
+        weight = (" at weight w (`w<w>`) and temperature T (` T<T>`; none: 0.1)"
+                  if first.get("split") == "val" else
+                  f" (weight {setting['contrastive_weight']:g}, temperature "
+                  f"{setting['temperature']:g})")
         lines += [f"- contrastive: v_k trained with `CrossModelContrastiveLoss`{weight}, "
-                  f"temperature {setting['temperature']:g}, onto the embeddings that every "
+                  "onto the embeddings that every "
                   "earlier version (v1 .. v_(k-1), equal version_weights) gives v_k's training "
                   "data; no influence loss.",
                   "- all heads + contrastive: the same plus BCT over every earlier head (one "
@@ -190,12 +211,14 @@ def is_contrastive(first: dict) -> bool:
 def contrastive_choice(first: dict) -> list[str]:
     """How the contrastive weight of a test file was chosen (the dataset's validation sweep)."""
     name = f"{first['dataset']}_val_contrastive"
-    validation = [s for s in load_seeds(name, missing_ok=True) if "seconds" in s]
+    validation = with_other_temperatures(
+        [s for s in load_seeds(name, missing_ok=True) if "seconds" in s], name)
     if not validation:
         return ["The contrastive weight was not chosen on validation data (no sweep yet).", ""]
     family, _ = pick(validation)
     chosen = validation[0]["candidates"][family]
-    here = first["setting"]["contrastive_weight"] == chosen["weight"]
+    here = (first["setting"]["contrastive_weight"] == chosen["weight"]
+            and first["setting"]["temperature"] == chosen.get("temperature", 0.1))
     return [f"Contrastive weight chosen on validation data (seeds "
             f"{[s['seed'] for s in validation]}, `compat_chain_{name}.md`): **{family}**; "
             + (f"this file's contrastive families run at that weight (the pick is the "
@@ -315,6 +338,8 @@ def combine(name: str, combine_command: str) -> str:
         missing = [s["seed"] for s in seeds if "new classes" not in s]
         print(f"seeds {missing} have no new-class results yet (still running?): left out")
     notes = merge_existing(complete, name) if "_cw" in name else []
+    if name.endswith("_val_contrastive"):
+        complete = with_other_temperatures(complete, name)
     markdown = render(complete, combine_command, notes)
     write_text_atomic(RESULTS / f"compat_chain_{name}.md", markdown)
     write_text_atomic(RESULTS / f"compat_chain_{name}.json",
