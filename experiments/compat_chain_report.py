@@ -91,6 +91,7 @@ def with_other_temperatures(seeds: list[dict], name: str) -> list[dict]:
         for other in others[seed["seed"]]:
             seed["chain"].update({k: v for k, v in other["chain"].items() if k != "independent"})
             seed["candidates"].update(other["candidates"])
+            seed.setdefault("commands", [seed["command"]]).append(other["command"])
     return seeds
 
 
@@ -232,11 +233,16 @@ def choice_lines(seeds: list[dict]) -> list[str]:
     first = seeds[0]
     if first.get("split", "test") == "val":
         family, step = pick(seeds)
-        return ["**Pick** (rule fixed before the sweep ran, `compat_chain_report.pick`: the "
+        grid = ("Grid, in the order it grew: weights 0.5, 1, 2 at temperature 0.1; 4 and 8 added "
+                "after digits' first sweep picked 2 (its edge); temperatures 0.05 and 0.2 at "
+                "weights 1, 2, 4 added after the temperature-0.1 picks missed AC = 1 on every "
+                "dataset. The rule was not changed. " if is_contrastive(first) else "")
+        return [grid + "**Pick** (rule fixed before the sweep ran, `compat_chain_report.pick`: the "
                 "smallest weight with AC = 1 on every seed at a mean cost < 1 point at each "
                 "of v2..v4, the simpler candidate first; else the highest mean AC among costs "
                 f"< 1 point; else the lowest cost): **{family}**, by rule {step}. Its test "
-                + ("numbers: `compat_chain_contrastive.py --weight W` (3 seeds)." if
+                + ("numbers: `compat_chain_contrastive.py --weight W` (`--temperature T` "
+                   "unless 0.1; 3 seeds)." if
                    is_contrastive(first) else
                    "numbers: `--split test --l2-weight W` (3 seeds; `--head-weights oldest` for "
                    "an oldest-weighted pick)."), ""]
@@ -287,7 +293,7 @@ def render(seeds: list[dict], combine_command: str, notes: Optional[list[str]] =
     dataset = first["dataset"]
     setting = first["setting"]
     minutes = [s.get("seconds", float("nan")) / 60 for s in seeds]
-    commands = sorted({s["command"] for s in seeds})
+    commands = sorted({c for s in seeds for c in s.get("commands", [s["command"]])})
     lines = [f"# Compatibility that lasts on {dataset}: a four-version chain and new classes", "",
              "Commands (one process per seed, then the table):", ""]
     lines += [f"    {c}" for c in commands] + [f"    {combine_command}", ""]
