@@ -224,7 +224,8 @@ def contrastive_choice(first: dict) -> list[str]:
             f"{[s['seed'] for s in validation]}, `compat_chain_{name}.md`): **{family}**; "
             + (f"this file's contrastive families run at that weight (the pick is the "
                f"{chosen['family']} family; the other is shown at the same weight)." if here
-               else "this file's weight is not the pick (shown for comparison)."), ""]
+               else "this file's weight or temperature is not the pick's (shown for "
+               "comparison)."), ""]
 
 
 def choice_lines(seeds: list[dict]) -> list[str]:
