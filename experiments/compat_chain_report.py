@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -66,24 +67,52 @@ def candidate_scores(seeds: list[dict], family: str) -> dict:
             "worst_cost": float(cost.max())}
 
 
+def candidate_order(candidate: dict) -> tuple[float, int, int]:
+    """(weight, simplicity rank, 1 if not the first temperature) of a sweep candidate: an L2
+    one (``l2_weight``, head weights equal or oldest) or a contrastive one (``weight``, ``rank``
+    0 without heads, 1 with, ``temperature``)."""
+    if "l2_weight" in candidate:
+        return candidate["l2_weight"], int(candidate["head_weights"] != "equal"), 0
+    return (candidate["weight"], candidate["rank"],
+            int(candidate.get("temperature", 0.1) != 0.1))
+
+
+def with_other_temperatures(seeds: list[dict], name: str) -> list[dict]:
+    """The contrastive validation seeds with the candidates of the sweeps at other temperatures
+    (compat_chain_<name>_t<T>.seed*.json, same seeds and independent reference) merged in."""
+    others = {}
+    for path in sorted(RESULTS.glob(f"compat_chain_{name}_t*.seed*.json")):
+        other = json.loads(path.read_text())
+        if "seconds" in other:
+            others.setdefault(other["seed"], []).append(other)
+    if not seeds or not all(s["seed"] in others for s in seeds):
+        return seeds
+    for seed in seeds:
+        for other in others[seed["seed"]]:
+            seed["chain"].update({k: v for k, v in other["chain"].items() if k != "independent"})
+            seed["candidates"].update(other["candidates"])
+            seed.setdefault("commands", [seed["command"]]).append(other["command"])
+    return seeds
+
+
 def pick(seeds: list[dict]) -> tuple[str, str]:
     """The validation sweep's choice and the rule step that chose it.
 
-    Rule (fixed before the sweep was run): (1) a candidate meets the goal when its top-1 AC is
-    1 on every seed and its mean new/new cost is under 1 point at each of v2, v3, v4; pick the
-    one with the smallest L2 weight, equal head weights before oldest-weighted. (2) If none
-    meets it, among those with every mean cost under 1 point pick the highest mean top-1 AC
-    (ties: higher mean mAP AC, then the smaller L2 weight, then equal head weights). (3) If
-    no candidate costs under 1 point, the lowest worst mean cost.
+    Rule (fixed before the sweep was run; the same for the L2 sweep and the contrastive one):
+    (1) a candidate meets the goal when its top-1 AC is 1 on every seed and its mean new/new
+    cost is under 1 point at each of v2, v3, v4; pick the one with the smallest weight, then
+    the simpler candidate (equal head weights before oldest-weighted; contrastive before all
+    heads + contrastive; temperature 0.1 before the temperatures added later). (2) If none meets it, among those with every mean cost under 1 point
+    pick the highest mean top-1 AC (ties: higher mean mAP AC, then the smaller weight, then the
+    simpler candidate). (3) If no candidate costs under 1 point, the lowest worst mean cost.
     """
     candidates = seeds[0]["candidates"]
-    order = sorted(candidates, key=lambda f: (candidates[f]["l2_weight"],
-                                              candidates[f]["head_weights"] != "equal"))
+    order = sorted(candidates, key=lambda f: candidate_order(candidates[f]))
     scores = {f: candidate_scores(seeds, f) for f in order}
     met = [f for f in order if all(a == 1.0 for a in scores[f]["ac"])
            and scores[f]["worst_cost"] < 1.0]
     if met:
-        return met[0], "(1) the smallest L2 weight with AC = 1 on every seed at cost < 1 point"
+        return met[0], "(1) the smallest weight with AC = 1 on every seed at cost < 1 point"
     cheap = [f for f in order if scores[f]["worst_cost"] < 1.0]
     if cheap:
         best = max(cheap, key=lambda f: (np.mean(scores[f]["ac"]), np.mean(scores[f]["ac_map"]),
@@ -147,18 +176,79 @@ def l2_sentence(first: dict) -> str:
     return pull + f" (weight {first['setting']['l2_weight']:g})."
 
 
+def family_lines(first: dict) -> list[str]:
+    """One line per family (or sweep candidate group) present in the seed files."""
+    families = list(first["chain"])
+    lines = ["- independent: each version trained alone (the new/new reference)."]
+    if "last head" in families:
+        lines.append("- last head: v_k with BCT through v_(k-1)'s head only.")
+    if "all heads" in families or any("+ L2" in f for f in families):
+        lines.append("- all heads: v_k with one BackwardCompatibleLoss over the heads of v1 .. "
+                     "v_(k-1), equal head_weights.")
+    if any("+ L2" in f for f in families):
+        lines.append(l2_sentence(first))
+    if "simplex" in families:
+        lines.append("- simplex: every version, v1 included, trained alone with the same fixed "
+                     "d-simplex head (`simplex_head`, 9-d embeddings), no influence loss.")
+    if any("contrastive" in f for f in families):
+        setting = first["setting"]
+        weight = (" at weight w (`w<w>`) and temperature T (` T<T>`; none: 0.1)"
+                  if first.get("split") == "val" else
+                  f" (weight {setting['contrastive_weight']:g}, temperature "
+                  f"{setting['temperature']:g})")
+        lines += [f"- contrastive: v_k trained with `CrossModelContrastiveLoss`{weight}, "
+                  "onto the embeddings that every "
+                  "earlier version (v1 .. v_(k-1), equal version_weights) gives v_k's training "
+                  "data; no influence loss.",
+                  "- all heads + contrastive: the same plus BCT over every earlier head (one "
+                  "BackwardCompatibleLoss, equal head_weights, weight 1)."]
+    return lines
+
+
+def is_contrastive(first: dict) -> bool:
+    return any("contrastive" in f for f in first["chain"])
+
+
+def contrastive_choice(first: dict) -> list[str]:
+    """How the contrastive weight of a test file was chosen (the dataset's validation sweep)."""
+    name = f"{first['dataset']}_val_contrastive"
+    validation = with_other_temperatures(
+        [s for s in load_seeds(name, missing_ok=True) if "seconds" in s], name)
+    if not validation:
+        return ["The contrastive weight was not chosen on validation data (no sweep yet).", ""]
+    family, _ = pick(validation)
+    chosen = validation[0]["candidates"][family]
+    here = (first["setting"]["contrastive_weight"] == chosen["weight"]
+            and first["setting"]["temperature"] == chosen.get("temperature", 0.1))
+    return [f"Contrastive weight chosen on validation data (seeds "
+            f"{[s['seed'] for s in validation]}, `compat_chain_{name}.md`): **{family}**; "
+            + (f"this file's contrastive families run at that weight (the pick is the "
+               f"{chosen['family']} family; the other is shown at the same weight)." if here
+               else "this file's weight or temperature is not the pick's (shown for "
+               "comparison)."), ""]
+
+
 def choice_lines(seeds: list[dict]) -> list[str]:
     """How the chain's L2 weight was chosen: the validation pick (this file's, or the one the
     dataset's validation sweep made) and whether this file holds it."""
     first = seeds[0]
     if first.get("split", "test") == "val":
         family, step = pick(seeds)
-        return ["**Pick** (rule fixed before the sweep ran, `compat_chain_report.pick`: the "
-                "smallest L2 weight with AC = 1 on every seed at a mean cost < 1 point at each "
-                "of v2..v4, equal head weights first; else the highest mean AC among costs "
+        grid = ("Grid, in the order it grew: weights 0.5, 1, 2 at temperature 0.1; 4 and 8 added "
+                "after digits' first sweep picked 2 (its edge); temperatures 0.05 and 0.2 at "
+                "weights 1, 2, 4 added after the temperature-0.1 picks missed AC = 1 on every "
+                "dataset. The rule was not changed. " if is_contrastive(first) else "")
+        return [grid + "**Pick** (rule fixed before the sweep ran, `compat_chain_report.pick`: the "
+                "smallest weight with AC = 1 on every seed at a mean cost < 1 point at each "
+                "of v2..v4, the simpler candidate first; else the highest mean AC among costs "
                 f"< 1 point; else the lowest cost): **{family}**, by rule {step}. Its test "
-                "numbers: `--split test --l2-weight W` (3 seeds; `--head-weights oldest` for an "
-                "oldest-weighted pick).", ""]
+                + ("numbers: `compat_chain_contrastive.py --weight W` (`--temperature T` "
+                   "unless 0.1; 3 seeds)." if
+                   is_contrastive(first) else
+                   "numbers: `--split test --l2-weight W` (3 seeds; `--head-weights oldest` for "
+                   "an oldest-weighted pick)."), ""]
+    if is_contrastive(first):
+        return contrastive_choice(first)
     name = f"{first['dataset']}_val"
     validation = [s for s in load_seeds(name, missing_ok=True) if "seconds" in s]
     if not validation:
@@ -173,12 +263,38 @@ def choice_lines(seeds: list[dict]) -> list[str]:
                "this file's all heads + L2 family is not the pick (shown for comparison)."), ""]
 
 
-def render(seeds: list[dict], combine_command: str) -> str:
+def merge_existing(seeds: list[dict], name: str) -> list[str]:
+    """Add to each contrastive test seed the families and new-class options already measured
+    for the same seed in compat_chain_<dataset>.seed*.json (same v1, not rerun); returns the
+    lines that say so, with how far the two independent references differ."""
+    dataset = seeds[0]["dataset"]
+    existing = {s["seed"]: s for s in load_seeds(dataset, missing_ok=True) if "new classes" in s}
+    if not all(s["seed"] in existing for s in seeds):
+        return [f"(compat_chain_{dataset} has not every seed of this file: its families are "
+                "not shown.)", ""]
+    gaps = []
+    for seed in seeds:
+        other = existing[seed["seed"]]
+        gaps.append(np.nanmax(np.abs(
+            np.array(seed["chain"]["independent"]["matrices"]["top1"], dtype=float)
+            - np.array(other["chain"]["independent"]["matrices"]["top1"], dtype=float))))
+        for part in ("chain", "new classes"):
+            ours = seed[part]
+            seed[part] = {"independent": ours["independent"],
+                          **{k: v for k, v in other[part].items() if k != "independent"},
+                          **{k: v for k, v in ours.items() if k != "independent"}}
+    return [f"Families and new-class options other than the contrastive ones come from "
+            f"`compat_chain_{dataset}.seed*.json` (same seeds, same v1, not rerun); the "
+            f"independent reference retrained here differs from theirs by at most "
+            f"{100 * max(gaps):.2f} points in any top-1 cell.", ""]
+
+
+def render(seeds: list[dict], combine_command: str, notes: Optional[list[str]] = None) -> str:
     first = seeds[0]
     dataset = first["dataset"]
     setting = first["setting"]
     minutes = [s.get("seconds", float("nan")) / 60 for s in seeds]
-    commands = sorted({s["command"] for s in seeds})
+    commands = sorted({c for s in seeds for c in s.get("commands", [s["command"]])})
     lines = [f"# Compatibility that lasts on {dataset}: a four-version chain and new classes", "",
              "Commands (one process per seed, then the table):", ""]
     lines += [f"    {c}" for c in commands] + [f"    {combine_command}", ""]
@@ -193,16 +309,10 @@ def render(seeds: list[dict], combine_command: str) -> str:
               f"Setting: `{json.dumps(setting)}`", "",
               f"## Chain v1 -> v2 -> v3 -> v4 (widths {setting['widths']}, training shares "
               f"{setting['shares']})", "",
-              "- independent: each version trained alone (the new/new reference).",
-              "- last head: v_k with BCT through v_(k-1)'s head only.",
-              "- all heads: v_k with one BackwardCompatibleLoss over the heads of v1 .. v_(k-1), "
-              "equal head_weights.",
-              l2_sentence(first),
-              "- simplex: every version, v1 included, trained alone with the same fixed "
-              "d-simplex head (`simplex_head`, 9-d embeddings), no influence loss.",
+              *family_lines(first),
               "- new/new cost = independent C[k][k] − the family's C[k][k] (positive = worse); "
               "the simplex family's v1 is its own, the others share v1.", ""]
-    lines += chain_summary(seeds) + [""] + choice_lines(seeds)
+    lines += (notes or []) + chain_summary(seeds) + [""] + choice_lines(seeds)
     for family in first["chain"]:
         lines += [f"### {family}: top-1", ""] + chain_matrix(seeds, family) + [""]
     if not first["new classes"]:
@@ -217,7 +327,10 @@ def render(seeds: list[dict], combine_command: str) -> str:
               "more; −: new-class samples pulled harder onto their rows). Unseen left out: "
               "`unseen=\"ignore\"`. + L2: class-mean rows plus `EmbeddingRegressionLoss("
               "normalize=True)` onto v1's embeddings of v2's data (every class). Simplex: v1 and v2 trained with the fixed simplex head (its "
-              "own v1). Goal: unseen queries on v1's gallery at least as well as v1 searches "
+              "own v1). Contrastive onto v1: `CrossModelContrastiveLoss` onto v1's embeddings of "
+              "v2's data (every class: v1 embeds classes it never saw), at the chain's "
+              "contrastive weight; + class-mean rows: with BCT through those rows too. "
+              "Goal: unseen queries on v1's gallery at least as well as v1 searches "
               "them (new/old − old/old ≥ 0).", ""]
     lines += new_class_table(seeds) + [""]
     return "\n".join(lines)
@@ -231,7 +344,10 @@ def combine(name: str, combine_command: str) -> str:
     if len(complete) < len(seeds):
         missing = [s["seed"] for s in seeds if "new classes" not in s]
         print(f"seeds {missing} have no new-class results yet (still running?): left out")
-    markdown = render(complete, combine_command)
+    notes = merge_existing(complete, name) if "_cw" in name else []
+    if name.endswith("_val_contrastive"):
+        complete = with_other_temperatures(complete, name)
+    markdown = render(complete, combine_command, notes)
     write_text_atomic(RESULTS / f"compat_chain_{name}.md", markdown)
     write_text_atomic(RESULTS / f"compat_chain_{name}.json",
                       json.dumps({"dataset": complete[0]["dataset"], "seeds": complete}, indent=1))

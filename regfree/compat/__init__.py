@@ -25,6 +25,7 @@ Example:
 
 from regfree.compat.adapter import ADAPTER_KINDS, EmbeddingAdapter
 from regfree.compat.adapter_fit import fit_adapter
+from regfree.compat.contrastive import CrossModelContrastiveLoss
 from regfree.compat.heads import CosineClassifier, extend_head, freeze, simplex_head
 from regfree.compat.losses import BackwardCompatibleLoss, EmbeddingRegressionLoss
 from regfree.compat.new_classes import NewClassMargin, fit_new_rows
@@ -37,6 +38,7 @@ __all__ = [
     "BackwardCompatibleLoss",
     "CompatibilityReport",
     "CosineClassifier",
+    "CrossModelContrastiveLoss",
     "EmbeddingRegressionLoss",
     "NewClassMargin",
     "ProjectedModel",
