@@ -18,25 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regfree.compat.losses import _check_weight
+from regfree.compat.losses import _check_shares, _check_weight
 from regfree.training.steps import TrainStep, step_embeddings, step_indices
 
 OldBatch = Union[torch.Tensor, Sequence[torch.Tensor]]
-
-
-def _check_version_weights(version_weights: Optional[Sequence[float]], versions: Optional[int]
-                           ) -> Optional[list[float]]:
-    if version_weights is None:
-        return None
-    values = list(version_weights)
-    count = len(values) if versions is None else versions
-    if len(values) != count or not values or not all(
-            isinstance(v, (int, float)) and np.isfinite(v) and v >= 0 for v in values) \
-            or not any(values):
-        expected = "" if versions is None else f"{versions} "
-        raise ValueError(f"version_weights must be {expected}finite numbers >= 0, not all 0 (one "
-                         f"per earlier version), got {version_weights!r}")
-    return [float(v) for v in values]
 
 
 def _as_cache(array, position: int) -> torch.Tensor:
@@ -114,8 +99,9 @@ class CrossModelContrastiveLoss(nn.Module):
         # plain attributes, not buffers: DistributedDataParallel would broadcast a buffer from
         # rank 0 at every step, and every process already holds the same caches
         self.old_embeddings: Optional[list[torch.Tensor]] = caches
-        self.version_weights = _check_version_weights(
-            version_weights, None if caches is None else len(caches))
+        versions = None if caches is None else len(caches)
+        self.version_weights = _check_shares(version_weights, versions, "version_weights",
+                                             "earlier version")
         self.weight = _check_weight(weight)
         self.temperature = float(temperature)
         self.name = name

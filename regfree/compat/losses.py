@@ -31,15 +31,20 @@ def _check_weight(weight: float) -> float:
     return float(weight)
 
 
-def _check_head_weights(head_weights: Optional[Sequence[float]], heads: int) -> list[float]:
-    if head_weights is None:
-        return [1.0] * heads
-    values = list(head_weights)
-    if len(values) != heads or not all(isinstance(v, (int, float)) and np.isfinite(v) and v >= 0
-                                       for v in values) or not any(values):
-        raise ValueError(f"head_weights must be {heads} finite numbers >= 0, not all 0 (one per "
-                         f"old head), got {head_weights!r}")
-    return [float(v) for v in values]
+def _check_shares(values: Optional[Sequence[float]], count: Optional[int], argument: str,
+                  each: str) -> Optional[list[float]]:
+    """``values`` as floats: ``count`` (any number when None) finite numbers >= 0, not all 0;
+    None stays None. ``argument`` and ``each`` ("old head", ...) word the error."""
+    if values is None:
+        return None
+    checked = list(values)
+    expected = len(checked) if count is None else count
+    if len(checked) != expected or not checked or not any(checked) or not all(
+            isinstance(v, (int, float)) and np.isfinite(v) and v >= 0 for v in checked):
+        number = "" if count is None else f"{count} "
+        raise ValueError(f"{argument} must be {number}finite numbers >= 0, not all 0 (one per "
+                         f"{each}), got {values!r}")
+    return [float(v) for v in checked]
 
 
 class BackwardCompatibleLoss(nn.Module):
@@ -113,7 +118,8 @@ class BackwardCompatibleLoss(nn.Module):
             raise ValueError(f"projection must be an nn.Module or None, got "
                              f"{type(projection).__name__}")
         self.old_heads = nn.ModuleList(freeze(h) for h in heads)
-        self.head_weights = _check_head_weights(head_weights, len(heads))
+        self.head_weights = (_check_shares(head_weights, len(heads), "head_weights", "old head")
+                             or [1.0] * len(heads))
         self.projection = projection
         self.weight = _check_weight(weight)
         self.unseen = unseen
