@@ -36,6 +36,7 @@ import torch
 
 from common import command_line
 from pct_study.cheap import (
+    CHEAP_TABLE,
     CHOSEN,
     TABLE_RECIPES,
     complete,
@@ -168,7 +169,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     data = load_data(setup)
     teachers = teachers_for(setup, workdir)
-    recipes = TABLE_RECIPES
+    recipes = table_recipes()
     if args.own_pick:
         sweep_json = out / f"{stem}_sweep.json"
         if not sweep_json.exists():
@@ -207,7 +208,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                           for r in done if r["run"].terms == ())
         notes.append(f"Plain v2's negative flips, pooled over its {rows[0]['seeds']} seeds: "
                      f"{plain_flips} (the resolution of every NFR / plain below).")
-        if len(recipes) > len(TABLE_RECIPES):
+        if len(recipes) > len(CHEAP_TABLE):
             notes.append(f"Row {Run(0, recipes[-1]).label()}: this dataset's own sweep pick "
                          f"(`{stem}_sweep.md`, --own-pick).")
         notes = setup_notes(setup, data, teachers) + notes + [

@@ -140,3 +140,20 @@ def test_off_by_default_training_and_checkpoints_unchanged(make_data, tmp_path):
                                    rtol=1e-6, atol=1e-7, err_msg=key)
         np.testing.assert_allclose(plain_saved["model"][key].numpy(), value.numpy(),
                                    rtol=1e-6, atol=1e-7, err_msg=key)
+
+
+def test_the_cheap_study_trains_its_ema_rows_with_fit_ema_decay():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    from pct_study.recipes import FocalDistillation, Run, WeightAveraging, run_from_record
+
+    run = Run(2, (FocalDistillation("kl", 1.0, 5.0, 100.0, 0.005), WeightAveraging(0.998)))
+    assert run.label() == "FD-KL a=1 b=5 T=100 w=0.005 + EMA 0.998"
+    assert run.family == "FD-KL+EMA"
+    assert run.fit_options() == {"ema_decay": 0.998}
+    assert Run(2, (FocalDistillation("kl"),)).fit_options() == {}
+    assert run_from_record(run.record()) == run
+    # averaging is a training option, not a loss term: only the distillation term is built
+    assert WeightAveraging(0.99).build(context=None) is None

@@ -192,10 +192,25 @@ class NoisyFocalDistillation:
                                      self.noise * feature_std)
 
 
+@dataclass(frozen=True)
+class WeightAveraging:
+    """Not a loss term: v2 trained with ``fit(ema_decay=decay)``, an exponential moving
+    average of its weights after every step, which it ends holding."""
+
+    decay: float
+    family = "EMA"
+
+    def label(self, alone: bool = True) -> str:
+        return f"EMA {self.decay:g}"
+
+    def build(self, context: TermContext) -> None:
+        return None
+
+
 TermSpec = Union[FocalDistillation, KnowledgeDistillation, Elodi, NoisyFocalDistillation,
-                 TopKInhibition]
+                 TopKInhibition, WeightAveraging]
 SPECS = {cls.__name__: cls for cls in (FocalDistillation, KnowledgeDistillation, Elodi,
-                                       NoisyFocalDistillation, TopKInhibition)}
+                                       NoisyFocalDistillation, TopKInhibition, WeightAveraging)}
 
 
 @dataclass(frozen=True)
@@ -219,7 +234,12 @@ class Run:
         return next(term for term in self.terms if isinstance(term, kind))
 
     def build_terms(self, context: TermContext) -> list:
-        return [term.build(context) for term in self.terms]
+        return [built for term in self.terms if (built := term.build(context)) is not None]
+
+    def fit_options(self) -> dict[str, Any]:
+        """fit's keywords for the run's non-loss specs (``ema_decay`` of a WeightAveraging)."""
+        averaging = [term for term in self.terms if isinstance(term, WeightAveraging)]
+        return {"ema_decay": averaging[0].decay} if averaging else {}
 
     def record(self) -> dict[str, Any]:
         """JSON-ready form (read back by :func:`run_from_record`)."""

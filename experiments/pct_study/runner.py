@@ -72,7 +72,7 @@ def run_v2(job: tuple[Run, Setup, str]) -> dict:
     fit_adam_cosine(model, (data.x_train, data.y_train),
                     loss_terms=run.build_terms(TermContext(setup, Path(workdir), data)),
                     epochs=setup.v2_epochs, lr=setup.lr, batch_size=setup.batch_size,
-                    seed=run.seed, progress=False)
+                    seed=run.seed, progress=False, **run.fit_options())
     if run.keep_weights:
         torch.save(model.state_dict(), member_path(Path(workdir), run.seed))
     seconds = time.perf_counter() - began
