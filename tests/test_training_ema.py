@@ -1,6 +1,11 @@
 """fit's ema_decay: the exponential moving average of the weights, validated, checkpointed and
 returned."""
 
+import json
+import os
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -143,9 +148,6 @@ def test_off_by_default_training_and_checkpoints_unchanged(make_data, tmp_path):
 
 
 def test_the_cheap_study_trains_its_ema_rows_with_fit_ema_decay():
-    import sys
-    from pathlib import Path
-
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
     from pct_study.recipes import FocalDistillation, Run, WeightAveraging, run_from_record
 
@@ -157,3 +159,33 @@ def test_the_cheap_study_trains_its_ema_rows_with_fit_ema_decay():
     assert run_from_record(run.record()) == run
     # averaging is a training option, not a loss term: only the distillation term is built
     assert WeightAveraging(0.99).build(context=None) is None
+
+
+def test_every_process_holds_the_same_average_under_torchrun(tmp_path):
+    from conftest import launch_ranks
+
+    done = launch_ranks(__file__, str(tmp_path))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    states = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    # each rank's batch-norm statistics see its half of every batch: the averaged buffers agree
+    # only because fit hands every rank rank 0's average
+    assert set(states[0]) == set(states[1])
+    for key in states[0]:
+        torch.testing.assert_close(states[1][key], states[0][key], rtol=0, atol=0, msg=key)
+    histories = [json.loads((tmp_path / f"history{r}.json").read_text()) for r in range(2)]
+    assert [e["val_error"] for e in histories[0]["epochs"]] == [
+        e["val_error"] for e in histories[1]["epochs"]]
+
+
+if __name__ == "__main__":  # run by torchrun from the test above: one process per rank
+    torch.set_num_threads(1)
+    from conftest import blobs
+
+    x, y = blobs(80, seed=0)
+    target = Path(sys.argv[1])
+    model = batchnorm_net()
+    history = fit(model, (x[:64], y[:64]), epochs=2, optimizer=sgd, batch_size=16, seed=3,
+                  val_data=(x[64:], y[64:]), progress=False, ema_decay=DECAY)
+    rank = int(os.environ["RANK"])
+    torch.save(model.state_dict(), target / f"rank{rank}.pt")
+    (target / f"history{rank}.json").write_text(json.dumps(history.to_dict()))
