@@ -154,8 +154,10 @@ def test_the_cheap_study_trains_its_ema_rows_with_fit_ema_decay():
     run = Run(2, (FocalDistillation("kl", 1.0, 5.0, 100.0, 0.005), WeightAveraging(0.998)))
     assert run.label() == "FD-KL a=1 b=5 T=100 w=0.005 + EMA 0.998"
     assert run.family == "FD-KL+EMA"
-    assert run.fit_options() == {"ema_decay": 0.998}
-    assert Run(2, (FocalDistillation("kl"),)).fit_options() == {}
+    assert run.fit_options(75 * 30) == {"ema_decay": 0.998}  # mnist1d's run: as stated
+    # a run of 480 steps (MNIST-5k) averages over the same share of itself
+    assert run.fit_options(480)["ema_decay"] == pytest.approx(1 - 0.002 * 2250 / 480)
+    assert Run(2, (FocalDistillation("kl"),)).fit_options(480) == {}
     assert run_from_record(run.record()) == run
     # averaging is a training option, not a loss term: only the distillation term is built
     assert WeightAveraging(0.99).build(context=None) is None

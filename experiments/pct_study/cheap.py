@@ -26,7 +26,7 @@ from pct_study.recipes import (
     WeightAveraging,
 )
 from pct_study.report import fmt_p
-from pct_study.runner import cosine_model
+from pct_study.runner import cosine_model, v2_steps
 from pct_study.settings import Data, Setup
 from regfree.pctraining import fit_blend
 from regfree.training import fit_adam_cosine
@@ -212,7 +212,7 @@ def measure_step_cost(setup: Setup, data: Data, workdir: Path, repeats: int = 3)
             began = time.process_time()  # this process's CPU time: other jobs do not count
             fit_adam_cosine(model, (data.x_train, data.y_train), loss_terms=loss_terms, epochs=1,
                             lr=setup.lr, batch_size=setup.batch_size, seed=0, progress=False,
-                            **Run(0, terms).fit_options())
+                            **Run(0, terms).fit_options(v2_steps(setup, data)))
             if round_:  # round 0 warms up (first calls, allocations)
                 best[terms] = min(best[terms], (time.process_time() - began) / steps)
     return {"ratios": {Run(0, t).label(): best[t] / best[()] for t in recipes},
