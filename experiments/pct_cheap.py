@@ -40,6 +40,7 @@ from pct_study.cheap import (
     CHOSEN,
     TABLE_RECIPES,
     complete,
+    ema_note,
     measure_step_cost,
     own_pick,
     sweep_markdown,
@@ -51,7 +52,7 @@ from pct_study.cheap import (
     table_runs,
 )
 from pct_study.recipes import Run
-from pct_study.runner import build_teachers, cosine_model, run_all
+from pct_study.runner import build_teachers, cosine_model, run_all, v2_steps
 from pct_study.settings import DIGITS, MNIST5K, QUICK, Data, Setup, load_data
 from regfree.atomic import atomic_write
 from regfree.reporting import write_text_atomic
@@ -190,7 +191,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             sweep = sweep_pick(results, data, teachers)
             if sweep is None:
                 return
-            write_text_atomic(out / f"{stem}_sweep.md", sweep_markdown(sweep, setup, command, cost))
+            write_text_atomic(out / f"{stem}_sweep.md", sweep_markdown(
+                sweep, setup, command, cost, v2_steps(setup, data)))
             raw = {"command": command, "seeds": sweep["seeds"], "pick": sweep["pick"]["run"].label(),
                    "runs": [{"run": r["run"].label(), "val": asdict(r["val"]),
                              "seconds": r["seconds"]} for r in sweep["runs"]]}
@@ -253,7 +255,7 @@ def setup_notes(setup: Setup, data: Data, teachers: dict) -> list[str]:
             "(`pct_cheap_mnist1d_sweep.md`). The blend rows combine v1's and v2's logits with "
             "regfree.pctraining.fit_blend, chosen per seed on validation within the error budget "
             "the row names; they train nothing but serve v1 beside v2 (v1 is a fraction of v2's "
-            "size)."]
+            "size).", ema_note(v2_steps(setup, data))]
 
 
 def three_term_rows(dataset: str, quick: bool) -> tuple[list[dict], list[str]]:

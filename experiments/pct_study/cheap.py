@@ -17,6 +17,7 @@ import numpy as np
 from common import cpu_name, mean_std
 from pct_study.analysis import averaged, pick, summarise
 from pct_study.recipes import (
+    REFERENCE_STEPS,
     FocalDistillation,
     KnowledgeDistillation,
     NoisyFocalDistillation,
@@ -136,7 +137,20 @@ def sweep_pick(results: list[dict], data: Data, teachers: dict) -> Optional[dict
             "seeds": sorted({r["run"].seed for r in done})}
 
 
-def sweep_markdown(sweep: dict, setup: Setup, command: str, cost: Optional[dict]) -> str:
+def ema_note(steps: int) -> str:
+    """How the EMA rows average in a run of ``steps`` optimizer steps."""
+    text = ("EMA rows: v2 trained with fit(ema_decay=...), the average of its weights over "
+            f"about 1 / (1 - decay) steps; the label's decay is per step of mnist1d's "
+            f"{REFERENCE_STEPS:,}-step run")
+    if steps == REFERENCE_STEPS:
+        return text + "."
+    return (text + f"; this run has {steps:,} steps, so EMA d averages over the same share of "
+            f"it with decay 1 - (1 - d) x {REFERENCE_STEPS} / {steps} (0.998: "
+            f"{WeightAveraging(0.998).decay_for(steps):.4f}).")
+
+
+def sweep_markdown(sweep: dict, setup: Setup, command: str, cost: Optional[dict],
+                   steps: int = REFERENCE_STEPS) -> str:
     plain = sweep["plain"]["val"]
     lines = [f"# Cheap positive-congruent recipe: validation sweep ({setup.dataset})", "",
              f"Command: `{command}` (CPU: {cpu_name()}). Seeds "
@@ -145,7 +159,7 @@ def sweep_markdown(sweep: dict, setup: Setup, command: str, cost: Optional[dict]
              f"Pick: lowest mean validation NFR among candidates whose mean validation error is "
              f"at most plain's + {GOAL_ERROR * 100:g} points (the goal's error budget). Mean over "
              "seeds, in %. Step cost: CPU time per training step over plain's (see the test "
-             "table).", "",
+             f"table). {ema_note(steps)}", "",
              "| run | val error | Δ error (points) | val NFR | NFR / plain | step cost | picked |",
              "|---|---:|---:|---:|---:|---:|---|"]
     for r in sweep["runs"]:
