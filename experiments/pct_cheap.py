@@ -36,9 +36,11 @@ import torch
 
 from common import command_line
 from pct_study.cheap import (
+    CHEAP_TABLE,
     CHOSEN,
     TABLE_RECIPES,
     complete,
+    ema_note,
     measure_step_cost,
     own_pick,
     sweep_markdown,
@@ -50,7 +52,7 @@ from pct_study.cheap import (
     table_runs,
 )
 from pct_study.recipes import Run
-from pct_study.runner import build_teachers, cosine_model, run_all
+from pct_study.runner import build_teachers, cosine_model, run_all, v2_steps
 from pct_study.settings import DIGITS, MNIST5K, QUICK, Data, Setup, load_data
 from regfree.atomic import atomic_write
 from regfree.reporting import write_text_atomic
@@ -168,7 +170,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     data = load_data(setup)
     teachers = teachers_for(setup, workdir)
-    recipes = TABLE_RECIPES
+    recipes = table_recipes()
     if args.own_pick:
         sweep_json = out / f"{stem}_sweep.json"
         if not sweep_json.exists():
@@ -189,7 +191,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             sweep = sweep_pick(results, data, teachers)
             if sweep is None:
                 return
-            write_text_atomic(out / f"{stem}_sweep.md", sweep_markdown(sweep, setup, command, cost))
+            write_text_atomic(out / f"{stem}_sweep.md", sweep_markdown(
+                sweep, setup, command, cost, v2_steps(setup, data)))
             raw = {"command": command, "seeds": sweep["seeds"], "pick": sweep["pick"]["run"].label(),
                    "runs": [{"run": r["run"].label(), "val": asdict(r["val"]),
                              "seconds": r["seconds"]} for r in sweep["runs"]]}
@@ -207,7 +210,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                           for r in done if r["run"].terms == ())
         notes.append(f"Plain v2's negative flips, pooled over its {rows[0]['seeds']} seeds: "
                      f"{plain_flips} (the resolution of every NFR / plain below).")
-        if len(recipes) > len(TABLE_RECIPES):
+        if len(recipes) > len(CHEAP_TABLE):
             notes.append(f"Row {Run(0, recipes[-1]).label()}: this dataset's own sweep pick "
                          f"(`{stem}_sweep.md`, --own-pick).")
         notes = setup_notes(setup, data, teachers) + notes + [
@@ -252,7 +255,7 @@ def setup_notes(setup: Setup, data: Data, teachers: dict) -> list[str]:
             "(`pct_cheap_mnist1d_sweep.md`). The blend rows combine v1's and v2's logits with "
             "regfree.pctraining.fit_blend, chosen per seed on validation within the error budget "
             "the row names; they train nothing but serve v1 beside v2 (v1 is a fraction of v2's "
-            "size)."]
+            "size).", ema_note(v2_steps(setup, data))]
 
 
 def three_term_rows(dataset: str, quick: bool) -> tuple[list[dict], list[str]]:

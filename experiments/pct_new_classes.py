@@ -3,7 +3,8 @@
 
 Setup: the cheap recipe's test setup (``pct_cheap.py``: mnist1d, v1 width 16 on a third of the
 training split, here only its samples of classes 0-4; v2 width 128 on all of it) and its rows:
-plain v2, FD-KL defaults, the cheap recipe's pick (``CHOSEN``) and the training-free blends.
+plain v2, FD-KL defaults, the cheap recipe's first pick (``PREVIOUS_PICK``) and the
+training-free blends.
 Focal distillation compares v2's logits of v1's five classes with v1's (the library's default
 rule for an old head with fewer classes, and MPT's: ``outputs[:, :C_old]``); two more rows run
 FD defaults and the pick with ``new_classes="zero"`` (v1 gives the classes it never saw

@@ -10,7 +10,7 @@ from scipy.special import softmax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 
-from pct_study.cheap import CHOSEN, TABLE_RECIPES  # noqa: E402
+from pct_study.cheap import PREVIOUS_PICK, TABLE_RECIPES  # noqa: E402
 from pct_study.new_classes import RECIPES, V1_CLASSES, new_class_rows  # noqa: E402
 from pct_study.recipes import Run  # noqa: E402
 from pct_study.settings import Data, Setup, load_data  # noqa: E402
@@ -96,7 +96,7 @@ def test_rows_score_seen_classes_apart_from_unseen_ones():
     assert fd_row["nfr_vs_plain"] == pytest.approx(0.5)
     assert fd_row["flips_to_new_classes"] == pytest.approx(1.0)
     assert fd_row["pfr"] == [pytest.approx(1 / seen.sum())]  # v1's one seen-class error, fixed
-    chosen = rows[Run(0, CHOSEN).label()]
+    chosen = rows[Run(0, PREVIOUS_PICK).label()]
     assert chosen["nfr"] == [0.0] and chosen["error_unseen"] == [0.0]
     assert any(label.startswith("blend of v1 and plain v2") for label in rows)
     # a seed missing one of the five runs leaves the table

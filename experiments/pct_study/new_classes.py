@@ -1,5 +1,6 @@
 """Seen and unseen classes (issue 15, MPT's setting): v1 knows classes 0..V1_CLASSES-1, v2 all
-ten. The table's rows are the cheap study's (plain, FD defaults, ``CHOSEN``, the blends), scored
+ten. The table's rows are the cheap study's shared rows (plain, FD defaults, the first sweep's
+pick ``PREVIOUS_PICK``, the blends), scored
 on the classes v1 knows (error, NFR with its intervals, PFR) and on the ones it never saw."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import numpy as np
 
 from common import cpu_name, mean_std
 from pct_study.analysis import group_by_label, summarise
-from pct_study.cheap import CHOSEN, TABLE_RECIPES, blend_results, complete
+from pct_study.cheap import PREVIOUS_PICK, TABLE_RECIPES, blend_results, complete
 from pct_study.recipes import FocalDistillation, Run
 from pct_study.report import fmt_p
 from pct_study.settings import Data, Setup
@@ -21,7 +22,7 @@ NUM_CLASSES = 10
 # saw probability zero (FocalDistillationLoss(new_classes="zero")): they also charge v2 for
 # moving a seen-class sample's probability to a new class
 RECIPES = TABLE_RECIPES + tuple((replace(fd, new_classes="zero"),)
-                                for fd in (FocalDistillation("kl"), CHOSEN[0]))
+                                for fd in (FocalDistillation("kl"), PREVIOUS_PICK[0]))
 
 
 def new_class_rows(results: list[dict], data: Data, teachers: dict) -> list[dict]:
@@ -30,7 +31,7 @@ def new_class_rows(results: list[dict], data: Data, teachers: dict) -> list[dict
     done = complete([r for r in results if r["run"].terms in RECIPES], len(RECIPES))
     if not done:
         return []
-    runs = done + blend_results(done, data, teachers)
+    runs = done + blend_results(done, data, teachers, recipe=PREVIOUS_PICK)
     y = data.y_test
     seen = y < V1_CLASSES
     on_seen = [{**r, "test": r["test"][seen]} for r in runs]

@@ -192,10 +192,36 @@ class NoisyFocalDistillation:
                                      self.noise * feature_std)
 
 
+# the steps of v2's training on mnist1d (9,600 samples in batches of 128, 30 epochs): the run
+# length a WeightAveraging decay is stated for
+REFERENCE_STEPS = 75 * 30
+
+
+@dataclass(frozen=True)
+class WeightAveraging:
+    """Not a loss term: v2 trained with ``fit(ema_decay=...)``, an exponential moving average
+    of its weights after every step, which it ends holding. ``decay`` is the per-step decay of
+    a run of ``REFERENCE_STEPS`` steps (mnist1d's); a run of another length gets the decay
+    whose average spans the same share of it (``1 - decay`` scaled by the ratio of lengths)."""
+
+    decay: float
+    family = "EMA"
+
+    def label(self, alone: bool = True) -> str:
+        return f"EMA {self.decay:g}"
+
+    def build(self, context: TermContext) -> None:
+        return None
+
+    def decay_for(self, steps: int) -> float:
+        """fit's ``ema_decay`` for a run of ``steps`` optimizer steps."""
+        return 1.0 - (1.0 - self.decay) * REFERENCE_STEPS / steps
+
+
 TermSpec = Union[FocalDistillation, KnowledgeDistillation, Elodi, NoisyFocalDistillation,
-                 TopKInhibition]
+                 TopKInhibition, WeightAveraging]
 SPECS = {cls.__name__: cls for cls in (FocalDistillation, KnowledgeDistillation, Elodi,
-                                       NoisyFocalDistillation, TopKInhibition)}
+                                       NoisyFocalDistillation, TopKInhibition, WeightAveraging)}
 
 
 @dataclass(frozen=True)
@@ -219,7 +245,13 @@ class Run:
         return next(term for term in self.terms if isinstance(term, kind))
 
     def build_terms(self, context: TermContext) -> list:
-        return [term.build(context) for term in self.terms]
+        return [built for term in self.terms if (built := term.build(context)) is not None]
+
+    def fit_options(self, steps: int) -> dict[str, Any]:
+        """fit's keywords for the run's non-loss specs in a run of ``steps`` optimizer steps
+        (``ema_decay`` of a WeightAveraging)."""
+        averaging = [term for term in self.terms if isinstance(term, WeightAveraging)]
+        return {"ema_decay": averaging[0].decay_for(steps)} if averaging else {}
 
     def record(self) -> dict[str, Any]:
         """JSON-ready form (read back by :func:`run_from_record`)."""

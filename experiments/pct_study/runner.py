@@ -72,7 +72,7 @@ def run_v2(job: tuple[Run, Setup, str]) -> dict:
     fit_adam_cosine(model, (data.x_train, data.y_train),
                     loss_terms=run.build_terms(TermContext(setup, Path(workdir), data)),
                     epochs=setup.v2_epochs, lr=setup.lr, batch_size=setup.batch_size,
-                    seed=run.seed, progress=False)
+                    seed=run.seed, progress=False, **run.fit_options(v2_steps(setup, data)))
     if run.keep_weights:
         torch.save(model.state_dict(), member_path(Path(workdir), run.seed))
     seconds = time.perf_counter() - began
@@ -81,6 +81,11 @@ def run_v2(job: tuple[Run, Setup, str]) -> dict:
     return {"run": run, "seconds": seconds, "val": logits["val"].argmax(1),
             "test": logits["test"].argmax(1), "val_logits": logits["val"],
             "test_logits": logits["test"]}
+
+
+def v2_steps(setup: Setup, data: Data) -> int:
+    """Optimizer steps of one v2 training."""
+    return int(np.ceil(len(data.y_train) / setup.batch_size)) * setup.v2_epochs
 
 
 def member_path(workdir: Path, seed: int) -> Path:

@@ -15,6 +15,7 @@ from torch import nn
 
 from regfree.metrics import error_rate, flip_totals
 from regfree.progress import progress_bar
+from regfree.training.averaging import WeightAverage, start_average
 from regfree.training.batches import call_model, model_dtype, to_model
 from regfree.training.checkpoint import (
     checkpoint_path,
@@ -104,6 +105,7 @@ class _Session:
     ctx: ProcessContext
     options: FitOptions
     history: History
+    average: Optional[WeightAverage] = None  # fit's ema_decay
     start: int = 0  # first epoch to run (after a resume, the epochs already done)
 
 
@@ -136,7 +138,8 @@ def _start(model: nn.Module, terms: list[LossTerm], ctx: ProcessContext,
     if ctx.distributed:
         ids = [ctx.device] if ctx.device.type == "cuda" else None
         runner = nn.parallel.DistributedDataParallel(objective, device_ids=ids)
-    return _Session(model, objective, runner, opt, sched, scaler, ctx, options, History())
+    return _Session(model, objective, runner, opt, sched, scaler, ctx, options, History(),
+                    start_average(model, options.ema_decay))
 
 
 def _restore(session: _Session, feed: Feed) -> None:
@@ -145,7 +148,7 @@ def _restore(session: _Session, feed: Feed) -> None:
     if found is None:
         return
     state = load_checkpoint(found, map_location=session.ctx.device)
-    for key, value in session.options.resume_key(feed.num_samples).items():
+    for key, value in _config(session, feed).items():
         if state["config"].get(key) != value:
             raise ValueError(f"resume: {found} was trained with {key}="
                              f"{state['config'].get(key)!r}, this call has {value!r}")
@@ -158,6 +161,8 @@ def _restore(session: _Session, feed: Feed) -> None:
         session.sched.load_state_dict(state["scheduler"])
     if session.scaler is not None and state.get("scaler") is not None:
         session.scaler.load_state_dict(state["scaler"])
+    if session.average is not None:
+        session.average.load_state_dict(state["averaged_model"])
     generators = feed.generators()
     if len(state.get("loader_rng", [])) == len(generators):
         for gen, rng_state in zip(generators, state.get("loader_rng", [])):
@@ -198,6 +203,8 @@ def _run_epoch(session: _Session, feed: Feed, epoch: int) -> list[float]:
             scaler.update()
         else:
             opt.step()
+        if session.average is not None:
+            session.average.update(session.model)
         count += batch.count
         sums += torch.stack([total.detach(), ce.detach(), *[v.detach() for v in values]]
                             ).double() * batch.count
@@ -216,8 +223,10 @@ def _validate(session: _Session, data: FitData
     the inputs are missing)."""
     if data.val is None:
         return None, None, None, None
-    session.model.eval()
-    labels, preds, old = data.val.outcomes(session.model, session.ctx, session.options.amp)
+    # with ema_decay, the averaged weights are the ones fit returns, so they are validated
+    model = session.model if session.average is None else session.average.model
+    model.eval()
+    labels, preds, old = data.val.outcomes(model, session.ctx, session.options.amp)
     if old is None:
         return error_rate(labels, preds, validate=False), None, None, None
     totals = flip_totals(labels, old, preds, validate=False)
@@ -225,15 +234,23 @@ def _validate(session: _Session, data: FitData
     return totals.error_rate_new, totals.nfr, totals.pfr, flips
 
 
+def _config(session: _Session, feed: Feed) -> dict[str, Any]:
+    """What a checkpoint records of its run and a resuming call must match."""
+    return {**session.options.resume_key(feed.num_samples),
+            "ema_decay": session.options.ema_decay}
+
+
 def _checkpoint(session: _Session, epochs_done: int, feed: Feed) -> None:
     """Rank 0 writes ``epoch_NNNN.pt`` (atomic rename); every rank waits for it."""
     if session.ctx.is_main:
         sched, scaler = session.sched, session.scaler
         save_checkpoint(checkpoint_path(session.options.checkpoint_dir, epochs_done), {
-            "epoch": epochs_done, "config": session.options.resume_key(feed.num_samples),
+            "epoch": epochs_done, "config": _config(session, feed),
             "model": session.model.state_dict(), "optimizer": session.opt.state_dict(),
             "scheduler": sched.state_dict() if sched is not None else None,
             "scaler": scaler.state_dict() if scaler is not None else None,
+            "averaged_model": (session.average.state_dict()
+                               if session.average is not None else None),
             "loss_terms": session.objective.trainable_term_states(),
             "history": session.history.to_dict(),
             "loader_rng": [gen.get_state() for gen in feed.generators()],
@@ -262,6 +279,8 @@ def train(model: nn.Module, data: FitData, ctx: ProcessContext, options: FitOpti
     for epoch in bar:
         began = time.perf_counter()
         means = _run_epoch(session, data.train, epoch)
+        if session.average is not None:
+            session.average.sync(ctx)
         val_error, val_nfr, val_pfr, flips = _validate(session, data)
         stats = EpochStats(epoch=epoch + 1, train_loss=means[0], train_ce=means[1],
                            terms=dict(zip(session.objective.names, means[2:])),
@@ -276,5 +295,7 @@ def train(model: nn.Module, data: FitData, ctx: ProcessContext, options: FitOpti
         if options.checkpoint_dir is not None:
             _checkpoint(session, epoch + 1, data.train)
     bar.close()
+    if session.average is not None:
+        session.average.copy_to(model)
     model.eval()
     return session.history

@@ -9,6 +9,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import nn
 
+from regfree.training.averaging import check_ema_decay
 from regfree.training.data import check_num_workers
 from regfree.training.nfr_watch import check_nfr_warning
 
@@ -44,6 +45,7 @@ class FitOptions:
     shuffle: bool = True
     num_workers: int = 0
     nfr_warning: str = "once"
+    ema_decay: Optional[float] = None
 
     def __post_init__(self) -> None:
         if int(self.epochs) != self.epochs or self.epochs < 1:
@@ -61,6 +63,7 @@ class FitOptions:
         object.__setattr__(self, "batch_size", int(self.batch_size))
         object.__setattr__(self, "seed", int(self.seed))
         object.__setattr__(self, "num_workers", num_workers)
+        object.__setattr__(self, "ema_decay", check_ema_decay(self.ema_decay))
 
     def resume_key(self, num_samples: Optional[int]) -> dict[str, Optional[int]]:
         """What a checkpoint must share with this call to be resumed by it."""
