@@ -75,6 +75,8 @@ def test_final_weights_are_the_hand_computed_moving_average(make_data):
     for key in expected:
         np.testing.assert_allclose(got[key].numpy(), expected[key].numpy(), rtol=1e-5,
                                    atol=1e-6, err_msg=key)
+    # counters are copied, not averaged: batch norm has counted every step
+    assert int(averaged[1].num_batches_tracked) == int(raw[1].num_batches_tracked) == 12
     # the average is not the last step's weights
     assert not np.allclose(got["3.weight"].numpy(), float_state(raw)["3.weight"].numpy(),
                            atol=1e-3)

@@ -4,7 +4,8 @@ After every optimizer step the average moves toward the current weights,
 ``avg <- decay * avg + (1 - decay) * weights`` (the first step copies them), with torch's
 :class:`~torch.optim.swa_utils.AveragedModel` and :func:`~torch.optim.swa_utils.get_ema_multi_avg_fn`.
 Buffers (batch-norm running statistics) are averaged too (``use_buffers=True``), so the averaged
-model's statistics belong to the averaged weights rather than to the last step's.
+model's statistics belong to the averaged weights rather than to the last step's; integer
+buffers (batch norm's step counter) are counts, copied from the model.
 """
 
 from __future__ import annotations
@@ -61,8 +62,13 @@ class WeightAverage:
         return self.averaged.module
 
     def update(self, model: nn.Module) -> None:
-        """Move the average toward ``model``'s current weights and buffers (after a step)."""
+        """Move the average toward ``model``'s current weights and buffers (after a step);
+        integer buffers (batch norm's ``num_batches_tracked``) are counters and are copied."""
         self.averaged.update_parameters(model)
+        with torch.no_grad():
+            for mean, current in zip(self.averaged.module.buffers(), model.buffers()):
+                if not mean.is_floating_point():
+                    mean.copy_(current)
 
     def sync(self, ctx: ProcessContext) -> None:
         """Give every process rank 0's average. Parameters already agree (DDP steps every rank
