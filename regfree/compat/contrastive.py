@@ -18,19 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regfree.compat.losses import _check_shares, _check_weight
-from regfree.training.steps import TrainStep, step_embeddings, step_indices
+from regfree.compat.losses import (
+    _as_cache,
+    _check_batch,
+    _check_shares,
+    _check_weight,
+    _rows_at,
+)
+from regfree.training.steps import TrainStep, step_embeddings
 
 OldBatch = Union[torch.Tensor, Sequence[torch.Tensor]]
-
-
-def _as_cache(array, position: int) -> torch.Tensor:
-    cache = array.detach() if isinstance(array, torch.Tensor) else torch.as_tensor(
-        np.asarray(array))
-    if cache.dim() != 2 or not cache.is_floating_point():
-        raise ValueError(f"old_embeddings[{position}] must be a float (N, D) array, got shape "
-                         f"{tuple(cache.shape)} and dtype {cache.dtype}")
-    return cache.float().clone()
 
 
 class CrossModelContrastiveLoss(nn.Module):
@@ -91,7 +88,7 @@ class CrossModelContrastiveLoss(nn.Module):
             if not arrays:
                 raise ValueError("old_embeddings must be an (N, D) array or a non-empty sequence "
                                  "of them (one per earlier version), got an empty sequence")
-            caches = [_as_cache(a, p) for p, a in enumerate(arrays)]
+            caches = [_as_cache(a, f"old_embeddings[{p}]") for p, a in enumerate(arrays)]
             if len({tuple(c.shape) for c in caches}) != 1:
                 raise ValueError("old_embeddings must all have the same shape (N, D): the same "
                                  "training set and the new model's embedding size, got "
@@ -119,12 +116,7 @@ class CrossModelContrastiveLoss(nn.Module):
         Returns:
             A scalar tensor, differentiable in ``new_embeddings`` only.
         """
-        if new_embeddings.dim() != 2:
-            raise ValueError(f"new_embeddings must have shape (B, D), got "
-                             f"{tuple(new_embeddings.shape)}")
-        if targets.shape != new_embeddings.shape[:1]:
-            raise ValueError(f"targets must have shape ({new_embeddings.shape[0]},), got "
-                             f"{tuple(targets.shape)}")
+        _check_batch(new_embeddings, targets)
         olds = [old_embeddings] if isinstance(old_embeddings, torch.Tensor) \
             else list(old_embeddings)
         if not olds:
@@ -156,12 +148,6 @@ class CrossModelContrastiveLoss(nn.Module):
             raise ValueError("CrossModelContrastiveLoss in fit needs old_embeddings, each old "
                              "model's (N, D) embeddings of the whole training set: "
                              "CrossModelContrastiveLoss([v1_embeddings, ...], ...)")
-        indices = step_indices(step, "CrossModelContrastiveLoss").cpu()
-        rows = len(self.old_embeddings[0])
-        if indices.numel() and int(indices.max()) >= rows:
-            raise ValueError(f"step.indices reach {int(indices.max())} but old_embeddings has "
-                             f"{rows} rows; cache the whole training set")
-        if self.old_embeddings[0].device != embeddings.device:
-            self.old_embeddings = [c.to(embeddings.device) for c in self.old_embeddings]
-        indices = indices.to(embeddings.device)
-        return embeddings, [c[indices] for c in self.old_embeddings], step.targets
+        self.old_embeddings, rows = _rows_at(self.old_embeddings, step,
+                                             "CrossModelContrastiveLoss", embeddings.device)
+        return embeddings, rows, step.targets

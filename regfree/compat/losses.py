@@ -47,6 +47,39 @@ def _check_shares(values: Optional[Sequence[float]], count: Optional[int], argum
     return [float(v) for v in checked]
 
 
+def _check_batch(new_embeddings: torch.Tensor, targets: torch.Tensor) -> None:
+    """A ``(B, D)`` batch of embeddings and its ``(B,)`` targets, or an error naming them."""
+    if new_embeddings.dim() != 2:
+        raise ValueError(f"new_embeddings must have shape (B, D), got "
+                         f"{tuple(new_embeddings.shape)}")
+    if targets.shape != new_embeddings.shape[:1]:
+        raise ValueError(f"targets must have shape ({new_embeddings.shape[0]},), got "
+                         f"{tuple(targets.shape)}")
+
+
+def _as_cache(array, name: str) -> torch.Tensor:
+    """A float32 copy of an ``(N, D)`` array of old embeddings (``name`` words the error)."""
+    cache = array.detach() if isinstance(array, torch.Tensor) else torch.as_tensor(
+        np.asarray(array))
+    if cache.dim() != 2 or not cache.is_floating_point():
+        raise ValueError(f"{name} must be a float (N, D) array, got shape {tuple(cache.shape)} "
+                         f"and dtype {cache.dtype}")
+    return cache.float().clone()
+
+
+def _rows_at(caches: list[torch.Tensor], step: TrainStep, owner: str, device: torch.device
+             ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The caches on ``device`` (moved once, kept by the caller) and their rows at the step's
+    sample indices; an error when the indices reach past the cached training set."""
+    indices = step_indices(step, owner).cpu()
+    if indices.numel() and int(indices.max()) >= len(caches[0]):
+        raise ValueError(f"step.indices reach {int(indices.max())} but old_embeddings has "
+                         f"{len(caches[0])} rows; cache the whole training set")
+    caches = [c if c.device == device else c.to(device) for c in caches]
+    indices = indices.to(device)
+    return caches, [c[indices] for c in caches]
+
+
 class BackwardCompatibleLoss(nn.Module):
     """BCT influence loss ``weight * CE(old_head(new_embeddings), targets)``, old head frozen.
 
@@ -148,12 +181,7 @@ class BackwardCompatibleLoss(nn.Module):
         Returns:
             The weighted mean cross-entropy (0 when no sample is usable under ``unseen="ignore"``).
         """
-        if new_embeddings.dim() != 2:
-            raise ValueError(f"new_embeddings must have shape (B, D), got "
-                             f"{tuple(new_embeddings.shape)}")
-        if targets.shape != new_embeddings.shape[:1]:
-            raise ValueError(f"targets must have shape ({new_embeddings.shape[0]},), got "
-                             f"{tuple(targets.shape)}")
+        _check_batch(new_embeddings, targets)
         if self.projection is not None:
             new_embeddings = self.projection(new_embeddings)
         total, used, accuracy = new_embeddings.sum() * 0.0, [], None
@@ -206,14 +234,7 @@ class EmbeddingRegressionLoss(nn.Module):
     def __init__(self, old_embeddings=None, weight: float = 1.0, normalize: bool = False,
                  name: str = "l2") -> None:
         super().__init__()
-        cache = None
-        if old_embeddings is not None:
-            cache = old_embeddings.detach() if isinstance(old_embeddings, torch.Tensor) \
-                else torch.as_tensor(np.asarray(old_embeddings))
-            if cache.dim() != 2 or not cache.is_floating_point():
-                raise ValueError(f"old_embeddings must be a float (N, D) array, got shape "
-                                 f"{tuple(cache.shape)} and dtype {cache.dtype}")
-            cache = cache.float().clone()
+        cache = None if old_embeddings is None else _as_cache(old_embeddings, "old_embeddings")
         # a plain attribute, not a buffer: DistributedDataParallel would broadcast a buffer from
         # rank 0 at every step, and every process already holds the same cache
         self.old_embeddings: Optional[torch.Tensor] = cache
@@ -249,10 +270,6 @@ class EmbeddingRegressionLoss(nn.Module):
             raise ValueError("EmbeddingRegressionLoss in fit needs old_embeddings, the old "
                              "model's (N, D) embeddings of the whole training set: "
                              "EmbeddingRegressionLoss(old_embeddings, ...)")
-        indices = step_indices(step, "EmbeddingRegressionLoss").cpu()
-        if indices.numel() and int(indices.max()) >= len(self.old_embeddings):
-            raise ValueError(f"step.indices reach {int(indices.max())} but old_embeddings has "
-                             f"{len(self.old_embeddings)} rows; cache the whole training set")
-        if self.old_embeddings.device != embeddings.device:
-            self.old_embeddings = self.old_embeddings.to(embeddings.device)
-        return embeddings, self.old_embeddings[indices.to(embeddings.device)]
+        (self.old_embeddings,), (rows,) = _rows_at([self.old_embeddings], step,
+                                                   "EmbeddingRegressionLoss", embeddings.device)
+        return embeddings, rows
