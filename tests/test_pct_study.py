@@ -131,7 +131,7 @@ def test_a_sweep_reusing_saved_rows_picks_among_them_against_plain_trained_here(
 
     y = np.zeros(100, dtype=int)
     old = np.zeros(100, dtype=int)  # v1 right everywhere: every error of v2 is a negative flip
-    new_terms = [t for t in CANDIDATES[-3:]]
+    new_terms = [t for t in CANDIDATES[-5:-2]]
     wrong = {(): 4, new_terms[0]: 3, new_terms[1]: 5, new_terms[2]: 9}
     results = []
     for terms, errors in wrong.items():
@@ -141,7 +141,7 @@ def test_a_sweep_reusing_saved_rows_picks_among_them_against_plain_trained_here(
     scores = {"error": 0.02, "nfr": 0.02, "pfr": 0.0, "relative_nfr": 1.0, "negative_flips": 4,
               "n": 200}
     saved = [{"run": Run(0, terms).label(), "val": {**scores, "nfr": 0.035 + 0.001 * i},
-              "seconds": 2.0} for i, terms in enumerate(CANDIDATES[1:-3])]
+              "seconds": 2.0} for i, terms in enumerate(CANDIDATES[1:-5] + CANDIDATES[-2:])]
     saved.append({"run": "plain", "val": {**scores, "error": 0.5}, "seconds": 2.0})
     data = SimpleNamespace(y_val=y, y_test=y)
     sweep = sweep_pick(results, data, {"v1_val": old}, saved)

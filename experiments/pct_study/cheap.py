@@ -68,6 +68,9 @@ CANDIDATES: tuple[tuple, ...] = (
     (FocalDistillation("kl"), WeightAveraging(0.998), LearningRateFloor(0.2)),
     (FocalDistillation("kl", 1.0, 5.0, 100.0, 0.01), WeightAveraging(0.998),
      LearningRateFloor(0.2)),
+    # the floor without the average: whether the average or the floor does the work
+    (LearningRateFloor(0.2),),
+    (FocalDistillation("kl"), LearningRateFloor(0.2)),
 )
 # The test table's recipe: the sweep's pick (results/pct_cheap_mnist1d_sweep.md); the table says
 # whether the saved sweep still picks it.
