@@ -14,7 +14,9 @@ the work and a cut-short run leaves its partial table):
     OMP_NUM_THREADS=1 nohup .venv/bin/python experiments/pct_cheap.py --step-cost
 (or one process per seed: ``--seeds 0``, ``--seeds 1``, ...; processes claim each run before
 training it, so overlapping seed lists share the work; ``--report`` rewrites the table from what
-is saved; after a crash delete the run folder's ``*.claim`` files). ``--dataset mnist5k`` for the real digits (``--dataset digits``: scikit-learn's 8x8 digits, an
+is saved; after a crash delete the run folder's ``*.claim`` files; ``--reuse-saved`` with ``--split val``
+trains plain and only the candidates missing from the saved sweep JSON, taking the other rows
+from it, for when its runs were not kept). ``--dataset mnist5k`` for the real digits (``--dataset digits``: scikit-learn's 8x8 digits, an
 MLP); ``--quick`` for a smoke run.
 Writes ``experiments/results/pct_cheap_<dataset>_{sweep,test}.{md,json}``.
 """
