@@ -14,7 +14,9 @@ the work and a cut-short run leaves its partial table):
     OMP_NUM_THREADS=1 nohup .venv/bin/python experiments/pct_cheap.py --step-cost
 (or one process per seed: ``--seeds 0``, ``--seeds 1``, ...; processes claim each run before
 training it, so overlapping seed lists share the work; ``--report`` rewrites the table from what
-is saved; after a crash delete the run folder's ``*.claim`` files). ``--dataset mnist5k`` for the real digits (``--dataset digits``: scikit-learn's 8x8 digits, an
+is saved; after a crash delete the run folder's ``*.claim`` files; ``--reuse-saved`` with ``--split val``
+trains plain and only the candidates missing from the saved sweep JSON, taking the other rows
+from it, for when its runs were not kept). ``--dataset mnist5k`` for the real digits (``--dataset digits``: scikit-learn's 8x8 digits, an
 MLP); ``--quick`` for a smoke run.
 Writes ``experiments/results/pct_cheap_<dataset>_{sweep,test}.{md,json}``.
 """
@@ -141,6 +143,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--baselines-only", action="store_true",
                         help="test split: train plain and FD defaults only (not the chosen "
                              "recipe; no step-cost timing), e.g. while the sweep still runs")
+    parser.add_argument("--reuse-saved", action="store_true",
+                        help="val split: train plain and only the candidates missing from the "
+                             "saved pct_cheap_<dataset>_sweep.json; the others' rows come from "
+                             "it (for when the earlier runs were not kept)")
     parser.add_argument("--jobs", type=int, default=1, help="parallel training processes")
     parser.add_argument("--epochs", type=int, metavar="N",
                         help="v2's epochs (default: the setup's); another number saves its runs "
@@ -177,6 +183,16 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"--own-pick needs {sweep_json}: run the sweep first", file=sys.stderr)
             return 2
         recipes = table_recipes(own_pick(json.loads(sweep_json.read_text())["pick"]))
+    saved = None
+    if args.reuse_saved:
+        sweep_json = out / f"{stem}_sweep.json"
+        if args.split != "val" or not sweep_json.exists():
+            print(f"--reuse-saved needs --split val and {sweep_json}", file=sys.stderr)
+            return 2
+        saved = json.loads(sweep_json.read_text())
+        saved.setdefault("reused_from", saved["command"])
+        # a sweep rewritten by --reuse-saved marks which of its rows were reused
+        saved["runs"] = [r for r in saved["runs"] if r.get("saved", True)]
     cost_path = workdir / "step_cost.json"
     if args.step_cost:
         print("timing the recipes' training steps side by side ...", flush=True)
@@ -188,14 +204,18 @@ def main(argv: Optional[list[str]] = None) -> int:
         command = trained_by(argv, results)
         cost = json.loads(cost_path.read_text()) if cost_path.exists() else None
         if args.split == "val":
-            sweep = sweep_pick(results, data, teachers)
+            sweep = sweep_pick(results, data, teachers, saved and saved["runs"])
             if sweep is None:
                 return
             write_text_atomic(out / f"{stem}_sweep.md", sweep_markdown(
-                sweep, setup, command, cost, v2_steps(setup, data)))
+                sweep, setup, command, cost, v2_steps(setup, data),
+                saved_from=saved and saved["reused_from"]))
             raw = {"command": command, "seeds": sweep["seeds"], "pick": sweep["pick"]["run"].label(),
                    "runs": [{"run": r["run"].label(), "val": asdict(r["val"]),
-                             "seconds": r["seconds"]} for r in sweep["runs"]]}
+                             "seconds": r["seconds"], "saved": bool(r.get("saved"))}
+                            for r in sweep["runs"]]}
+            if saved:
+                raw["reused_from"] = saved["reused_from"]
             write_text_atomic(out / f"{stem}_sweep.json", json.dumps(raw, indent=1))
             return
         if not any(r["run"].terms == () for r in results):
@@ -226,6 +246,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                         else table_runs(args.seeds, recipes))
             if not run_path(folder, r).exists()
             and not (args.baselines_only and r.terms not in TABLE_RECIPES[:2])]
+    if saved:  # the missing candidates first, then plain (the reference the pick rule needs)
+        reused = {r["run"] for r in saved["runs"]} - {"plain"}
+        todo = sorted((r for r in todo if r.label() not in reused), key=lambda r: r.terms == ())
 
     def save(results: list[dict]) -> None:
         result = results[-1]

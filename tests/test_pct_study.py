@@ -4,6 +4,7 @@ of the table, without training anything."""
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
@@ -109,3 +110,46 @@ def test_a_cheap_run_is_claimed_by_one_process_only(tmp_path):
     assert not claim(tmp_path, run)  # a second process skips it
     run_path(tmp_path, Run(1)).write_bytes(b"saved")
     assert not claim(tmp_path, Run(1))  # already saved
+
+
+def test_a_learning_rate_floor_is_a_fit_option_beside_the_average():
+    from pct_study.recipes import LearningRateFloor, WeightAveraging
+
+    run = Run(1, (FocalDistillation("kl"), WeightAveraging(0.998), LearningRateFloor(0.2)))
+    assert run.label() == "FD-KL defaults + EMA 0.998 + LR cosine to 0.2x"
+    assert run.family == "FD-KL+EMA+LR floor"
+    assert run.fit_options(75 * 30) == {"ema_decay": 0.998, "lr_floor": 0.2}
+    assert Run(1, (LearningRateFloor(0.1),)).fit_options(480) == {"lr_floor": 0.1}
+    assert LearningRateFloor(0.2).build(context=None) is None
+    assert run_from_record(run.record()) == run
+
+
+def test_a_sweep_reusing_saved_rows_picks_among_them_against_plain_trained_here():
+    from types import SimpleNamespace
+
+    from pct_study.cheap import CANDIDATES, sweep_pick
+
+    y = np.zeros(100, dtype=int)
+    old = np.zeros(100, dtype=int)  # v1 right everywhere: every error of v2 is a negative flip
+    new_terms = [t for t in CANDIDATES[-5:-2]]
+    wrong = {(): 4, new_terms[0]: 3, new_terms[1]: 5, new_terms[2]: 9}
+    results = []
+    for terms, errors in wrong.items():
+        val = y.copy()
+        val[:errors] = 1
+        results.append({"run": Run(7, terms), "val": val, "seconds": 1.0})
+    scores = {"error": 0.02, "nfr": 0.02, "pfr": 0.0, "relative_nfr": 1.0, "negative_flips": 4,
+              "n": 200}
+    saved = [{"run": Run(0, terms).label(), "val": {**scores, "nfr": 0.035 + 0.001 * i},
+              "seconds": 2.0} for i, terms in enumerate(CANDIDATES[1:-5] + CANDIDATES[-2:])]
+    saved.append({"run": "plain", "val": {**scores, "error": 0.5}, "seconds": 2.0})
+    data = SimpleNamespace(y_val=y, y_test=y)
+    sweep = sweep_pick(results, data, {"v1_val": old}, saved)
+    assert len(sweep["runs"]) == len(CANDIDATES)
+    assert sweep["plain"]["val"].error == pytest.approx(0.04)  # trained here, not the saved 0.5
+    assert sum(bool(r.get("saved")) for r in sweep["runs"]) == len(CANDIDATES) - 4
+    # within plain + 0.3 points: the 3-error new candidate (NFR 3%) beats every saved row
+    assert sweep["pick"]["run"].terms == new_terms[0]
+    assert sweep["seeds"] == [7]
+    # without plain trained here there is no reference: no sweep yet
+    assert sweep_pick(results[1:], data, {"v1_val": old}, saved) is None

@@ -326,6 +326,20 @@ def test_fit_adam_cosine_is_fit_with_adam_and_a_cosine_schedule(make_data, make_
         fit_adam_cosine(make_model(), (x, y), epochs=1, lr=1e-3, optimizer=adam)
 
 
+def test_fit_adam_cosine_lr_floor_ends_the_cosine_at_a_fraction_of_lr(make_data, make_model):
+    x, y = make_data()
+    history = fit_adam_cosine(make_model(), (x, y), epochs=3, lr=4e-3, lr_floor=0.25,
+                              batch_size=32, seed=4, progress=False)
+    # cosine from 4e-3 to 1e-3: 1e-3 + 3e-3 * (1 + cos(pi * epoch / 3)) / 2 after each epoch
+    assert [e.lr for e in history.epochs] == pytest.approx([3.25e-3, 1.75e-3, 1e-3])
+    constant = fit_adam_cosine(make_model(), (x, y), epochs=2, lr=4e-3, lr_floor=1.0,
+                               batch_size=32, seed=4, progress=False)
+    assert [e.lr for e in constant.epochs] == pytest.approx([4e-3, 4e-3])
+    for bad in (-0.1, 1.5, "0.1"):
+        with pytest.raises(ValueError, match=r"lr_floor must be a fraction of lr in \[0, 1\]"):
+            fit_adam_cosine(make_model(), (x, y), epochs=1, lr=1e-3, lr_floor=bad)
+
+
 def test_fit_options_check_and_normalise_what_fit_was_given():
     options = FitOptions(epochs=2.0, optimizer=adam, batch_size=16.0, seed=np.int64(3))
     assert (options.epochs, options.batch_size, options.seed) == (2, 16, 3)

@@ -218,10 +218,27 @@ class WeightAveraging:
         return 1.0 - (1.0 - self.decay) * REFERENCE_STEPS / steps
 
 
+@dataclass(frozen=True)
+class LearningRateFloor:
+    """Not a loss term: v2's cosine learning rate ends at ``fraction`` of the base rate instead
+    of zero (``fit_adam_cosine(lr_floor=...)``), so that its last weights still move and a
+    weight average beside it (:class:`WeightAveraging`) has noise to remove."""
+
+    fraction: float
+    family = "LR floor"
+
+    def label(self, alone: bool = True) -> str:
+        return f"LR cosine to {self.fraction:g}x"
+
+    def build(self, context: TermContext) -> None:
+        return None
+
+
 TermSpec = Union[FocalDistillation, KnowledgeDistillation, Elodi, NoisyFocalDistillation,
-                 TopKInhibition, WeightAveraging]
+                 TopKInhibition, WeightAveraging, LearningRateFloor]
 SPECS = {cls.__name__: cls for cls in (FocalDistillation, KnowledgeDistillation, Elodi,
-                                       NoisyFocalDistillation, TopKInhibition, WeightAveraging)}
+                                       NoisyFocalDistillation, TopKInhibition, WeightAveraging,
+                                       LearningRateFloor)}
 
 
 @dataclass(frozen=True)
@@ -248,10 +265,16 @@ class Run:
         return [built for term in self.terms if (built := term.build(context)) is not None]
 
     def fit_options(self, steps: int) -> dict[str, Any]:
-        """fit's keywords for the run's non-loss specs in a run of ``steps`` optimizer steps
-        (``ema_decay`` of a WeightAveraging)."""
-        averaging = [term for term in self.terms if isinstance(term, WeightAveraging)]
-        return {"ema_decay": averaging[0].decay_for(steps)} if averaging else {}
+        """fit_adam_cosine's keywords for the run's non-loss specs in a run of ``steps``
+        optimizer steps (``ema_decay`` of a WeightAveraging, ``lr_floor`` of a
+        LearningRateFloor)."""
+        options: dict[str, Any] = {}
+        for term in self.terms:
+            if isinstance(term, WeightAveraging):
+                options["ema_decay"] = term.decay_for(steps)
+            elif isinstance(term, LearningRateFloor):
+                options["lr_floor"] = term.fraction
+        return options
 
     def record(self) -> dict[str, Any]:
         """JSON-ready form (read back by :func:`run_from_record`)."""
