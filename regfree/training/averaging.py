@@ -55,6 +55,7 @@ class WeightAverage:
         self.decay = check_ema_decay(decay)
         self.averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.decay),
                                       use_buffers=True)
+        self.averaged.requires_grad_(False)  # evaluated and copied, never trained
 
     @property
     def model(self) -> nn.Module:
