@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from regfree.pctraining.distances import at_least_float32, kl_distance, logit_distance
-from regfree.pctraining.weighting import focal_weights, old_correct, uniform_weights
+from regfree.pctraining.weighting import focal_weighting, old_correct, uniform_weights
 
 if TYPE_CHECKING:
     from regfree.training.steps import TrainStep
@@ -221,10 +221,9 @@ class FocalDistillationLoss(DistillationLoss):
         temperature = defaults["temperature"] if temperature is None else temperature
         if weight is None:
             weight = defaults["weight"] if isinstance(kind, str) else 1.0
-        if alpha < 0 or beta < 0 or alpha + beta == 0:
-            raise ValueError(f"alpha and beta must be >= 0 and not both 0, got {alpha}, {beta}")
+        weighting = focal_weighting(alpha, beta)
         distance = _distance(kind, temperature)
-        super().__init__(partial(focal_weights, alpha=float(alpha), beta=float(beta)), distance,
+        super().__init__(weighting, distance,
                          weight, name or f"fd_{kind if isinstance(kind, str) else 'custom'}",
                          new_classes=new_classes)
         self.alpha, self.beta, self.temperature, self.kind = alpha, beta, temperature, kind

@@ -16,7 +16,7 @@ import torch
 
 from regfree.pctraining.distances import at_least_float32
 from regfree.pctraining.losses import DistillationLoss
-from regfree.pctraining.weighting import focal_weights
+from regfree.pctraining.weighting import focal_weighting
 
 
 def topk_class_mask(new_logits: torch.Tensor, old_logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -89,12 +89,10 @@ class TopKLogitInhibitionLoss(DistillationLoss):
             raise ValueError(f"k must be >= 1, got {k}")
         if margin < 0:
             raise ValueError(f"margin must be >= 0, got {margin}")
-        if alpha < 0 or beta < 0 or alpha + beta == 0:
-            raise ValueError(f"alpha and beta must be >= 0 and not both 0, got {alpha}, {beta}")
+        weighting = focal_weighting(alpha, beta)
         distance = partial(topk_logit_distance, k=int(k), margin=float(margin),
                            power=float(power))
-        super().__init__(partial(focal_weights, alpha=float(alpha), beta=float(beta)), distance,
-                         weight, name)
+        super().__init__(weighting, distance, weight, name)
         self.k, self.margin, self.alpha, self.beta, self.power = k, margin, alpha, beta, power
 
     def extra_repr(self) -> str:
