@@ -67,12 +67,11 @@ def fit_new_rows(head: nn.Module, embeddings: torch.Tensor, labels: torch.Tensor
 
     for _ in range(int(steps)):
         optimizer.zero_grad()
-        if isinstance(head, nn.Linear):
-            full_bias = None if new_bias is None else torch.cat([bias.detach()[:old_classes],
-                                                                 new_bias])
-            logits = F.linear(x, rows(), full_bias)
-        else:
-            logits = head.scale * F.normalize(x, dim=1) @ F.normalize(rows(), dim=1).T
+        # the head's own forward on the candidate rows, whatever the head's formula
+        candidate = {"weight": rows()}
+        if new_bias is not None:
+            candidate["bias"] = torch.cat([bias.detach()[:old_classes], new_bias])
+        logits = torch.func.functional_call(head, candidate, (x,))
         F.cross_entropy(logits, y).backward()
         optimizer.step()
     with torch.no_grad():
