@@ -15,7 +15,7 @@ from torch import nn
 
 from regfree.atomic import atomic_write
 from regfree.training.batch_stream import BatchStream
-from regfree.training.inference import Job, check_each_sample_once, run_pass
+from regfree.training.inference import Job, check_each_sample_once, run_pass, runs_on_cuda
 
 _LOGITS = "logits.npy"
 _META = "meta.json"
@@ -115,9 +115,8 @@ class OldLogitCache:
         models = list(old_model) if isinstance(old_model, Sequence) else [old_model]
         if not models or not all(isinstance(m, nn.Module) for m in models):
             raise ValueError("old_model must be an nn.Module or a non-empty sequence of them")
-        cuda = any(p.is_cuda for m in models for p in m.parameters()) or (
-            device is not None and torch.device(device).type == "cuda")
-        stream = _indexed_stream(data, label_key, batch_size, num_workers, cuda)
+        stream = _indexed_stream(data, label_key, batch_size, num_workers,
+                                 runs_on_cuda(models, device))
         result = run_pass([Job(m) for m in models], stream, device=device, progress=progress,
                           desc="old-logit cache")
         check_each_sample_once(result, stream)

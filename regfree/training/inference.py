@@ -91,6 +91,15 @@ def run_pass(jobs: Sequence[Job], stream: BatchStream, *,
         labels=_ordered(labels, order) if labels else None, positions=sorted_positions)
 
 
+def runs_on_cuda(models: Sequence[Any], device: Union[str, torch.device, None]) -> bool:
+    """Whether a pass of ``models`` (run on ``device`` when given, else where each is) computes
+    on a GPU: the batches read for it are then worth pinning."""
+    if device is not None:
+        return torch.device(device).type == "cuda"
+    return any(p.is_cuda for model in models if isinstance(model, nn.Module)
+               for p in model.parameters())
+
+
 def _run_job(job: Job, inputs: Any, logits: list, embeddings: list, size: int) -> None:
     needs_forward = job.logits or job.whole_output or any(r.needs_forward for r in job.readers)
     raw = call_model(job.model, inputs) if needs_forward else None

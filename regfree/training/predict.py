@@ -13,7 +13,7 @@ from torch import nn
 
 from regfree.training.batch_stream import BatchStream
 from regfree.training.embedders import AUTO, OUTPUTS, Embedder, EmbeddingReader
-from regfree.training.inference import Job, run_pass
+from regfree.training.inference import Job, run_pass, runs_on_cuda
 
 __all__ = ["AUTO", "OUTPUTS", "Embedder", "ModelRun", "predict_logits", "run_model",
            "run_models"]
@@ -49,7 +49,7 @@ def predict_logits(model: nn.Module, data: Any, *, device: Device = None,
         (5, 3)
     """
     stream = BatchStream(data, name="data", batch_size=batch_size, num_workers=num_workers,
-                         pin_memory=_on_cuda(model, device), label_key=label_key, labels=False)
+                         pin_memory=runs_on_cuda([model], device), label_key=label_key, labels=False)
     return run_pass([Job(model)], stream, device=device, progress=progress,
                     desc="logits").logits[0]
 
@@ -146,15 +146,9 @@ def run_models(models: Sequence[tuple[nn.Module, Sequence[tuple[str, Embedder]]]
                                 for argument, embedder in embedders])
             for model, embedders in models]
     stream = BatchStream(data, name=name, batch_size=batch_size, num_workers=num_workers,
-                         pin_memory=any(_on_cuda(model, device) for model, _ in models),
+                         pin_memory=runs_on_cuda([model for model, _ in models], device),
                          label_key=label_key)
     result = run_pass(jobs, stream, device=device, progress=progress, desc=desc)
     return [[ModelRun(logits, embeddings, result.labels, result.positions)
              for embeddings in (per_job or [None])]
             for logits, per_job in zip(result.logits, result.embeddings)]
-
-
-def _on_cuda(model: Any, device: Device) -> bool:
-    if device is not None:
-        return torch.device(device).type == "cuda"
-    return any(p.is_cuda for p in model.parameters()) if isinstance(model, nn.Module) else False
