@@ -58,6 +58,13 @@ SWEEP_WEIGHTS = (0.5, 1.0, 2.0, 4.0, 8.0)
 # neighbouring temperatures at the middle weights; the pick runs over every temperature's file
 SWEEP_TEMPERATURES = {0.1: SWEEP_WEIGHTS, 0.05: (1.0, 2.0, 4.0), 0.2: (1.0, 2.0, 4.0)}
 FAMILIES = ("contrastive", "all heads + contrastive")
+# --loss nca (CrossModelNCALoss, added after every contrastive pick missed): one temperature,
+# the grid fixed before its sweep ran
+NCA_WEIGHTS = (1.0, 2.0, 4.0, 8.0)
+
+
+def families(loss: str) -> tuple[str, str]:
+    return (loss, f"all heads + {loss}")
 
 
 def temperature_tag(temperature: float, prefix: str) -> str:
@@ -65,30 +72,33 @@ def temperature_tag(temperature: float, prefix: str) -> str:
     return "" if temperature == 0.1 else f"{prefix}{temperature:g}"
 
 
-def contrastive_chain(run: Seed, v1: nn.Module, weight: float, with_heads: bool
-                      ) -> list[nn.Module]:
-    """v1 then v2 .. v4, each trained with the contrastive term onto every earlier version
-    (``with_heads``: plus BCT through every earlier head)."""
+def contrastive_chain(run: Seed, v1: nn.Module, weight: float, with_heads: bool,
+                      loss: str = "contrastive") -> list[nn.Module]:
+    """v1 then v2 .. v4, each trained with the contrastive (or NCA) term onto every earlier
+    version (``with_heads``: plus BCT through every earlier head)."""
     chain = [v1]
+    term = run.nca if loss == "nca" else run.contrastive
     for k in (1, 2, 3):
-        terms = [run.contrastive(chain, k, weight)]
+        terms = [term(chain, k, weight)]
         if with_heads:
             terms.append(run.bct([m.head for m in chain]))
         chain.append(run.train(k, terms))
     return chain
 
 
-def new_class_options(run: Seed, weight: float, independent_v2: nn.Module) -> dict:
-    """Seen/unseen scores of the independent v2 and the two contrastive options."""
+def new_class_options(run: Seed, weight: float, independent_v2: nn.Module,
+                      loss: str = "contrastive") -> dict:
+    """Seen/unseen scores of the independent v2 and the two contrastive (or NCA) options."""
     s, x, y = run.setting, run.data.x_train, run.data.y_train
     v1_part = run.parts[0][y[run.parts[0]] < s.seen_classes]
     v1 = run.train(0, classes=s.seen_classes, part=v1_part)
     mean_rows = extend_head(v1.head, embedder(v1)(x[run.parts[1]]), y[run.parts[1]], 10)
+    term = run.nca if loss == "nca" else run.contrastive
     options = {
         "independent": independent_v2,
-        "contrastive onto v1": run.train(1, [run.contrastive([v1], 1, weight)]),
-        "BCT, class-mean rows + contrastive onto v1":
-            run.train(1, [run.bct(mean_rows), run.contrastive([v1], 1, weight)]),
+        f"{loss} onto v1": run.train(1, [term([v1], 1, weight)]),
+        f"BCT, class-mean rows + {loss} onto v1":
+            run.train(1, [run.bct(mean_rows), term([v1], 1, weight)]),
     }
     old = embedder(v1)
     return {name: group_scores(run, old, embedder(model), s.seen_classes)
@@ -101,7 +111,8 @@ def header(setting: Setting, seed: int, split: str, argv: list[str]) -> dict:
             "head_weights": "equal", "chain": {}}
 
 
-def run_validation_seed(setting: Setting, seed: int, argv: list[str], name: str) -> dict:
+def run_validation_seed(setting: Setting, seed: int, argv: list[str], name: str,
+                        loss: str = "contrastive") -> dict:
     """Both families at every sweep weight on the validation carve; the seed file is rewritten
     after every candidate, so a stopped run leaves what it finished."""
     started = time.perf_counter()
@@ -109,10 +120,12 @@ def run_validation_seed(setting: Setting, seed: int, argv: list[str], name: str)
     result = header(setting, seed, "val", argv) | {"candidates": {}}
     v1 = run.train(0)
     result["chain"]["independent"] = run.report([v1] + [run.train(k) for k in (1, 2, 3)])
-    for weight in SWEEP_TEMPERATURES[setting.temperature]:
-        for rank, family in enumerate(FAMILIES):
+    weights = NCA_WEIGHTS if loss == "nca" else SWEEP_TEMPERATURES[setting.temperature]
+    for weight in weights:
+        for rank, family in enumerate(families(loss)):
             candidate = f"{family} w{weight:g}" + temperature_tag(setting.temperature, " T")
-            result["chain"][candidate] = run.report(contrastive_chain(run, v1, weight, rank == 1))
+            result["chain"][candidate] = run.report(
+                contrastive_chain(run, v1, weight, rank == 1, loss))
             result["candidates"][candidate] = {"weight": weight, "rank": rank, "family": family,
                                                "temperature": setting.temperature}
             result["seconds so far"] = time.perf_counter() - started
@@ -125,7 +138,8 @@ def run_validation_seed(setting: Setting, seed: int, argv: list[str], name: str)
     return result
 
 
-def run_test_seed(setting: Setting, seed: int, argv: list[str], name: str) -> dict:
+def run_test_seed(setting: Setting, seed: int, argv: list[str], name: str,
+                  loss: str = "contrastive") -> dict:
     started = time.perf_counter()
     run = Seed(setting, load(setting), seed)
     weight = setting.contrastive_weight
@@ -133,12 +147,12 @@ def run_test_seed(setting: Setting, seed: int, argv: list[str], name: str) -> di
     v1 = run.train(0)
     independent = [v1] + [run.train(k) for k in (1, 2, 3)]
     result["chain"]["independent"] = run.report(independent)
-    for rank, family in enumerate(FAMILIES):
-        result["chain"][family] = run.report(contrastive_chain(run, v1, weight, rank == 1))
+    for rank, family in enumerate(families(loss)):
+        result["chain"][family] = run.report(contrastive_chain(run, v1, weight, rank == 1, loss))
         write_text_atomic(seed_path(name, seed), json.dumps(result, indent=1))
         print(f"{setting.dataset} seed {seed}: {family} at {time.perf_counter() - started:.0f}s",
               flush=True)
-    result["new classes"] = new_class_options(run, weight, independent[1])
+    result["new classes"] = new_class_options(run, weight, independent[1], loss)
     result["seconds"] = time.perf_counter() - started
     write_text_atomic(seed_path(name, seed), json.dumps(result, indent=1))
     print(f"{setting.dataset} seed {seed}: {result['seconds']:.0f}s", flush=True)
@@ -160,6 +174,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--temperature", type=float, default=0.1,
                         choices=sorted(SWEEP_TEMPERATURES),
                         help="CrossModelContrastiveLoss' temperature (files get _t<T> unless 0.1)")
+    parser.add_argument("--loss", choices=("contrastive", "nca"), default="contrastive",
+                        help="nca: CrossModelNCALoss in place of the contrastive term (weights "
+                             f"{NCA_WEIGHTS} at temperature 0.1; files _val_nca, _nw<W>)")
     parser.add_argument("--combine", action="store_true",
                         help="write the table from every seed file")
     args = parser.parse_args(argv)
@@ -167,11 +184,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error("--split val sweeps the weights itself (leave out --weight); "
                      "--split test needs --weight W (the validation pick)")
     setting = replace(SETTINGS[args.dataset], temperature=args.temperature)
+    if args.loss == "nca" and args.temperature != 0.1:
+        parser.error("--loss nca runs at temperature 0.1 only")
     if args.split == "val":
-        name = f"{args.dataset}_val_contrastive"
+        name = f"{args.dataset}_val_{args.loss}"
     else:
         setting = replace(setting, contrastive_weight=args.weight)
-        name = f"{args.dataset}_cw{args.weight:g}"
+        name = f"{args.dataset}_{'nw' if args.loss == 'nca' else 'cw'}{args.weight:g}"
     name += temperature_tag(args.temperature, "_t")
     if args.combine:
         from compat_chain_report import combine
@@ -181,9 +200,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     torch.set_num_threads(1)
     for seed in args.seeds:
         if args.split == "val":
-            run_validation_seed(setting, seed, argv, name)
+            run_validation_seed(setting, seed, argv, name, args.loss)
         else:
-            run_test_seed(setting, seed, argv, name)
+            run_test_seed(setting, seed, argv, name, args.loss)
     return 0
 
 

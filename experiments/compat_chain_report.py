@@ -190,6 +190,17 @@ def family_lines(first: dict) -> list[str]:
     if "simplex" in families:
         lines.append("- simplex: every version, v1 included, trained alone with the same fixed "
                      "d-simplex head (`simplex_head`, 9-d embeddings), no influence loss.")
+    if any(f.startswith(("nca", "all heads + nca")) for f in families):
+        setting = first["setting"]
+        weight = (" at weight w (`w<w>`), temperature 0.1" if first.get("split") == "val" else
+                  f" (weight {setting['contrastive_weight']:g}, temperature "
+                  f"{setting['temperature']:g})")
+        lines += [f"- nca: v_k trained with `CrossModelNCALoss`{weight}: each query's nearest "
+                  "neighbours among every earlier version's embeddings of v_k's whole training "
+                  "data (itself left out) should share its class; equal version_weights; no "
+                  "influence loss.",
+                  "- all heads + nca: the same plus BCT over every earlier head (one "
+                  "BackwardCompatibleLoss, equal head_weights, weight 1)."]
     if any("contrastive" in f for f in families):
         setting = first["setting"]
         weight = (" at weight w (`w<w>`) and temperature T (` T<T>`; none: 0.1)"
@@ -205,22 +216,32 @@ def family_lines(first: dict) -> list[str]:
     return lines
 
 
+def loss_of(first: dict) -> Optional[str]:
+    """The term a contrastive-script file sweeps or tests ("nca" or "contrastive"), else None."""
+    for loss in ("nca", "contrastive"):
+        if any(f.startswith((loss, f"all heads + {loss}")) for f in first["chain"]):
+            return loss
+    return None
+
+
 def is_contrastive(first: dict) -> bool:
-    return any("contrastive" in f for f in first["chain"])
+    return loss_of(first) is not None
 
 
 def contrastive_choice(first: dict) -> list[str]:
-    """How the contrastive weight of a test file was chosen (the dataset's validation sweep)."""
-    name = f"{first['dataset']}_val_contrastive"
+    """How the contrastive (or NCA) weight of a test file was chosen (the dataset's validation
+    sweep)."""
+    name = f"{first['dataset']}_val_{loss_of(first)}"
     validation = with_other_temperatures(
         [s for s in load_seeds(name, missing_ok=True) if "seconds" in s], name)
     if not validation:
-        return ["The contrastive weight was not chosen on validation data (no sweep yet).", ""]
+        return [f"The {loss_of(first)} weight was not chosen on validation data (no sweep "
+                "yet).", ""]
     family, _ = pick(validation)
     chosen = validation[0]["candidates"][family]
     here = (first["setting"]["contrastive_weight"] == chosen["weight"]
             and first["setting"]["temperature"] == chosen.get("temperature", 0.1))
-    return [f"Contrastive weight chosen on validation data (seeds "
+    return [f"{loss_of(first).capitalize()} weight chosen on validation data (seeds "
             f"{[s['seed'] for s in validation]}, `compat_chain_{name}.md`): **{family}**; "
             + (f"this file's contrastive families run at that weight (the pick is the "
                f"{chosen['family']} family; the other is shown at the same weight)." if here
@@ -237,13 +258,15 @@ def choice_lines(seeds: list[dict]) -> list[str]:
         grid = ("Grid, in the order it grew: weights 0.5, 1, 2 at temperature 0.1; 4 and 8 added "
                 "after digits' first sweep picked 2 (its edge); temperatures 0.05 and 0.2 at "
                 "weights 1, 2, 4 added after the temperature-0.1 picks missed AC = 1 on every "
-                "dataset. The rule was not changed. " if is_contrastive(first) else "")
+                "dataset. The rule was not changed. " if loss_of(first) == "contrastive" else
+                "Grid (fixed before the sweep ran): weights 1, 2, 4, 8 at temperature 0.1. "
+                if loss_of(first) == "nca" else "")
         return [grid + "**Pick** (rule fixed before the sweep ran, `compat_chain_report.pick`: the "
                 "smallest weight with AC = 1 on every seed at a mean cost < 1 point at each "
                 "of v2..v4, the simpler candidate first; else the highest mean AC among costs "
                 f"< 1 point; else the lowest cost): **{family}**, by rule {step}. Its test "
-                + ("numbers: `compat_chain_contrastive.py --weight W` (`--temperature T` "
-                   "unless 0.1; 3 seeds)." if
+                + ("numbers: `compat_chain_contrastive.py --weight W` (`--loss nca` for an "
+                   "NCA pick; `--temperature T` unless 0.1; 3 seeds)." if
                    is_contrastive(first) else
                    "numbers: `--split test --l2-weight W` (3 seeds; `--head-weights oldest` for "
                    "an oldest-weighted pick)."), ""]
@@ -283,7 +306,7 @@ def merge_existing(seeds: list[dict], name: str) -> list[str]:
             seed[part] = {"independent": ours["independent"],
                           **{k: v for k, v in other[part].items() if k != "independent"},
                           **{k: v for k, v in ours.items() if k != "independent"}}
-    return [f"Families and new-class options other than the contrastive ones come from "
+    return [f"Families and new-class options other than the {loss_of(seeds[0])} ones come from "
             f"`compat_chain_{dataset}.seed*.json` (same seeds, same v1, not rerun); the "
             f"independent reference retrained here differs from theirs by at most "
             f"{100 * max(gaps):.2f} points in any top-1 cell.", ""]
@@ -329,7 +352,9 @@ def render(seeds: list[dict], combine_command: str, notes: Optional[list[str]] =
               "normalize=True)` onto v1's embeddings of v2's data (every class). Simplex: v1 and v2 trained with the fixed simplex head (its "
               "own v1). Contrastive onto v1: `CrossModelContrastiveLoss` onto v1's embeddings of "
               "v2's data (every class: v1 embeds classes it never saw), at the chain's "
-              "contrastive weight; + class-mean rows: with BCT through those rows too. "
+              "contrastive weight; + class-mean rows: with BCT through those rows too. nca onto "
+              "v1: `CrossModelNCALoss` with v1's embeddings of v2's data as the memory, at the "
+              "chain's NCA weight (and + class-mean rows likewise). "
               "Goal: unseen queries on v1's gallery at least as well as v1 searches "
               "them (new/old − old/old ≥ 0).", ""]
     lines += new_class_table(seeds) + [""]
@@ -344,7 +369,7 @@ def combine(name: str, combine_command: str) -> str:
     if len(complete) < len(seeds):
         missing = [s["seed"] for s in seeds if "new classes" not in s]
         print(f"seeds {missing} have no new-class results yet (still running?): left out")
-    notes = merge_existing(complete, name) if "_cw" in name else []
+    notes = merge_existing(complete, name) if "_cw" in name or "_nw" in name else []
     if name.endswith("_val_contrastive"):
         complete = with_other_temperatures(complete, name)
     markdown = render(complete, combine_command, notes)

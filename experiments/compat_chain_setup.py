@@ -20,6 +20,7 @@ from regfree.compat import (
     CompatibilityReport,
     CosineClassifier,
     CrossModelContrastiveLoss,
+    CrossModelNCALoss,
     EmbeddingRegressionLoss,
     embedder,
     simplex_head,
@@ -142,6 +143,13 @@ class Seed:
         caches = [embedder(model)(x) for model in earlier]
         return CrossModelContrastiveLoss(caches, weight=weight,
                                          temperature=self.setting.temperature)
+
+    def nca(self, earlier: list[nn.Module], version: int, weight: float) -> CrossModelNCALoss:
+        """The cross-model NCA term onto every model in ``earlier`` (oldest first): their
+        embeddings of ``version``'s training data as the memory, equal weights."""
+        x, y = self.data.x_train[self.parts[version]], self.data.y_train[self.parts[version]]
+        return CrossModelNCALoss([embedder(model)(x) for model in earlier], y, weight=weight,
+                                 temperature=self.setting.temperature)
 
     def pulled(self, v1: nn.Module, weight: float, weighting: str = "equal",
                v2: Optional[nn.Module] = None) -> list[nn.Module]:

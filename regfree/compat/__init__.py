@@ -1,7 +1,9 @@
 """Backward-compatible embedding training (BCT): v2 queries search a gallery that v1 embedded.
 
 - :class:`BackwardCompatibleLoss`: influence loss through the frozen old head (a loss term for
-  :func:`regfree.training.fit`); :class:`EmbeddingRegressionLoss`: the L2 baseline.
+  :func:`regfree.training.fit`); :class:`EmbeddingRegressionLoss`: the L2 baseline;
+  :class:`CrossModelContrastiveLoss` and :class:`CrossModelNCALoss`: new queries must find the
+  old embeddings of their class (in the batch; in the whole training set, itself left out).
 - :func:`extend_head`: the frozen old head extended to classes v1 never saw (class-mean or
   fitted rows, :func:`fit_new_rows`); :class:`NewClassMargin`: an offset on the new classes'
   logits in the influence loss (MPT's margin).
@@ -28,6 +30,7 @@ from regfree.compat.adapter_fit import fit_adapter
 from regfree.compat.contrastive import CrossModelContrastiveLoss
 from regfree.compat.heads import CosineClassifier, extend_head, freeze, simplex_head
 from regfree.compat.losses import BackwardCompatibleLoss, EmbeddingRegressionLoss
+from regfree.compat.nca import CrossModelNCALoss
 from regfree.compat.new_classes import NewClassMargin, fit_new_rows
 from regfree.compat.projection import ProjectedModel, embedder
 from regfree.compat.report import CompatibilityReport, compatibility_report
@@ -39,6 +42,7 @@ __all__ = [
     "CompatibilityReport",
     "CosineClassifier",
     "CrossModelContrastiveLoss",
+    "CrossModelNCALoss",
     "EmbeddingRegressionLoss",
     "NewClassMargin",
     "ProjectedModel",
