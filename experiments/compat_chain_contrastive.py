@@ -86,23 +86,55 @@ def contrastive_chain(run: Seed, v1: nn.Module, weight: float, with_heads: bool,
     return chain
 
 
-def new_class_options(run: Seed, weight: float, independent_v2: nn.Module,
-                      loss: str = "contrastive") -> dict:
-    """Seen/unseen scores of the independent v2 and the two contrastive (or NCA) options."""
+def new_class_v1(run: Seed) -> nn.Module:
+    """v1 of the new-class setting: the chain's v1 size and data part, seen classes only."""
+    s, y = run.setting, run.data.y_train
+    part = run.parts[0][y[run.parts[0]] < s.seen_classes]
+    return run.train(0, classes=s.seen_classes, part=part)
+
+
+def new_class_options(run: Seed, weight: float, loss: str = "contrastive",
+                      v1: Optional[nn.Module] = None, suffix: str = "") -> dict:
+    """Seen/unseen scores of the two contrastive (or NCA) options onto the new-class ``v1``
+    (trained here when None), their names ending in ``suffix``."""
     s, x, y = run.setting, run.data.x_train, run.data.y_train
-    v1_part = run.parts[0][y[run.parts[0]] < s.seen_classes]
-    v1 = run.train(0, classes=s.seen_classes, part=v1_part)
+    v1 = new_class_v1(run) if v1 is None else v1
     mean_rows = extend_head(v1.head, embedder(v1)(x[run.parts[1]]), y[run.parts[1]], 10)
     term = run.nca if loss == "nca" else run.contrastive
     options = {
-        "independent": independent_v2,
-        f"{loss} onto v1": run.train(1, [term([v1], 1, weight)]),
-        f"BCT, class-mean rows + {loss} onto v1":
+        f"{loss} onto v1{suffix}": run.train(1, [term([v1], 1, weight)]),
+        f"BCT, class-mean rows + {loss} onto v1{suffix}":
             run.train(1, [run.bct(mean_rows), term([v1], 1, weight)]),
     }
-    old = embedder(v1)
-    return {name: group_scores(run, old, embedder(model), s.seen_classes)
+    if loss == "nca":  # added after a digits validation try (seed 10) of the NCA options
+        options[f"nca onto v1 through a projection{suffix}"] = run.train(
+            1, [term([v1], 1, weight)], projected=True)
+    return {name: group_scores(run, embedder(v1), embedder(model), s.seen_classes,
+                               embedder(model, space="compatible"))
             for name, model in options.items()}
+
+
+def run_new_class_validation_seed(setting: Setting, seed: int, argv: list[str], name: str,
+                                  loss: str) -> dict:
+    """The new-class options at every sweep weight on the validation carve (their own weight,
+    picked by compat_chain_new_classes.pick); rewritten after every weight."""
+    started = time.perf_counter()
+    run = Seed(setting, validation_split(load(setting), seed), seed)
+    result = header(setting, seed, "val", argv) | {"loss": loss, "candidates": {}}
+    v1 = new_class_v1(run)
+    result["new classes"] = {"independent": group_scores(run, embedder(v1),
+                                                         embedder(run.train(1)),
+                                                         setting.seen_classes)}
+    for weight in NCA_WEIGHTS if loss == "nca" else SWEEP_WEIGHTS:
+        options = new_class_options(run, weight, loss, v1, f" w{weight:g}")
+        result["new classes"].update(options)
+        result["candidates"].update({option: {"weight": weight, "rank": rank}
+                                     for rank, option in enumerate(options)})
+        result["seconds"] = time.perf_counter() - started
+        write_text_atomic(seed_path(name, seed), json.dumps(result, indent=1))
+        print(f"{setting.dataset} new classes val seed {seed}: w{weight:g} at "
+              f"{result['seconds']:.0f}s", flush=True)
+    return result
 
 
 def header(setting: Setting, seed: int, split: str, argv: list[str]) -> dict:
@@ -152,11 +184,25 @@ def run_test_seed(setting: Setting, seed: int, argv: list[str], name: str,
         write_text_atomic(seed_path(name, seed), json.dumps(result, indent=1))
         print(f"{setting.dataset} seed {seed}: {family} at {time.perf_counter() - started:.0f}s",
               flush=True)
-    result["new classes"] = new_class_options(run, weight, independent[1], loss)
+    v1_seen = new_class_v1(run)
+    result["new classes"] = {"independent": group_scores(
+        run, embedder(v1_seen), embedder(independent[1]), setting.seen_classes)}
+    result["new classes"].update(new_class_options(run, setting.new_class_weight or weight,
+                                                   loss, v1_seen))
     result["seconds"] = time.perf_counter() - started
     write_text_atomic(seed_path(name, seed), json.dumps(result, indent=1))
     print(f"{setting.dataset} seed {seed}: {result['seconds']:.0f}s", flush=True)
     return result
+
+
+def combine_new_classes(name: str, combine_command: str) -> str:
+    from compat_chain_new_classes import markdown
+    from compat_chain_report import RESULTS, load_seeds
+
+    seeds = load_seeds(name)
+    text = markdown(seeds, sorted({s["command"] for s in seeds}) + [combine_command])
+    write_text_atomic(RESULTS / f"compat_chain_{name}.md", text)
+    return text
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -177,6 +223,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--loss", choices=("contrastive", "nca"), default="contrastive",
                         help="nca: CrossModelNCALoss in place of the contrastive term (weights "
                              f"{NCA_WEIGHTS} at temperature 0.1; files _val_nca, _nw<W>)")
+    parser.add_argument("--new-classes", action="store_true",
+                        help="with --split val: sweep the new-class options' weight alone "
+                             "(files compat_chain_<dataset>_val_<loss>_new)")
+    parser.add_argument("--new-class-weight", type=float,
+                        help="with --split test: the new-class options' weight (their own "
+                             "validation pick; default --weight); files get _ncw<W>")
     parser.add_argument("--combine", action="store_true",
                         help="write the table from every seed file")
     args = parser.parse_args(argv)
@@ -186,12 +238,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     setting = replace(SETTINGS[args.dataset], temperature=args.temperature)
     if args.loss == "nca" and args.temperature != 0.1:
         parser.error("--loss nca runs at temperature 0.1 only")
+    if args.new_classes and args.split != "val" or args.new_class_weight and args.split == "val":
+        parser.error("--new-classes goes with --split val, --new-class-weight with --split test")
     if args.split == "val":
-        name = f"{args.dataset}_val_{args.loss}"
+        name = f"{args.dataset}_val_{args.loss}" + ("_new" if args.new_classes else "")
     else:
-        setting = replace(setting, contrastive_weight=args.weight)
+        setting = replace(setting, contrastive_weight=args.weight,
+                          new_class_weight=args.new_class_weight)
         name = f"{args.dataset}_{'nw' if args.loss == 'nca' else 'cw'}{args.weight:g}"
+        name += f"_ncw{args.new_class_weight:g}" if args.new_class_weight else ""
     name += temperature_tag(args.temperature, "_t")
+    if args.combine and args.new_classes:
+        print(combine_new_classes(name, command_line("compat_chain_contrastive.py", argv)))
+        return 0
     if args.combine:
         from compat_chain_report import combine
 
@@ -199,7 +258,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     torch.set_num_threads(1)
     for seed in args.seeds:
-        if args.split == "val":
+        if args.new_classes:
+            run_new_class_validation_seed(setting, seed, argv, name, args.loss)
+        elif args.split == "val":
             run_validation_seed(setting, seed, argv, name, args.loss)
         else:
             run_test_seed(setting, seed, argv, name, args.loss)

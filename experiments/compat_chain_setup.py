@@ -22,6 +22,7 @@ from regfree.compat import (
     CrossModelContrastiveLoss,
     CrossModelNCALoss,
     EmbeddingRegressionLoss,
+    ProjectedModel,
     embedder,
     simplex_head,
 )
@@ -49,6 +50,7 @@ class Setting:
     l2_weight: float = 1.0
     contrastive_weight: float = 1.0
     temperature: float = 0.1  # CrossModelContrastiveLoss'
+    new_class_weight: Optional[float] = None  # the new-class options' (None: the chain's)
     margin: float = 2.0  # NewClassMargin's offset (logit units, scale 16)
     seen_classes: int = 5
     num_samples: int = 12000  # mnist1d only
@@ -114,10 +116,14 @@ class Seed:
         self.parts = [np.sort(order[:round(share * len(order))]) for share in setting.shares]
 
     def train(self, version: int, terms=(), *, head: str = "cosine", classes: int = 10,
-              part: Optional[np.ndarray] = None) -> nn.Module:
+              part: Optional[np.ndarray] = None, projected: bool = False) -> nn.Module:
+        """``projected``: the model wrapped in a ProjectedModel with a linear projection
+        (the terms see its projected embeddings, its head the native ones)."""
         s = self.setting
         seed = self.seed + 1000 * version
         model = build(s, version, classes, seed, head)
+        if projected:
+            model = ProjectedModel(model, s.dim)
         pick = self.parts[version] if part is None else part
         fit_adam_cosine(model, (self.data.x_train[pick], self.data.y_train[pick]),
                         loss_terms=list(terms), epochs=s.epochs, lr=s.lr,
@@ -180,15 +186,21 @@ def scores(data: DataSplit, embedders: dict[str, Callable], queries: Optional[np
     return CompatibilityReport(matrix).to_dict()
 
 
-def group_scores(run: Seed, old: Callable, new: Callable, seen: int) -> dict:
-    """old/old, new/old and new/new (top-1, mAP) for seen and unseen queries apart."""
+def group_scores(run: Seed, old: Callable, new: Callable, seen: int,
+                 new_on_old: Optional[Callable] = None) -> dict:
+    """old/old, new/old and new/new (top-1, mAP) for seen and unseen queries apart;
+    ``new_on_old`` embeds the new model's queries for the old gallery when they differ from
+    ``new`` (a ProjectedModel's compatible space)."""
     d = run.data
     out = {}
     for group, queries in (("seen", d.y_test < seen), ("unseen", d.y_test >= seen)):
-        matrices = scores(d, {"v1": old, "v2": new}, queries)["matrices"]
-        out[group] = {f"{a}/{b} {m}": matrices[m][i][j]
-                      for a, b, i, j in (("old", "old", 0, 0), ("new", "old", 1, 0),
-                                         ("new", "new", 1, 1))
+        own = scores(d, {"v1": old, "v2": new}, queries)["matrices"]
+        across = own if new_on_old is None else scores(
+            d, {"v1": old, "v2": new_on_old}, queries)["matrices"]
+        out[group] = {f"{a}/{b} {m}": source[m][i][j]
+                      for a, b, i, j, source in (("old", "old", 0, 0, own),
+                                                 ("new", "old", 1, 0, across),
+                                                 ("new", "new", 1, 1, own))
                       for m in ("top1", "mAP")}
     return out
 
