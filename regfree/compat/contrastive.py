@@ -13,15 +13,15 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Union
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from regfree.compat.losses import (
-    _as_cache,
+    _as_caches,
     _check_batch,
     _check_shares,
+    _check_temperature,
     _check_weight,
     _rows_at,
 )
@@ -77,22 +77,8 @@ class CrossModelContrastiveLoss(nn.Module):
                  name: str = "contrastive", *,
                  version_weights: Optional[Sequence[float]] = None) -> None:
         super().__init__()
-        if not (isinstance(temperature, (int, float)) and np.isfinite(temperature)
-                and temperature > 0):
-            raise ValueError(f"temperature must be a finite number > 0 (e.g. 0.1), got "
-                             f"{temperature!r}")
-        caches = None
-        if old_embeddings is not None:
-            several = isinstance(old_embeddings, (list, tuple))
-            arrays = list(old_embeddings) if several else [old_embeddings]
-            if not arrays:
-                raise ValueError("old_embeddings must be an (N, D) array or a non-empty sequence "
-                                 "of them (one per earlier version), got an empty sequence")
-            caches = [_as_cache(a, f"old_embeddings[{p}]") for p, a in enumerate(arrays)]
-            if len({tuple(c.shape) for c in caches}) != 1:
-                raise ValueError("old_embeddings must all have the same shape (N, D): the same "
-                                 "training set and the new model's embedding size, got "
-                                 f"{[tuple(c.shape) for c in caches]}")
+        self.temperature = _check_temperature(temperature)
+        caches = None if old_embeddings is None else _as_caches(old_embeddings)
         # plain attributes, not buffers: DistributedDataParallel would broadcast a buffer from
         # rank 0 at every step, and every process already holds the same caches
         self.old_embeddings: Optional[list[torch.Tensor]] = caches
@@ -100,7 +86,6 @@ class CrossModelContrastiveLoss(nn.Module):
         self.version_weights = _check_shares(version_weights, versions, "version_weights",
                                              "earlier version")
         self.weight = _check_weight(weight)
-        self.temperature = float(temperature)
         self.name = name
 
     def forward(self, new_embeddings: torch.Tensor, old_embeddings: OldBatch,

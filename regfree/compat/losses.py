@@ -67,6 +67,30 @@ def _as_cache(array, name: str) -> torch.Tensor:
     return cache.float().clone()
 
 
+def _check_temperature(temperature: float) -> float:
+    if not (isinstance(temperature, (int, float)) and np.isfinite(temperature)
+            and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0 (e.g. 0.1), got "
+                         f"{temperature!r}")
+    return float(temperature)
+
+
+def _as_caches(old_embeddings) -> list[torch.Tensor]:
+    """One float32 ``(N, D)`` copy per earlier version from an array or a sequence of them
+    (oldest first), all of one shape, or an error naming ``old_embeddings``."""
+    several = isinstance(old_embeddings, (list, tuple))
+    arrays = list(old_embeddings) if several else [old_embeddings]
+    if not arrays:
+        raise ValueError("old_embeddings must be an (N, D) array or a non-empty sequence "
+                         "of them (one per earlier version), got an empty sequence")
+    caches = [_as_cache(a, f"old_embeddings[{p}]") for p, a in enumerate(arrays)]
+    if len({tuple(c.shape) for c in caches}) != 1:
+        raise ValueError("old_embeddings must all have the same shape (N, D): the same "
+                         "training set and the new model's embedding size, got "
+                         f"{[tuple(c.shape) for c in caches]}")
+    return caches
+
+
 def _rows_at(caches: list[torch.Tensor], step: TrainStep, owner: str, device: torch.device
              ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """The caches on ``device`` (moved once, kept by the caller) and their rows at the step's

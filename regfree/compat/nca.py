@@ -21,7 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regfree.compat.losses import _as_cache, _check_batch, _check_shares, _check_weight
+from regfree.compat.losses import (
+    _as_caches,
+    _check_batch,
+    _check_shares,
+    _check_temperature,
+    _check_weight,
+)
 from regfree.training.steps import TrainStep, step_embeddings, step_indices
 
 
@@ -75,20 +81,8 @@ class CrossModelNCALoss(nn.Module):
                  name: str = "nca", *, version_weights: Optional[Sequence[float]] = None
                  ) -> None:
         super().__init__()
-        if not (isinstance(temperature, (int, float)) and np.isfinite(temperature)
-                and temperature > 0):
-            raise ValueError(f"temperature must be a finite number > 0 (e.g. 0.1), got "
-                             f"{temperature!r}")
-        arrays = list(old_embeddings) if isinstance(old_embeddings, (list, tuple)) \
-            else [old_embeddings]
-        if not arrays:
-            raise ValueError("old_embeddings must be an (N, D) array or a non-empty sequence "
-                             "of them (one per earlier version), got an empty sequence")
-        caches = [_as_cache(a, f"old_embeddings[{p}]") for p, a in enumerate(arrays)]
-        if len({tuple(c.shape) for c in caches}) != 1:
-            raise ValueError("old_embeddings must all have the same shape (N, D): the same "
-                             "training set and the new model's embedding size, got "
-                             f"{[tuple(c.shape) for c in caches]}")
+        self.temperature = _check_temperature(temperature)
+        caches = _as_caches(old_embeddings)
         label_array = labels.detach().cpu() if isinstance(labels, torch.Tensor) \
             else torch.as_tensor(np.asarray(labels))
         if label_array.shape != (len(caches[0]),) or label_array.is_floating_point() \
@@ -103,7 +97,6 @@ class CrossModelNCALoss(nn.Module):
         self.version_weights = _check_shares(version_weights, len(caches), "version_weights",
                                              "earlier version")
         self.weight = _check_weight(weight)
-        self.temperature = float(temperature)
         self.name = name
 
     def _on(self, device: torch.device) -> tuple[list[torch.Tensor], torch.Tensor]:
