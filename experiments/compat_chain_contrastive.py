@@ -171,24 +171,31 @@ def run_validation_seed(setting: Setting, seed: int, argv: list[str], name: str,
 
 
 def run_test_seed(setting: Setting, seed: int, argv: list[str], name: str,
-                  loss: str = "contrastive") -> dict:
+                  loss: str = "contrastive", part: str = "both") -> dict:
+    """The test split as queries: the chain families and the new-class options at the
+    setting's weight (``part`` "both"), or only the chain or only the new classes (the NCA
+    runs, where each has its own validated weight)."""
     started = time.perf_counter()
     run = Seed(setting, load(setting), seed)
     weight = setting.contrastive_weight
-    result = header(setting, seed, "test", argv)
-    v1 = run.train(0)
-    independent = [v1] + [run.train(k) for k in (1, 2, 3)]
-    result["chain"]["independent"] = run.report(independent)
-    for rank, family in enumerate(families(loss)):
-        result["chain"][family] = run.report(contrastive_chain(run, v1, weight, rank == 1, loss))
-        write_text_atomic(seed_path(name, seed), json.dumps(result, indent=1))
-        print(f"{setting.dataset} seed {seed}: {family} at {time.perf_counter() - started:.0f}s",
-              flush=True)
-    v1_seen = new_class_v1(run)
-    result["new classes"] = {"independent": group_scores(
-        run, embedder(v1_seen), embedder(independent[1]), setting.seen_classes)}
-    result["new classes"].update(new_class_options(run, setting.new_class_weight or weight,
-                                                   loss, v1_seen))
+    result = header(setting, seed, "test", argv) | {"loss": loss}
+    if part != "new classes":
+        v1 = run.train(0)
+        independent = [v1] + [run.train(k) for k in (1, 2, 3)]
+        result["chain"]["independent"] = run.report(independent)
+        for rank, family in enumerate(families(loss)):
+            result["chain"][family] = run.report(
+                contrastive_chain(run, v1, weight, rank == 1, loss))
+            write_text_atomic(seed_path(name, seed), json.dumps(result, indent=1))
+            print(f"{setting.dataset} seed {seed}: {family} at "
+                  f"{time.perf_counter() - started:.0f}s", flush=True)
+    result["new classes"] = {}
+    if part != "chain":
+        v1_seen = new_class_v1(run)
+        independent_v2 = independent[1] if part == "both" else run.train(1)
+        result["new classes"] = {"independent": group_scores(
+            run, embedder(v1_seen), embedder(independent_v2), setting.seen_classes)}
+        result["new classes"].update(new_class_options(run, weight, loss, v1_seen))
     result["seconds"] = time.perf_counter() - started
     write_text_atomic(seed_path(name, seed), json.dumps(result, indent=1))
     print(f"{setting.dataset} seed {seed}: {result['seconds']:.0f}s", flush=True)
@@ -196,6 +203,8 @@ def run_test_seed(setting: Setting, seed: int, argv: list[str], name: str,
 
 
 def combine_new_classes(name: str, combine_command: str) -> str:
+    """The new-class table of ``name``'s seed files: the validation sweep with its pick, or
+    the test run of the picked weight."""
     from compat_chain_new_classes import markdown
     from compat_chain_report import RESULTS, load_seeds
 
@@ -224,11 +233,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="nca: CrossModelNCALoss in place of the contrastive term (weights "
                              f"{NCA_WEIGHTS} at temperature 0.1; files _val_nca, _nw<W>)")
     parser.add_argument("--new-classes", action="store_true",
-                        help="with --split val: sweep the new-class options' weight alone "
-                             "(files compat_chain_<dataset>_val_<loss>_new)")
-    parser.add_argument("--new-class-weight", type=float,
-                        help="with --split test: the new-class options' weight (their own "
-                             "validation pick; default --weight); files get _ncw<W>")
+                        help="the new-class options alone: with --split val, sweep their "
+                             "weight (files compat_chain_<dataset>_val_<loss>_new); with "
+                             "--weight W, test them at W (..._<cw|nw><W>_new)")
     parser.add_argument("--combine", action="store_true",
                         help="write the table from every seed file")
     args = parser.parse_args(argv)
@@ -238,15 +245,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     setting = replace(SETTINGS[args.dataset], temperature=args.temperature)
     if args.loss == "nca" and args.temperature != 0.1:
         parser.error("--loss nca runs at temperature 0.1 only")
-    if args.new_classes and args.split != "val" or args.new_class_weight and args.split == "val":
-        parser.error("--new-classes goes with --split val, --new-class-weight with --split test")
     if args.split == "val":
-        name = f"{args.dataset}_val_{args.loss}" + ("_new" if args.new_classes else "")
+        name = f"{args.dataset}_val_{args.loss}"
     else:
-        setting = replace(setting, contrastive_weight=args.weight,
-                          new_class_weight=args.new_class_weight)
+        setting = replace(setting, contrastive_weight=args.weight)
         name = f"{args.dataset}_{'nw' if args.loss == 'nca' else 'cw'}{args.weight:g}"
-        name += f"_ncw{args.new_class_weight:g}" if args.new_class_weight else ""
+    name += "_new" if args.new_classes else ""
     name += temperature_tag(args.temperature, "_t")
     if args.combine and args.new_classes:
         print(combine_new_classes(name, command_line("compat_chain_contrastive.py", argv)))
@@ -258,12 +262,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     torch.set_num_threads(1)
     for seed in args.seeds:
-        if args.new_classes:
+        if args.split == "val" and args.new_classes:
             run_new_class_validation_seed(setting, seed, argv, name, args.loss)
         elif args.split == "val":
             run_validation_seed(setting, seed, argv, name, args.loss)
         else:
-            run_test_seed(setting, seed, argv, name, args.loss)
+            part = ("new classes" if args.new_classes else
+                    "chain" if args.loss == "nca" else "both")
+            run_test_seed(setting, seed, argv, name, args.loss, part)
     return 0
 
 

@@ -46,22 +46,39 @@ def pick(seeds: list[dict]) -> tuple[str, str]:
 
 
 def markdown(seeds: list[dict], commands: list[str]) -> str:
+    """The validation sweep's table and pick, or (a test run) every option's seen and unseen
+    scores."""
     first = seeds[0]
-    choice, step = pick(seeds)
-    lines = [f"# New classes on {first['dataset']}: the {first['loss']} weight on validation", "",
+    validation = first.get("split") == "val"
+    lines = [f"# New classes on {first['dataset']}: the {first['loss']} options"
+             + (", their weight on validation" if validation else
+                f" at weight {first['setting']['contrastive_weight']:g}, test split"), "",
              "Commands:", ""] + [f"    {c}" for c in commands] + [
         "", f"Seeds {[s['seed'] for s in seeds]}; v1 on classes 0-"
         f"{first['setting']['seen_classes'] - 1} (the chain's v1 size and data part), v2 on all "
-        "ten (the chain's v2 size and data part); queries = a stratified 20% of the training "
-        "split (the test split unread), gallery = the rest embedded by v1 (new/old) or v2 "
-        "(new/new). Values: top-1 points, mean ± std over seeds.", "",
-        __doc__.split("\n\n")[1].replace("\n", " "), "",
-        "| option | unseen new/old − old/old | seen new/old − old/old | new/new cost |",
-        "|---|---:|---:|---:|"]
-    for option in sorted(first["candidates"], key=lambda o: (first["candidates"][o]["weight"],
-                                                             first["candidates"][o]["rank"])):
+        "ten (the chain's v2 size and data part); "
+        + ("queries = a stratified 20% of the training split (the test split unread), gallery "
+           "= the rest" if validation else
+           "queries = the test split, gallery = the whole training split")
+        + " embedded by v1 (new/old) or v2 (new/new). Options: the term onto v1's embeddings "
+        "of v2's data alone; with BCT through v1's head extended by class-mean rows; alone "
+        "through a projection (v2 served as a `ProjectedModel`: a linear map of its embedding, "
+        "trained by the term, queries v1's gallery; its own embedding serves its own "
+        "gallery). Values: top-1 points, mean ± std over seeds.", ""]
+    if not validation:
+        from compat_chain_report import new_class_table
+
+        return "\n".join(lines + new_class_table(seeds) + [""])
+    choice, step = pick(seeds)
+    lines += [__doc__.split("\n\n")[1].replace("\n", " "), "",
+              "| option | unseen new/old − old/old | seen new/old − old/old | new/new cost |",
+              "|---|---:|---:|---:|"]
+    candidates = first["candidates"]
+    for option in sorted(candidates, key=lambda o: (candidates[o]["weight"],
+                                                    candidates[o]["rank"])):
         s = option_scores(seeds, option)
         lines.append(f"| {option} | {mean_std(s['unseen'], scale=1.0, digits=1)} | "
-                     f"{mean_std(s['seen'], scale=1.0, digits=1)} | {mean_std(s['cost'], scale=1.0, digits=1)} |")
+                     f"{mean_std(s['seen'], scale=1.0, digits=1)} | "
+                     f"{mean_std(s['cost'], scale=1.0, digits=1)} |")
     lines += ["", f"**Pick**: **{choice}**, by rule {step}.", ""]
     return "\n".join(lines)

@@ -301,7 +301,7 @@ def merge_existing(seeds: list[dict], name: str) -> list[str]:
         gaps.append(np.nanmax(np.abs(
             np.array(seed["chain"]["independent"]["matrices"]["top1"], dtype=float)
             - np.array(other["chain"]["independent"]["matrices"]["top1"], dtype=float))))
-        for part in ("chain", "new classes"):
+        for part in ("chain", "new classes") if seed["new classes"] else ("chain",):
             ours = seed[part]
             seed[part] = {"independent": ours["independent"],
                           **{k: v for k, v in other[part].items() if k != "independent"},

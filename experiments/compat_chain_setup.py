@@ -50,7 +50,6 @@ class Setting:
     l2_weight: float = 1.0
     contrastive_weight: float = 1.0
     temperature: float = 0.1  # CrossModelContrastiveLoss'
-    new_class_weight: Optional[float] = None  # the new-class options' (None: the chain's)
     margin: float = 2.0  # NewClassMargin's offset (logit units, scale 16)
     seen_classes: int = 5
     num_samples: int = 12000  # mnist1d only
