@@ -66,9 +66,14 @@ def markdown(seeds: list[dict], commands: list[str]) -> str:
         "trained by the term, queries v1's gallery; its own embedding serves its own "
         "gallery). Values: top-1 points, mean ± std over seeds.", ""]
     if not validation:
-        from compat_chain_report import new_class_table
+        from compat_chain_report import load_seeds, new_class_table
 
-        return "\n".join(lines + new_class_table(seeds) + [""])
+        name = f"{first['dataset']}_val_{first['loss']}_new"
+        swept = load_seeds(name, missing_ok=True)
+        chosen = (f"Picked on validation (seeds {[s['seed'] for s in swept]}, "
+                  f"`compat_chain_{name}.md`): **{pick(swept)[0]}**; every option is shown at "
+                  "that weight." if swept else "No validation sweep yet.")
+        return "\n".join(lines + [chosen, ""] + new_class_table(seeds) + [""])
     choice, step = pick(seeds)
     lines += [__doc__.split("\n\n")[1].replace("\n", " "), "",
               "| option | unseen new/old − old/old | seen new/old − old/old | new/new cost |",

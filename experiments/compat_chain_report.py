@@ -243,7 +243,7 @@ def contrastive_choice(first: dict) -> list[str]:
             and first["setting"]["temperature"] == chosen.get("temperature", 0.1))
     return [f"{loss_of(first).capitalize()} weight chosen on validation data (seeds "
             f"{[s['seed'] for s in validation]}, `compat_chain_{name}.md`): **{family}**; "
-            + (f"this file's contrastive families run at that weight (the pick is the "
+            + (f"this file's {loss_of(first)} families run at that weight (the pick is the "
                f"{chosen['family']} family; the other is shown at the same weight)." if here
                else "this file's weight or temperature is not the pick's (shown for "
                "comparison)."), ""]
@@ -352,9 +352,7 @@ def render(seeds: list[dict], combine_command: str, notes: Optional[list[str]] =
               "normalize=True)` onto v1's embeddings of v2's data (every class). Simplex: v1 and v2 trained with the fixed simplex head (its "
               "own v1). Contrastive onto v1: `CrossModelContrastiveLoss` onto v1's embeddings of "
               "v2's data (every class: v1 embeds classes it never saw), at the chain's "
-              "contrastive weight; + class-mean rows: with BCT through those rows too. nca onto "
-              "v1: `CrossModelNCALoss` with v1's embeddings of v2's data as the memory, at the "
-              "chain's NCA weight (and + class-mean rows likewise). "
+              "contrastive weight; + class-mean rows: with BCT through those rows too. "
               "Goal: unseen queries on v1's gallery at least as well as v1 searches "
               "them (new/old − old/old ≥ 0).", ""]
     lines += new_class_table(seeds) + [""]
