@@ -25,6 +25,19 @@ Temperature: 0.1 first (weights 0.5 .. 8); --temperature 0.05 and 0.2 (weights 1
 added after those picks missed AC = 1; --combine --split val (at 0.1) picks over every
 temperature's file. Files: compat_chain_<dataset>_val_contrastive[_t<T>].* and
 compat_chain_<dataset>_cw<W>[_t<T>].*.
+
+--loss nca: the same families and options with CrossModelNCALoss (each query's neighbours among
+every earlier version's embeddings of v_k's whole training data, itself left out, should share
+its class), weights 1, 2, 4, 8 at temperature 0.1 (fixed before its sweeps ran), plus a third
+new-class option: v2 as a ProjectedModel whose linear projection is trained by the term and
+queries v1's gallery. The new-class options get their own weight: --split val --new-classes
+sweeps it (rule in compat_chain_new_classes.py), --new-classes --weight W tests it; an NCA test
+without --new-classes runs the chain alone. Files compat_chain_<dataset>_val_nca[_new].* and
+compat_chain_<dataset>_nw<W>[_new].*.
+  OMP_NUM_THREADS=1 .venv/bin/python experiments/compat_chain_contrastive.py --dataset mnist1d --loss nca --split val --seeds 10
+  OMP_NUM_THREADS=1 .venv/bin/python experiments/compat_chain_contrastive.py --dataset mnist1d --loss nca --split val --new-classes --seeds 10
+  OMP_NUM_THREADS=1 .venv/bin/python experiments/compat_chain_contrastive.py --dataset mnist1d --loss nca --weight 4 --seeds 0
+  OMP_NUM_THREADS=1 .venv/bin/python experiments/compat_chain_contrastive.py --dataset mnist1d --loss nca --new-classes --weight 8 --seeds 0
 """
 
 from __future__ import annotations
