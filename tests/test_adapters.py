@@ -175,3 +175,47 @@ def test_slerp_bad_inputs_name_the_argument():
         fit_adapter(new, old, kind="orthogonal").transform(new, anchor=old)
     with pytest.raises(ValueError, match=r"settings\['blend'\] .SLERP. needs kind 'orthogonal'"):
         EmbeddingAdapter(kind="affine", params=dict(slerp.params), settings={"blend": 0.5})
+
+
+def _blurred_world(n, seed):
+    """Source embeddings that separate four classes; a target space that barely tells classes 2
+    and 3 apart (their centres 0.8 apart under noise of 0.5)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, size=n)
+    source = np.eye(6)[y] * 3 + rng.normal(scale=0.3, size=(n, 6))
+    centres = np.eye(6)[[0, 1, 2, 2]] * 3
+    centres[3, 3] = 0.8
+    return source, centres[y] + rng.normal(scale=0.5, size=(n, 6)), y
+
+
+def _top1(queries, query_labels, gallery, gallery_labels):
+    scores = unit(queries) @ unit(gallery).T
+    return float((gallery_labels[scores.argmax(1)] == query_labels).mean())
+
+
+def test_labels_train_the_mlp_to_search_the_target_gallery_better_than_it_searches_itself():
+    source, target, labels = _blurred_world(400, 0)
+    query_source, query_target, query_labels = _blurred_world(200, 1)
+    _, gallery, gallery_labels = _blurred_world(400, 2)
+    copy = fit_adapter(source, target, kind="mlp", seed=0, progress=False)
+    neighbours = fit_adapter(source, target, kind="mlp", labels=labels, seed=0, progress=False)
+    assert neighbours.settings["objective"] == "neighbours"
+    own = _top1(query_target, query_labels, gallery, gallery_labels)
+    copied = _top1(copy.transform(query_source), query_labels, gallery, gallery_labels)
+    found = _top1(neighbours.transform(query_source), query_labels, gallery, gallery_labels)
+    # copying the target model inherits its blur between classes 2 and 3; asking for
+    # same-class neighbours does not
+    assert found > copied + 0.05
+    assert found > own + 0.1
+
+
+def test_labels_bad_inputs_name_the_argument():
+    source, target, labels = _blurred_world(40, 0)
+    with pytest.raises(ValueError, match="labels .* kind='mlp'"):
+        fit_adapter(source, target, kind="affine", labels=labels)
+    with pytest.raises(ValueError, match="normalize=False"):
+        fit_adapter(source, target, kind="mlp", labels=labels, normalize=False)
+    with pytest.raises(ValueError, match=r"labels must be \(40,\) integer class ids"):
+        fit_adapter(source, target, kind="mlp", labels=labels[:5])
+    with pytest.raises(ValueError, match="labels must be"):
+        fit_adapter(source, target, kind="mlp", labels=labels.astype(float))

@@ -6,6 +6,10 @@
 - ``"affine"``: ridge regression with a bias, optionally rank-limited (reduced-rank regression).
 - ``"mlp"``: the affine map plus a residual ReLU branch, trained with a cosine loss (squared
   error when ``normalize=False``), starting from the ridge solution with the branch at zero.
+  Given the pairs' class ``labels``, it is trained instead so that each mapped source row's
+  nearest target rows (its own left out) share its class (:class:`CrossModelNCALoss` with the
+  target rows as the memory): a query adapter that searches the target gallery as well as it can,
+  rather than one that copies the target model (which can at best search as well as it does).
 - ``"orthogonal"`` with ``blend=t`` (SLERP, query side): the Procrustes map, then a spherical
   interpolation from the target model's own embedding of the same input (t = 0) to the mapped
   one (t = 1); training-free, but the target model (v1) runs on every query.
@@ -19,6 +23,7 @@ import numpy as np
 import torch
 
 from regfree.compat.adapter import ADAPTER_KINDS, EmbeddingAdapter, _l2_normalise
+from regfree.compat.nca import CrossModelNCALoss
 from regfree.progress import progress_bar
 
 _MAX_EPOCHS = 200
@@ -59,7 +64,8 @@ def _ridge(source: np.ndarray, target: np.ndarray, ridge: float,
 
 def _train_residual(source: np.ndarray, target: np.ndarray, weight: np.ndarray,
                     bias: np.ndarray, *, normalize: bool, hidden: int, epochs: int, lr: float,
-                    batch_size: int, seed: int, progress: bool) -> dict[str, np.ndarray]:
+                    batch_size: int, seed: int, progress: bool,
+                    labels: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
     generator = torch.Generator().manual_seed(seed)
     x = torch.as_tensor(source, dtype=torch.float32)
     y = torch.as_tensor(target, dtype=torch.float32)
@@ -76,11 +82,14 @@ def _train_residual(source: np.ndarray, target: np.ndarray, weight: np.ndarray,
         last.bias.zero_()
     modules = torch.nn.ModuleList([linear, first, last])
     optimiser = torch.optim.Adam(modules.parameters(), lr=lr)
+    nca = None if labels is None else CrossModelNCALoss(y, labels)
     for _ in progress_bar(range(epochs), desc="fit_adapter(mlp)", unit="epoch",
                           enabled=progress):
         for batch in torch.randperm(len(x), generator=generator).split(batch_size):
             out = linear(x[batch]) + last(torch.relu(first(x[batch])))
-            if normalize:
+            if nca is not None:
+                loss = nca(out, nca.labels[batch], batch)
+            elif normalize:
                 loss = 1 - torch.nn.functional.cosine_similarity(out, y[batch], dim=1).mean()
             else:
                 loss = (out - y[batch]).pow(2).sum(1).mean()
@@ -103,7 +112,8 @@ def _check_number(value: Any, name: str, *, low: float, integer: bool = False) -
 def fit_adapter(source: Any, target: Any, *, kind: str = "affine", normalize: bool = True,
                 ridge: float = 1e-3, rank: Optional[int] = None, hidden: Optional[int] = None,
                 epochs: Optional[int] = None, lr: float = 1e-2, batch_size: int = 256, seed: int = 0,
-                blend: Optional[float] = None, progress: bool = True) -> EmbeddingAdapter:
+                blend: Optional[float] = None, labels: Any = None,
+                progress: bool = True) -> EmbeddingAdapter:
     """Learn a map from ``source`` embeddings to ``target`` embeddings of the same items.
 
     Row ``i`` of both arrays embeds the same item: v1 -> v2 pairs give an adapter for the stored
@@ -128,6 +138,10 @@ def fit_adapter(source: Any, target: Any, *, kind: str = "affine", normalize: bo
             transform` takes ``anchor=`` (the target model's embeddings of the same inputs) and
             returns ``slerp(anchor, mapped, blend)``; 1 is plain Procrustes, 0 the anchor.
             Needs ``normalize=True``. None (default): no blend.
+        labels: ``"mlp"`` only: ``(n,)`` class ids of the paired items; the map is then trained
+            so that its outputs' nearest target rows (each item's own left out) share their
+            class, instead of to reproduce the target rows. Useful when the target model
+            searches poorly for some classes (e.g. ones it never trained on). None: regression.
         progress: show a progress bar over ``"mlp"`` epochs.
 
     Returns:
@@ -161,6 +175,17 @@ def fit_adapter(source: Any, target: Any, *, kind: str = "affine", normalize: bo
     if len(source) < needed:
         raise ValueError(f"kind {kind!r} needs at least {needed} pairs, got {len(source)} "
                          "(pass more pairs, or ridge > 0)")
+    label_ids = None
+    if labels is not None:
+        if kind != "mlp" or not normalize:
+            raise ValueError(f"labels (the neighbourhood objective, by cosine) apply to "
+                             f"kind='mlp' with normalize=True, got kind={kind!r}, "
+                             f"normalize={normalize}")
+        label_ids = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor)
+                               else labels)
+        if label_ids.shape != (len(source),) or not np.issubdtype(label_ids.dtype, np.integer):
+            raise ValueError(f"labels must be ({len(source)},) integer class ids, one per pair, "
+                             f"got shape {label_ids.shape} and dtype {label_ids.dtype}")
     if rank is not None:
         _check_number(rank, "rank", low=1, integer=True)
     _check_number(batch_size, "batch_size", low=1, integer=True)
@@ -184,10 +209,11 @@ def fit_adapter(source: Any, target: Any, *, kind: str = "affine", normalize: bo
         if kind == "mlp":
             width = int(hidden) if hidden is not None else 2 * target.shape[1]
             _check_number(width, "hidden", low=1, integer=True)
-            settings.update(hidden=width, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+            settings.update(hidden=width, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                            objective="regression" if label_ids is None else "neighbours")
             params = _train_residual(source, target, weight, bias, normalize=normalize,
                                      hidden=width, epochs=epochs, lr=lr, batch_size=batch_size,
-                                     seed=seed, progress=progress)
+                                     seed=seed, progress=progress, labels=label_ids)
     params = {name: np.ascontiguousarray(value, dtype=np.float32)
               for name, value in params.items()}
     return EmbeddingAdapter(kind=kind, params=params, normalize=normalize, settings=settings)
