@@ -62,7 +62,7 @@ from compat_chain_setup import (
 from torch import nn
 
 from common import command_line, cpu_name
-from regfree.compat import embedder, extend_head
+from regfree.compat import embedder, extend_head, fit_adapter
 from regfree.reporting import write_text_atomic
 
 # 0.5, 1, 2 first; digits' first sweep picked the edge (2), so 4 and 8 were added, same rule
@@ -125,6 +125,22 @@ def new_class_options(run: Seed, weight: float, loss: str = "contrastive",
     return {name: group_scores(run, embedder(v1), embedder(model), s.seen_classes,
                                embedder(model, space="compatible"))
             for name, model in options.items()}
+
+
+def adapter_options(run: Seed, v1: nn.Module, v2: nn.Module) -> dict:
+    """Seen/unseen scores of ``v2`` (trained alone) querying ``v1``'s gallery through a post-hoc
+    ``fit_adapter(kind="mlp")`` fitted on v2's training data embedded by both models: trained to
+    copy v1's embeddings, or (given the labels) for same-class neighbours among them."""
+    x, y = run.data.x_train[run.parts[1]], run.data.y_train[run.parts[1]]
+    old, new = embedder(v1), embedder(v2)
+    options = {}
+    for name, labels in (("independent v2 + mlp adapter", None),
+                         ("independent v2 + mlp adapter with labels (neighbours)", y)):
+        adapter = fit_adapter(new(x), old(x), kind="mlp", labels=labels, seed=run.seed,
+                              progress=False)
+        options[name] = group_scores(run, old, new, run.setting.seen_classes,
+                                     lambda queries, a=adapter: a.transform(new(queries)))
+    return options
 
 
 def run_new_class_validation_seed(setting: Setting, seed: int, argv: list[str], name: str,
@@ -209,6 +225,8 @@ def run_test_seed(setting: Setting, seed: int, argv: list[str], name: str,
         result["new classes"] = {"independent": group_scores(
             run, embedder(v1_seen), embedder(independent_v2), setting.seen_classes)}
         result["new classes"].update(new_class_options(run, weight, loss, v1_seen))
+        if loss == "nca":  # added after the NCA sweeps: no weight to choose, library defaults
+            result["new classes"].update(adapter_options(run, v1_seen, independent_v2))
     result["seconds"] = time.perf_counter() - started
     write_text_atomic(seed_path(name, seed), json.dumps(result, indent=1))
     print(f"{setting.dataset} seed {seed}: {result['seconds']:.0f}s", flush=True)

@@ -65,7 +65,10 @@ def markdown(seeds: list[dict], commands: list[str]) -> str:
         "of v2's data alone; with BCT through v1's head extended by class-mean rows; alone "
         "through a projection (v2 served as a `ProjectedModel`: a linear map of its embedding, "
         "trained by the term, queries v1's gallery; its own embedding serves its own "
-        "gallery). Values: top-1 points, mean ± std over seeds.", ""]
+        "gallery). Test runs add v2 trained alone with its queries mapped into v1's space by "
+        "`fit_adapter(kind=\"mlp\")` fitted on v2's training data embedded by both models, "
+        "copying v1's embeddings or, given the labels, for same-class neighbours among them (no "
+        "weight to choose). Values: top-1 points, mean ± std over seeds.", ""]
     if not validation:
         from compat_chain_report import load_seeds, new_class_table
 

@@ -201,6 +201,11 @@ def family_lines(first: dict) -> list[str]:
                   "influence loss.",
                   "- all heads + nca: the same plus BCT over every earlier head (one "
                   "BackwardCompatibleLoss, equal head_weights, weight 1)."]
+    if any("adapters" in f for f in families):
+        lines.append("- independent + mlp adapters (with labels): every version trained alone; "
+                     "v_k queries v_j's gallery through `fit_adapter(kind=\"mlp\"[, labels=])` "
+                     "fitted on v_k's training data embedded by both (see "
+                     "`compat_chain_adapters.py`), its own gallery natively.")
     if any("contrastive" in f for f in families):
         setting = first["setting"]
         weight = (" at weight w (`w<w>`) and temperature T (` T<T>`; none: 0.1)"
@@ -272,6 +277,8 @@ def choice_lines(seeds: list[dict]) -> list[str]:
                    "an oldest-weighted pick)."), ""]
     if is_contrastive(first):
         return contrastive_choice(first)
+    if any("adapters" in f for f in first["chain"]):
+        return ["Adapters: library defaults, nothing chosen on validation.", ""]
     name = f"{first['dataset']}_val"
     validation = [s for s in load_seeds(name, missing_ok=True) if "seconds" in s]
     if not validation:

@@ -1,0 +1,99 @@
+"""The compat_chain study with post-hoc query adapters instead of compatible training.
+
+Same chain, data, models and retrieval protocol as experiments/compat_chain.py. Every version is
+trained alone (the independent family); v_k's queries search v_j's gallery (j < k) through
+``fit_adapter(kind="mlp")`` fitted on v_k's training data embedded by both versions, and search
+its own gallery natively (no new/new cost by construction). Families:
+  independent + mlp adapters                       the adapters copy v_j's embeddings;
+  independent + mlp adapters with labels (neighbours)  the adapters are trained, given the labels,
+                                                   for same-class neighbours among v_j's embeddings.
+Library defaults, nothing chosen on validation (added after the NCA new-class runs, where the
+labelled adapter came out ahead; not tried on the chain before this run).
+
+One seed per process, then the table (compat_chain_<dataset>_adapters.md):
+  OMP_NUM_THREADS=1 .venv/bin/python experiments/compat_chain_adapters.py --dataset digits --seeds 0
+  OMP_NUM_THREADS=1 .venv/bin/python experiments/compat_chain_adapters.py --dataset digits --combine
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from typing import Optional
+
+import torch
+from compat_chain_setup import MAP_K, SETTINGS, Seed, load, seed_path
+from torch import nn
+
+from common import command_line, cpu_name
+from regfree.compat import CompatibilityReport, embedder, fit_adapter
+from regfree.reporting import write_text_atomic
+from regfree.retrieval import retrieval_matrix
+
+FAMILIES = {"independent + mlp adapters": False,
+            "independent + mlp adapters with labels (neighbours)": True}
+
+
+def adapted_report(run: Seed, models: list[nn.Module], with_labels: bool) -> dict:
+    """The chain's report with v_k's queries mapped into every earlier version's space."""
+    d = run.data
+    queries, galleries = {}, {}
+    for k, model in enumerate(models):
+        own = embedder(model)
+        x, y = d.x_train[run.parts[k]], d.y_train[run.parts[k]]
+        native = own(d.x_test)
+        per_gallery = {f"v{k + 1}": native}
+        for j, earlier in enumerate(models[:k]):
+            adapter = fit_adapter(own(x), embedder(earlier)(x), kind="mlp",
+                                  labels=y if with_labels else None, seed=run.seed,
+                                  progress=False)
+            per_gallery[f"v{j + 1}"] = adapter.transform(native)
+        queries[f"v{k + 1}"] = per_gallery
+        galleries[f"v{k + 1}"] = own(d.x_train)
+    matrix = retrieval_matrix(queries, d.y_test, galleries, d.y_train, ks=(1,), map_k=MAP_K)
+    return CompatibilityReport(matrix).to_dict()
+
+
+def run_seed(dataset: str, seed: int, argv: list[str]) -> dict:
+    started = time.perf_counter()
+    setting = SETTINGS[dataset]
+    run = Seed(setting, load(setting), seed)
+    models = [run.train(k) for k in range(4)]
+    result = {"dataset": dataset, "seed": seed, "setting": asdict(setting), "split": "test",
+              "command": command_line("compat_chain_adapters.py", argv), "cpu": cpu_name(),
+              "head_weights": "equal", "chain": {"independent": run.report(models)},
+              "new classes": {}}
+    for family, with_labels in FAMILIES.items():
+        result["chain"][family] = adapted_report(run, models, with_labels)
+        print(f"{dataset} seed {seed}: {family} at {time.perf_counter() - started:.0f}s",
+              flush=True)
+    result["seconds"] = time.perf_counter() - started
+    write_text_atomic(seed_path(f"{dataset}_adapters", seed), json.dumps(result, indent=1))
+    return result
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=list(SETTINGS), required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--combine", action="store_true",
+                        help="write the table from every seed file")
+    args = parser.parse_args(argv)
+    if args.combine:
+        from compat_chain_report import combine
+
+        print(combine(f"{args.dataset}_adapters",
+                      command_line("compat_chain_adapters.py", argv)))
+        return 0
+    torch.set_num_threads(1)
+    for seed in args.seeds:
+        run_seed(args.dataset, seed, argv)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
