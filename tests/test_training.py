@@ -344,7 +344,8 @@ def test_fit_options_check_and_normalise_what_fit_was_given():
     options = FitOptions(epochs=2.0, optimizer=adam, batch_size=16.0, seed=np.int64(3))
     assert (options.epochs, options.batch_size, options.seed) == (2, 16, 3)
     assert type(options.seed) is int
-    assert options.resume_key(100) == {"seed": 3, "batch_size": 16, "num_samples": 100}
+    assert options.resume_key(100) == {"seed": 3, "batch_size": 16, "num_samples": 100,
+                                       "ema_decay": None}
     with pytest.raises(ValueError, match=r"batch_size must be a positive integer, got 2\.5"):
         FitOptions(epochs=1, optimizer=adam, batch_size=2.5)
     with pytest.raises(ValueError, match="resume=True needs checkpoint_dir"):

@@ -148,7 +148,7 @@ def _restore(session: _Session, feed: Feed) -> None:
     if found is None:
         return
     state = load_checkpoint(found, map_location=session.ctx.device)
-    for key, value in _config(session, feed).items():
+    for key, value in session.options.resume_key(feed.num_samples).items():
         if state["config"].get(key) != value:
             raise ValueError(f"resume: {found} was trained with {key}="
                              f"{state['config'].get(key)!r}, this call has {value!r}")
@@ -234,18 +234,12 @@ def _validate(session: _Session, data: FitData
     return totals.error_rate_new, totals.nfr, totals.pfr, flips
 
 
-def _config(session: _Session, feed: Feed) -> dict[str, Any]:
-    """What a checkpoint records of its run and a resuming call must match."""
-    return {**session.options.resume_key(feed.num_samples),
-            "ema_decay": session.options.ema_decay}
-
-
 def _checkpoint(session: _Session, epochs_done: int, feed: Feed) -> None:
     """Rank 0 writes ``epoch_NNNN.pt`` (atomic rename); every rank waits for it."""
     if session.ctx.is_main:
         sched, scaler = session.sched, session.scaler
         save_checkpoint(checkpoint_path(session.options.checkpoint_dir, epochs_done), {
-            "epoch": epochs_done, "config": _config(session, feed),
+            "epoch": epochs_done, "config": session.options.resume_key(feed.num_samples),
             "model": session.model.state_dict(), "optimizer": session.opt.state_dict(),
             "scheduler": sched.state_dict() if sched is not None else None,
             "scaler": scaler.state_dict() if scaler is not None else None,

@@ -65,6 +65,8 @@ class FitOptions:
         object.__setattr__(self, "num_workers", num_workers)
         object.__setattr__(self, "ema_decay", check_ema_decay(self.ema_decay))
 
-    def resume_key(self, num_samples: Optional[int]) -> dict[str, Optional[int]]:
-        """What a checkpoint must share with this call to be resumed by it."""
-        return {"seed": self.seed, "batch_size": self.batch_size, "num_samples": num_samples}
+    def resume_key(self, num_samples: Optional[int]) -> dict[str, Any]:
+        """What a checkpoint must share with this call to be resumed by it (with ``ema_decay``
+        the checkpoint's averaged model is resumed too, so the decay must match)."""
+        return {"seed": self.seed, "batch_size": self.batch_size, "num_samples": num_samples,
+                "ema_decay": self.ema_decay}
