@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from regfree.compat.adapter import ADAPTER_KINDS, EmbeddingAdapter, _l2_normalise
+from regfree.compat.losses import _class_ids
 from regfree.compat.nca import CrossModelNCALoss
 from regfree.progress import progress_bar
 
@@ -65,7 +66,7 @@ def _ridge(source: np.ndarray, target: np.ndarray, ridge: float,
 def _train_residual(source: np.ndarray, target: np.ndarray, weight: np.ndarray,
                     bias: np.ndarray, *, normalize: bool, hidden: int, epochs: int, lr: float,
                     batch_size: int, seed: int, progress: bool,
-                    labels: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
+                    labels: Optional[torch.Tensor] = None) -> dict[str, np.ndarray]:
     generator = torch.Generator().manual_seed(seed)
     x = torch.as_tensor(source, dtype=torch.float32)
     y = torch.as_tensor(target, dtype=torch.float32)
@@ -181,11 +182,7 @@ def fit_adapter(source: Any, target: Any, *, kind: str = "affine", normalize: bo
             raise ValueError(f"labels (the neighbourhood objective, by cosine) apply to "
                              f"kind='mlp' with normalize=True, got kind={kind!r}, "
                              f"normalize={normalize}")
-        label_ids = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor)
-                               else labels)
-        if label_ids.shape != (len(source),) or not np.issubdtype(label_ids.dtype, np.integer):
-            raise ValueError(f"labels must be ({len(source)},) integer class ids, one per pair, "
-                             f"got shape {label_ids.shape} and dtype {label_ids.dtype}")
+        label_ids = _class_ids(labels, len(source), "pair")
     if rank is not None:
         _check_number(rank, "rank", low=1, integer=True)
     _check_number(batch_size, "batch_size", low=1, integer=True)

@@ -12,7 +12,7 @@ targets)``, ``l2(new_embeddings, old_embeddings)``), in your own training loop o
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -65,6 +65,16 @@ def _as_cache(array, name: str) -> torch.Tensor:
         raise ValueError(f"{name} must be a float (N, D) array, got shape {tuple(cache.shape)} "
                          f"and dtype {cache.dtype}")
     return cache.float().clone()
+
+
+def _class_ids(labels: Any, count: int, each: str) -> torch.Tensor:
+    """``labels`` as ``(count,)`` int64 class ids, or an error naming ``labels`` (``each``, e.g.
+    "pair", says what one label belongs to)."""
+    array = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels)
+    if array.shape != (count,) or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"labels must be ({count},) integer class ids, one per {each}, got "
+                         f"shape {array.shape} and dtype {array.dtype}")
+    return torch.as_tensor(array, dtype=torch.long)
 
 
 def _check_temperature(temperature: float) -> float:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,6 +26,7 @@ from regfree.compat.losses import (
     _check_shares,
     _check_temperature,
     _check_weight,
+    _class_ids,
 )
 from regfree.training.steps import TrainStep, step_embeddings, step_indices
 
@@ -83,17 +83,11 @@ class CrossModelNCALoss(nn.Module):
         super().__init__()
         self.temperature = _check_temperature(temperature)
         caches = _as_caches(old_embeddings)
-        label_array = labels.detach().cpu() if isinstance(labels, torch.Tensor) \
-            else torch.as_tensor(np.asarray(labels))
-        if label_array.shape != (len(caches[0]),) or label_array.is_floating_point() \
-                or label_array.dtype == torch.bool:
-            raise ValueError(f"labels must be ({len(caches[0])},) integer class ids, one per "
-                             f"row of old_embeddings, got shape {tuple(label_array.shape)} and "
-                             f"dtype {label_array.dtype}")
+        class_ids = _class_ids(labels, len(caches[0]), "row of old_embeddings")
         # plain attributes, not buffers: DistributedDataParallel would broadcast a buffer from
         # rank 0 at every step, and every process already holds the same memory
         self.memory = [F.normalize(c, dim=1) for c in caches]
-        self.labels = label_array.long()
+        self.labels = class_ids
         self.version_weights = _check_shares(version_weights, len(caches), "version_weights",
                                              "earlier version")
         self.weight = _check_weight(weight)
