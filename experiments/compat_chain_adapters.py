@@ -44,10 +44,10 @@ def adapted_report(run: Seed, models: list[nn.Module], with_labels: bool) -> dic
     for k, model in enumerate(models):
         own = embedder(model)
         x, y = d.x_train[run.parts[k]], d.y_train[run.parts[k]]
-        native = own(d.x_test)
+        native, source = own(d.x_test), own(x)
         per_gallery = {f"v{k + 1}": native}
         for j, earlier in enumerate(models[:k]):
-            adapter = fit_adapter(own(x), embedder(earlier)(x), kind="mlp",
+            adapter = fit_adapter(source, embedder(earlier)(x), kind="mlp",
                                   labels=y if with_labels else None, seed=run.seed,
                                   progress=False)
             per_gallery[f"v{j + 1}"] = adapter.transform(native)
