@@ -189,17 +189,20 @@ def group_scores(run: Seed, old: Callable, new: Callable, seen: int,
                  new_on_old: Optional[Callable] = None) -> dict:
     """old/old, new/old and new/new (top-1, mAP) for seen and unseen queries apart;
     ``new_on_old`` embeds the new model's queries for the old gallery when they differ from
-    ``new`` (a ProjectedModel's compatible space)."""
+    ``new`` (a ProjectedModel's compatible space, an adapter)."""
     d = run.data
+    galleries = {"v1": old(d.x_train), "v2": new(d.x_train)}
     out = {}
-    for group, queries in (("seen", d.y_test < seen), ("unseen", d.y_test >= seen)):
-        own = scores(d, {"v1": old, "v2": new}, queries)["matrices"]
-        across = own if new_on_old is None else scores(
-            d, {"v1": old, "v2": new_on_old}, queries)["matrices"]
-        out[group] = {f"{a}/{b} {m}": source[m][i][j]
-                      for a, b, i, j, source in (("old", "old", 0, 0, own),
-                                                 ("new", "old", 1, 0, across),
-                                                 ("new", "new", 1, 1, own))
+    for group, mask in (("seen", d.y_test < seen), ("unseen", d.y_test >= seen)):
+        x_query = d.x_test[mask]
+        new_queries = new(x_query) if new_on_old is None else {"v1": new_on_old(x_query),
+                                                               "v2": new(x_query)}
+        matrix = retrieval_matrix({"v1": old(x_query), "v2": new_queries}, d.y_test[mask],
+                                  galleries, d.y_train, ks=(1,), map_k=MAP_K)
+        matrices = CompatibilityReport(matrix).to_dict()["matrices"]
+        out[group] = {f"{a}/{b} {m}": matrices[m][i][j]
+                      for a, b, i, j in (("old", "old", 0, 0), ("new", "old", 1, 0),
+                                         ("new", "new", 1, 1))
                       for m in ("top1", "mAP")}
     return out
 
