@@ -23,6 +23,7 @@ from regfree.pctraining import (
     NoisyDistillationTerm,
     OldLogitCache,
     ScheduledTerm,
+    TemporalEnsemble,
     TopKLogitInhibitionLoss,
     linear_ramp,
     margin_logit_distance,
@@ -192,6 +193,28 @@ class NoisyFocalDistillation:
                                      self.noise * feature_std)
 
 
+@dataclass(frozen=True)
+class TemporalKnowledgeDistillation:
+    """KD toward v2's own past logits per training sample (a
+    :class:`regfree.pctraining.TemporalEnsemble` of ``momentum`` per epoch): an ensemble over
+    the run's own trajectory, no training beyond v2's."""
+
+    temperature: float
+    weight: float
+    momentum: float = 0.6
+    family = "TE-KD"
+
+    def label(self, alone: bool = True) -> str:
+        return (f"own-average KD T={self.temperature:g} w={self.weight:g} "
+                f"m={self.momentum:g}")
+
+    def build(self, context: TermContext) -> Any:
+        loss = KnowledgeDistillationLoss(temperature=self.temperature, weight=self.weight,
+                                         name="kd_own_average")
+        ensemble = TemporalEnsemble(len(context.data.y_train), 10, momentum=self.momentum)
+        return DistillationTerm(loss, ensemble)
+
+
 # the steps of v2's training on mnist1d (9,600 samples in batches of 128, 30 epochs): the run
 # length a WeightAveraging decay is stated for
 REFERENCE_STEPS = 75 * 30
@@ -235,10 +258,11 @@ class LearningRateFloor:
 
 
 TermSpec = Union[FocalDistillation, KnowledgeDistillation, Elodi, NoisyFocalDistillation,
-                 TopKInhibition, WeightAveraging, LearningRateFloor]
+                 TopKInhibition, WeightAveraging, LearningRateFloor,
+                 TemporalKnowledgeDistillation]
 SPECS = {cls.__name__: cls for cls in (FocalDistillation, KnowledgeDistillation, Elodi,
                                        NoisyFocalDistillation, TopKInhibition, WeightAveraging,
-                                       LearningRateFloor)}
+                                       LearningRateFloor, TemporalKnowledgeDistillation)}
 
 
 @dataclass(frozen=True)

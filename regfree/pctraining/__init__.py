@@ -40,6 +40,7 @@ _LAZY = {
     "KnowledgeDistillationLoss": "losses",
     "DistillationTerm": "term", "NoisyDistillationTerm": "term",
     "ScheduledTerm": "schedule", "linear_ramp": "schedule",
+    "TemporalEnsemble": "temporal",
     "TopKLogitInhibitionLoss": "topk", "topk_logit_distance": "topk",
     "focal_weights": "weighting", "old_correct": "weighting", "uniform_weights": "weighting",
 }
@@ -53,6 +54,7 @@ __all__ = [
     "NoisyDistillationTerm",
     "OldLogitCache",
     "ScheduledTerm",
+    "TemporalEnsemble",
     "TopKLogitInhibitionLoss",
     "blend_sweep",
     "fit_blend",

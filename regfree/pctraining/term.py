@@ -14,6 +14,7 @@ from torch import nn
 
 from regfree.pctraining.cache import OldLogitCache
 from regfree.pctraining.losses import DistillationLoss
+from regfree.pctraining.temporal import TemporalEnsemble
 from regfree.training.batches import call_model
 from regfree.training.steps import TrainStep, split_outputs, step_indices, step_model
 
@@ -28,11 +29,15 @@ class DistillationTerm(nn.Module):
     models whose logits are averaged: an ensemble teacher) run under ``no_grad`` on
     ``step.inputs``. Live teachers are frozen (``requires_grad=False``) and stay in eval mode
     even when the trainer calls ``train()``; they move to the training device with the term.
+    A :class:`TemporalEnsemble` teacher is the new model's own past logits for each sample
+    (looked up and updated by ``step.indices``): a teacher that needs no training.
     Called on tensors, ``term(new_logits, old_logits, targets)`` is ``loss(...)``.
 
     Args:
         loss: e.g. :class:`FocalDistillationLoss` or :class:`KnowledgeDistillationLoss`.
-        teacher: an :class:`OldLogitCache`, an old model, or a sequence of old models.
+        teacher: an :class:`OldLogitCache`, an old model, a sequence of old models, or a
+            :class:`TemporalEnsemble` (the new model's own past logits per sample, read and
+            updated each step by ``step.indices``).
         name: label in the training history (default: the loss's name).
 
     Example:
@@ -57,8 +62,12 @@ class DistillationTerm(nn.Module):
         self.loss = loss
         self.name = name or getattr(loss, "name", "distill")
         self.cache: Optional[OldLogitCache] = None
+        self.temporal: Optional[TemporalEnsemble] = None
         if isinstance(teacher, OldLogitCache):
             self.cache = teacher
+            self.teachers = nn.ModuleList()
+        elif isinstance(teacher, TemporalEnsemble):
+            self.temporal = teacher
             self.teachers = nn.ModuleList()
         else:
             models = list(teacher) if isinstance(teacher, Sequence) else [teacher]
@@ -79,6 +88,9 @@ class DistillationTerm(nn.Module):
         if self.cache is not None:
             indices = step_indices(step, f"loss term {self.name!r} (its OldLogitCache)")
             return self.cache.lookup(indices).to(step.logits.device, non_blocking=True)
+        if self.temporal is not None:
+            indices = step_indices(step, f"loss term {self.name!r} (its TemporalEnsemble)")
+            return self.temporal.exchange(indices, step.logits)
         return self.live_teacher_logits(step.inputs)
 
     def live_teacher_logits(self, inputs) -> torch.Tensor:
@@ -142,9 +154,9 @@ class NoisyDistillationTerm(DistillationTerm):
 
     def __init__(self, loss: DistillationLoss, teacher: Union[nn.Module, Sequence[nn.Module]],
                  noise_std: Union[float, torch.Tensor], name: Optional[str] = None) -> None:
-        if isinstance(teacher, OldLogitCache):
-            raise ValueError("teacher must be a live old model (or a sequence of them): an "
-                             "OldLogitCache has no logits for perturbed inputs")
+        if isinstance(teacher, (OldLogitCache, TemporalEnsemble)):
+            raise ValueError(f"teacher must be a live old model (or a sequence of them): "
+                             f"an {type(teacher).__name__} has no logits for perturbed inputs")
         super().__init__(loss, teacher, name=name or f"{getattr(loss, 'name', 'distill')}_noisy")
         std = torch.as_tensor(noise_std, dtype=torch.float32)
         if not bool(torch.isfinite(std).all()) or bool((std < 0).any()):

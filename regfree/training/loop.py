@@ -74,8 +74,12 @@ class _Objective(nn.Module):
         return total, ce, values
 
     def trainable_term_states(self) -> dict[str, dict[str, torch.Tensor]]:
+        """State of the terms that change in training: trainable parameters, or a module that
+        says it ``carries_state`` (e.g. a TemporalEnsemble's per-sample averages)."""
         return {name: term.state_dict() for name, term in zip(self.names, self.terms)
-                if isinstance(term, nn.Module) and any(p.requires_grad for p in term.parameters())}
+                if isinstance(term, nn.Module)
+                and (any(p.requires_grad for p in term.parameters())
+                     or any(getattr(m, "carries_state", False) for m in term.modules()))}
 
 
 def _call_term(name: str, term: LossTerm, step: TrainStep) -> Any:
