@@ -9,10 +9,17 @@ its own gallery natively (no new/new cost by construction). Families:
                                                    for same-class neighbours among v_j's embeddings.
 Library defaults, nothing chosen on validation (added after the NCA new-class runs, where the
 labelled adapter came out ahead; not tried on the chain before this run).
+--nca-weight W: the versions are trained as the nca chain of compat_chain_contrastive.py (v_k
+with CrossModelNCALoss onto every earlier version, weight W as that dataset's validation chose),
+and labelled adapters map their queries into every earlier space on top (family
+"nca + mlp adapters with labels", beside "nca" itself from the same models); files
+compat_chain_<dataset>_adapters_nw<W>.*. Added after both alone missed AC = 1 on digits; the
+adapters have no setting, so nothing new is chosen.
 
 One seed per process, then the table (compat_chain_<dataset>_adapters.md):
   OMP_NUM_THREADS=1 .venv/bin/python experiments/compat_chain_adapters.py --dataset digits --seeds 0
   OMP_NUM_THREADS=1 .venv/bin/python experiments/compat_chain_adapters.py --dataset digits --combine
+  OMP_NUM_THREADS=1 .venv/bin/python experiments/compat_chain_adapters.py --dataset digits --nca-weight 2 --seeds 0
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Optional
 
 import torch
@@ -57,22 +64,37 @@ def adapted_report(run: Seed, models: list[nn.Module], with_labels: bool) -> dic
     return CompatibilityReport(matrix).to_dict()
 
 
-def run_seed(dataset: str, seed: int, argv: list[str]) -> dict:
+def run_seed(dataset: str, seed: int, argv: list[str], nca_weight: Optional[float] = None
+             ) -> dict:
     started = time.perf_counter()
     setting = SETTINGS[dataset]
     run = Seed(setting, load(setting), seed)
     models = [run.train(k) for k in range(4)]
-    result = {"dataset": dataset, "seed": seed, "setting": asdict(setting), "split": "test",
+    recorded = setting if nca_weight is None else replace(setting, contrastive_weight=nca_weight)
+    result = {"dataset": dataset, "seed": seed, "setting": asdict(recorded), "split": "test",
               "command": command_line("compat_chain_adapters.py", argv), "cpu": cpu_name(),
               "head_weights": "equal", "chain": {"independent": run.report(models)},
-              "new classes": {}}
-    for family, with_labels in FAMILIES.items():
-        result["chain"][family] = adapted_report(run, models, with_labels)
+              "new classes": {}, **({} if nca_weight is None else {"loss": "nca"})}
+    if nca_weight is None:
+        families = {family: (models, with_labels) for family, with_labels in FAMILIES.items()}
+    else:
+        chain = [models[0]]
+        for k in (1, 2, 3):
+            chain.append(run.train(k, [run.nca(chain, k, nca_weight)]))
+        result["chain"]["nca"] = run.report(chain)
+        families = {"nca + mlp adapters with labels (neighbours)": (chain, True)}
+    for family, (versions, with_labels) in families.items():
+        result["chain"][family] = adapted_report(run, versions, with_labels)
         print(f"{dataset} seed {seed}: {family} at {time.perf_counter() - started:.0f}s",
               flush=True)
     result["seconds"] = time.perf_counter() - started
-    write_text_atomic(seed_path(f"{dataset}_adapters", seed), json.dumps(result, indent=1))
+    write_text_atomic(seed_path(file_name(dataset, nca_weight), seed),
+                      json.dumps(result, indent=1))
     return result
+
+
+def file_name(dataset: str, nca_weight: Optional[float]) -> str:
+    return f"{dataset}_adapters" + ("" if nca_weight is None else f"_nw{nca_weight:g}")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -82,16 +104,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--combine", action="store_true",
                         help="write the table from every seed file")
+    parser.add_argument("--nca-weight", type=float, metavar="W",
+                        help="train the versions as the nca chain at weight W, adapters on top")
     args = parser.parse_args(argv)
     if args.combine:
         from compat_chain_report import combine
 
-        print(combine(f"{args.dataset}_adapters",
+        print(combine(file_name(args.dataset, args.nca_weight),
                       command_line("compat_chain_adapters.py", argv)))
         return 0
     torch.set_num_threads(1)
     for seed in args.seeds:
-        run_seed(args.dataset, seed, argv)
+        run_seed(args.dataset, seed, argv, args.nca_weight)
     return 0
 
 

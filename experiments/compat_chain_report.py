@@ -206,6 +206,9 @@ def family_lines(first: dict) -> list[str]:
                      "v_k queries v_j's gallery through `fit_adapter(kind=\"mlp\"[, labels=])` "
                      "fitted on v_k's training data embedded by both (see "
                      "`compat_chain_adapters.py`), its own gallery natively.")
+    if any(f.startswith("nca + mlp adapters") for f in families):
+        lines.append("- nca + mlp adapters with labels: the nca family's versions, their queries "
+                     "mapped into every earlier space by the labelled adapters as above.")
     if any("contrastive" in f for f in families):
         setting = first["setting"]
         weight = (" at weight w (`w<w>`) and temperature T (` T<T>`; none: 0.1)"
