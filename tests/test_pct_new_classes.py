@@ -81,7 +81,7 @@ def test_rows_score_seen_classes_apart_from_unseen_ones():
     fd = y.copy()
     fd[1] = 7  # keeps one of plain's two flips
     results = []
-    for terms, pred in zip(RECIPES, (plain, fd, y.copy(), y.copy(), y.copy())):
+    for terms, pred in zip(RECIPES, (plain, fd, y.copy(), y.copy(), y.copy(), y.copy())):
         logits = 6.0 * np.eye(10)[pred]
         results.append({"run": Run(0, terms), "seconds": 1.0, "val": pred, "test": pred,
                         "val_logits": logits, "test_logits": logits})
@@ -164,7 +164,7 @@ def test_new_class_rule_refuses_bad_settings(kwargs, match):
 def test_the_study_adds_zero_rule_rows_that_say_so_and_survive_their_record():
     from pct_study.recipes import FocalDistillation, run_from_record
 
-    assert RECIPES[:len(TABLE_RECIPES)] == TABLE_RECIPES and len(RECIPES) == 5
+    assert RECIPES[:len(TABLE_RECIPES)] == TABLE_RECIPES and len(RECIPES) == 6
     zero = Run(1, (FocalDistillation("kl", 1.0, 5.0, 100.0, 0.005, new_classes="zero"),))
     assert zero.label() == "FD-KL a=1 b=5 T=100 w=0.005, new classes: zero"
     assert zero in [Run(1, terms) for terms in RECIPES]

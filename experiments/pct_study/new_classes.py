@@ -1,6 +1,6 @@
 """Seen and unseen classes (issue 15, MPT's setting): v1 knows classes 0..V1_CLASSES-1, v2 all
 ten. The table's rows are the cheap study's shared rows (plain, FD defaults, the first sweep's
-pick ``PREVIOUS_PICK``, the blends), scored
+pick ``PREVIOUS_PICK``, the blends), the zero-rule rows and the cheap recipe ``CHOSEN``, scored
 on the classes v1 knows (error, NFR with its intervals, PFR) and on the ones it never saw."""
 
 from __future__ import annotations
@@ -11,18 +11,19 @@ import numpy as np
 
 from common import cpu_name, mean_std
 from pct_study.analysis import group_by_label, summarise
-from pct_study.cheap import PREVIOUS_PICK, TABLE_RECIPES, blend_results, complete
+from pct_study.cheap import CHOSEN, PREVIOUS_PICK, TABLE_RECIPES, blend_results, complete
 from pct_study.recipes import FocalDistillation, Run
 from pct_study.report import fmt_p
 from pct_study.settings import Data, Setup
 
 V1_CLASSES = 5  # v1 learns classes 0-4 (MPT: the old model on the first half of the classes)
 NUM_CLASSES = 10
-# the cheap study's rows, then FD defaults and the cheap pick with v1 giving the classes it never
-# saw probability zero (FocalDistillationLoss(new_classes="zero")): they also charge v2 for
-# moving a seen-class sample's probability to a new class
+# the cheap study's rows, then FD defaults and the first cheap pick with v1 giving the classes
+# it never saw probability zero (FocalDistillationLoss(new_classes="zero")): they also charge v2
+# for moving a seen-class sample's probability to a new class; last, the cheap recipe's pick
+# (its own-average teacher covers all ten classes, its FD term v1's five)
 RECIPES = TABLE_RECIPES + tuple((replace(fd, new_classes="zero"),)
-                                for fd in (FocalDistillation("kl"), PREVIOUS_PICK[0]))
+                                for fd in (FocalDistillation("kl"), PREVIOUS_PICK[0])) + (CHOSEN,)
 
 
 def new_class_rows(results: list[dict], data: Data, teachers: dict) -> list[dict]:
