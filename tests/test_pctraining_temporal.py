@@ -137,6 +137,8 @@ def test_bad_batches_are_named_and_change_nothing():
     with pytest.raises(ValueError, match=r"in \[0, 5\).*num_samples the training set's size"):
         ensemble.exchange(torch.tensor([1, 5]), torch.ones(2, 3))
     assert not bool(ensemble.seen.any()) and ensemble.average.abs().sum() == 0
+    # numpy integers (len() of an array, y.max() + 1) are sizes like any other
+    assert TemporalEnsemble(np.int64(5), np.int64(3)).average.shape == (5, 3)
 
 
 def test_a_noisy_term_and_data_without_positions_are_refused(make_model):

@@ -11,6 +11,8 @@ step: an ensemble over the training trajectory, for the price of one lookup.
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -58,14 +60,14 @@ class TemporalEnsemble(nn.Module):
     def __init__(self, num_samples: int, num_classes: int, *, momentum: float = 0.6) -> None:
         super().__init__()
         for name, value in (("num_samples", num_samples), ("num_classes", num_classes)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) \
                 or not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be a float in [0, 1), got {momentum!r}")
         self.momentum = float(momentum)
-        self.register_buffer("average", torch.zeros(num_samples, num_classes))
-        self.register_buffer("seen", torch.zeros(num_samples, dtype=torch.bool))
+        self.register_buffer("average", torch.zeros(int(num_samples), int(num_classes)))
+        self.register_buffer("seen", torch.zeros(int(num_samples), dtype=torch.bool))
 
     @property
     def num_samples(self) -> int:

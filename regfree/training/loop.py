@@ -73,7 +73,7 @@ class _Objective(nn.Module):
         total = ce + sum(values) if values else ce
         return total, ce, values
 
-    def trainable_term_states(self) -> dict[str, dict[str, torch.Tensor]]:
+    def checkpointed_term_states(self) -> dict[str, dict[str, torch.Tensor]]:
         """State of the terms that change in training: trainable parameters, or a module that
         says it ``carries_state`` (e.g. a TemporalEnsemble's per-sample averages)."""
         return {name: term.state_dict() for name, term in zip(self.names, self.terms)
@@ -249,7 +249,7 @@ def _checkpoint(session: _Session, epochs_done: int, feed: Feed) -> None:
             "scaler": scaler.state_dict() if scaler is not None else None,
             "averaged_model": (session.average.state_dict()
                                if session.average is not None else None),
-            "loss_terms": session.objective.trainable_term_states(),
+            "loss_terms": session.objective.checkpointed_term_states(),
             "history": session.history.to_dict(),
             "loader_rng": [gen.get_state() for gen in feed.generators()],
         })
