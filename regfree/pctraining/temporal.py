@@ -94,12 +94,11 @@ class TemporalEnsemble(nn.Module):
                              f"TemporalEnsemble's num_samples); got {int(indices.min())}.."
                              f"{int(indices.max())}: is num_samples the training set's size?")
         current = logits.detach().float().to(device)
-        teacher = torch.where(self.seen[indices, None], self.average[indices], current)
-        all_indices, all_current = _gather_across_ranks(indices, current)
-        seen = self.seen[all_indices, None]
-        past = torch.where(seen, self.average[all_indices], all_current)
+        all_indices, all_current, start = _gather_across_ranks(indices, current)
+        past = torch.where(self.seen[all_indices, None], self.average[all_indices], all_current)
         self.average[all_indices] = self.momentum * past + (1.0 - self.momentum) * all_current
         self.seen[all_indices] = True
+        teacher = past[start:start + len(indices)]  # this rank's rows, read before the update
         return teacher.to(device=logits.device, dtype=logits.dtype)
 
     def extra_repr(self) -> str:
@@ -107,12 +106,13 @@ class TemporalEnsemble(nn.Module):
                 f"momentum={self.momentum}")
 
 
-def _gather_across_ranks(indices: torch.Tensor,
-                         logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every rank's batch (indices and logits), in rank order; the batch itself outside torchrun.
-    Batches may differ in size across ranks (each is padded to the largest, then trimmed)."""
+def _gather_across_ranks(indices: torch.Tensor, logits: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Every rank's batch (indices and logits), in rank order, and where this rank's rows start;
+    the batch itself (start 0) outside torchrun. Batches may differ in size across ranks (each
+    is padded to the largest, then trimmed)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return indices, logits
+        return indices, logits, 0
     world = dist.get_world_size()
     size = torch.tensor([len(indices)], device=indices.device)
     sizes = [torch.zeros_like(size) for _ in range(world)]
@@ -129,4 +129,5 @@ def _gather_across_ranks(indices: torch.Tensor,
     dist.all_gather(gathered_logits, padded_logits)
     counts = [int(s.item()) for s in sizes]
     return (torch.cat([g[:n] for g, n in zip(gathered_indices, counts)]),
-            torch.cat([g[:n] for g, n in zip(gathered_logits, counts)]))
+            torch.cat([g[:n] for g, n in zip(gathered_logits, counts)]),
+            sum(counts[:dist.get_rank()]))
