@@ -15,6 +15,9 @@ and labelled adapters map their queries into every earlier space on top (family
 "nca + mlp adapters with labels", beside "nca" itself from the same models); files
 compat_chain_<dataset>_adapters_nw<W>.*. Added after both alone missed AC = 1 on digits; the
 adapters have no setting, so nothing new is chosen.
+--adapter-temperature T: the labelled adapters at temperature T (files end in _t<T>; only the
+labelled family runs): added after compat_new_class_adapter.py's validation chose the new-class
+adapter's temperature, which the earlier runs (library default 0.1 then) did not set.
 
 One seed per process, then the table (compat_chain_<dataset>_adapters.md):
   OMP_NUM_THREADS=1 .venv/bin/python experiments/compat_chain_adapters.py --dataset digits --seeds 0
@@ -44,8 +47,10 @@ FAMILIES = {"independent + mlp adapters": False,
             "independent + mlp adapters with labels (neighbours)": True}
 
 
-def adapted_report(run: Seed, models: list[nn.Module], with_labels: bool) -> dict:
-    """The chain's report with v_k's queries mapped into every earlier version's space."""
+def adapted_report(run: Seed, models: list[nn.Module], with_labels: bool,
+                   temperature: Optional[float] = None) -> dict:
+    """The chain's report with v_k's queries mapped into every earlier version's space
+    (``temperature``: the labelled adapters', None for the library default)."""
     d = run.data
     queries, galleries = {}, {}
     for k, model in enumerate(models):
@@ -56,6 +61,7 @@ def adapted_report(run: Seed, models: list[nn.Module], with_labels: bool) -> dic
         for j, earlier in enumerate(models[:k]):
             adapter = fit_adapter(source, embedder(earlier)(x), kind="mlp",
                                   labels=y if with_labels else None, seed=run.seed,
+                                  temperature=temperature if with_labels else None,
                                   progress=False)
             per_gallery[f"v{j + 1}"] = adapter.transform(native)
         queries[f"v{k + 1}"] = per_gallery
@@ -64,8 +70,8 @@ def adapted_report(run: Seed, models: list[nn.Module], with_labels: bool) -> dic
     return CompatibilityReport(matrix).to_dict()
 
 
-def run_seed(dataset: str, seed: int, argv: list[str], nca_weight: Optional[float] = None
-             ) -> dict:
+def run_seed(dataset: str, seed: int, argv: list[str], nca_weight: Optional[float] = None,
+             temperature: Optional[float] = None) -> dict:
     started = time.perf_counter()
     setting = SETTINGS[dataset]
     run = Seed(setting, load(setting), seed)
@@ -74,27 +80,33 @@ def run_seed(dataset: str, seed: int, argv: list[str], nca_weight: Optional[floa
     result = {"dataset": dataset, "seed": seed, "setting": asdict(recorded), "split": "test",
               "command": command_line("compat_chain_adapters.py", argv), "cpu": cpu_name(),
               "head_weights": "equal", "chain": {"independent": run.report(models)},
-              "new classes": {}, **({} if nca_weight is None else {"loss": "nca"})}
+              "new classes": {}, **({} if nca_weight is None else {"loss": "nca"}),
+              "adapter temperature": temperature}
+    tag = "" if temperature is None else f", T={temperature:g}"
     if nca_weight is None:
-        families = {family: (models, with_labels) for family, with_labels in FAMILIES.items()}
+        families = {family.replace("(neighbours)", f"(neighbours{tag})"): (models, with_labels)
+                    for family, with_labels in FAMILIES.items()
+                    if with_labels or temperature is None}
     else:
         chain = [models[0]]
         for k in (1, 2, 3):
             chain.append(run.train(k, [run.nca(chain, k, nca_weight)]))
         result["chain"]["nca"] = run.report(chain)
-        families = {"nca + mlp adapters with labels (neighbours)": (chain, True)}
+        families = {f"nca + mlp adapters with labels (neighbours{tag})": (chain, True)}
     for family, (versions, with_labels) in families.items():
-        result["chain"][family] = adapted_report(run, versions, with_labels)
+        result["chain"][family] = adapted_report(run, versions, with_labels, temperature)
         print(f"{dataset} seed {seed}: {family} at {time.perf_counter() - started:.0f}s",
               flush=True)
     result["seconds"] = time.perf_counter() - started
-    write_text_atomic(seed_path(file_name(dataset, nca_weight), seed),
+    write_text_atomic(seed_path(file_name(dataset, nca_weight, temperature), seed),
                       json.dumps(result, indent=1))
     return result
 
 
-def file_name(dataset: str, nca_weight: Optional[float]) -> str:
-    return f"{dataset}_adapters" + ("" if nca_weight is None else f"_nw{nca_weight:g}")
+def file_name(dataset: str, nca_weight: Optional[float], temperature: Optional[float] = None
+              ) -> str:
+    return (f"{dataset}_adapters" + ("" if nca_weight is None else f"_nw{nca_weight:g}")
+            + ("" if temperature is None else f"_t{temperature:g}"))
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -106,16 +118,19 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="write the table from every seed file")
     parser.add_argument("--nca-weight", type=float, metavar="W",
                         help="train the versions as the nca chain at weight W, adapters on top")
+    parser.add_argument("--adapter-temperature", type=float, metavar="T",
+                        help="the labelled adapters' temperature (default: the library's); "
+                             "only the labelled family runs, files end in _t<T>")
     args = parser.parse_args(argv)
     if args.combine:
         from compat_chain_report import combine
 
-        print(combine(file_name(args.dataset, args.nca_weight),
+        print(combine(file_name(args.dataset, args.nca_weight, args.adapter_temperature),
                       command_line("compat_chain_adapters.py", argv)))
         return 0
     torch.set_num_threads(1)
     for seed in args.seeds:
-        run_seed(args.dataset, seed, argv, args.nca_weight)
+        run_seed(args.dataset, seed, argv, args.nca_weight, args.adapter_temperature)
     return 0
 
 

@@ -209,6 +209,27 @@ def test_labels_train_the_mlp_to_search_the_target_gallery_better_than_it_search
     assert found > own + 0.1
 
 
+def test_labels_temperature_reaches_the_neighbourhood_objective(monkeypatch):
+    import regfree.compat.adapter_fit as adapter_fit
+
+    made = []
+
+    class Spy(adapter_fit.CrossModelNCALoss):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self.temperature)
+
+    monkeypatch.setattr(adapter_fit, "CrossModelNCALoss", Spy)
+    source, target, labels = _blurred_world(60, 0)
+    for temperature, expected in ((0.03, 0.03), (None, adapter_fit._LABELLED_TEMPERATURE)):
+        adapter = fit_adapter(source, target, kind="mlp", labels=labels, temperature=temperature,
+                              epochs=2, seed=0, progress=False)
+        assert made[-1] == expected
+        assert adapter.settings["temperature"] == expected
+    assert "temperature" not in fit_adapter(source, target, kind="mlp", epochs=2,
+                                            progress=False).settings
+
+
 def test_labels_bad_inputs_name_the_argument():
     source, target, labels = _blurred_world(40, 0)
     with pytest.raises(ValueError, match="labels .* kind='mlp'"):
@@ -219,3 +240,7 @@ def test_labels_bad_inputs_name_the_argument():
         fit_adapter(source, target, kind="mlp", labels=labels[:5])
     with pytest.raises(ValueError, match="labels must be"):
         fit_adapter(source, target, kind="mlp", labels=labels.astype(float))
+    with pytest.raises(ValueError, match="temperature applies to the neighbourhood objective"):
+        fit_adapter(source, target, kind="mlp", temperature=0.1)
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        fit_adapter(source, target, kind="mlp", labels=labels, temperature=0)

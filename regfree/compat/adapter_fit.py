@@ -23,12 +23,13 @@ import numpy as np
 import torch
 
 from regfree.compat.adapter import ADAPTER_KINDS, EmbeddingAdapter, _l2_normalise
-from regfree.compat.losses import _class_ids
+from regfree.compat.losses import _check_temperature, _class_ids
 from regfree.compat.nca import CrossModelNCALoss
 from regfree.progress import progress_bar
 
 _MAX_EPOCHS = 200
 _STEP_BUDGET = 4000  # optimiser steps the default epochs aim for on large paired samples
+_LABELLED_TEMPERATURE = 0.02  # chosen on validation: experiments/compat_new_class_adapter.py
 
 
 def _as_pairs(values: Any, name: str) -> np.ndarray:
@@ -66,7 +67,8 @@ def _ridge(source: np.ndarray, target: np.ndarray, ridge: float,
 def _train_residual(source: np.ndarray, target: np.ndarray, weight: np.ndarray,
                     bias: np.ndarray, *, normalize: bool, hidden: int, epochs: int, lr: float,
                     batch_size: int, seed: int, progress: bool,
-                    labels: Optional[torch.Tensor] = None) -> dict[str, np.ndarray]:
+                    labels: Optional[torch.Tensor] = None, temperature: float = 0.1
+                    ) -> dict[str, np.ndarray]:
     generator = torch.Generator().manual_seed(seed)
     x = torch.as_tensor(source, dtype=torch.float32)
     y = torch.as_tensor(target, dtype=torch.float32)
@@ -83,7 +85,7 @@ def _train_residual(source: np.ndarray, target: np.ndarray, weight: np.ndarray,
         last.bias.zero_()
     modules = torch.nn.ModuleList([linear, first, last])
     optimiser = torch.optim.Adam(modules.parameters(), lr=lr)
-    nca = None if labels is None else CrossModelNCALoss(y, labels)
+    nca = None if labels is None else CrossModelNCALoss(y, labels, temperature=temperature)
     for _ in progress_bar(range(epochs), desc="fit_adapter(mlp)", unit="epoch",
                           enabled=progress):
         for batch in torch.randperm(len(x), generator=generator).split(batch_size):
@@ -114,7 +116,7 @@ def fit_adapter(source: Any, target: Any, *, kind: str = "affine", normalize: bo
                 ridge: float = 1e-3, rank: Optional[int] = None, hidden: Optional[int] = None,
                 epochs: Optional[int] = None, lr: float = 1e-2, batch_size: int = 256, seed: int = 0,
                 blend: Optional[float] = None, labels: Any = None,
-                progress: bool = True) -> EmbeddingAdapter:
+                temperature: Optional[float] = None, progress: bool = True) -> EmbeddingAdapter:
     """Learn a map from ``source`` embeddings to ``target`` embeddings of the same items.
 
     Row ``i`` of both arrays embeds the same item: v1 -> v2 pairs give an adapter for the stored
@@ -143,6 +145,10 @@ def fit_adapter(source: Any, target: Any, *, kind: str = "affine", normalize: bo
             so that its outputs' nearest target rows (each item's own left out) share their
             class, instead of to reproduce the target rows. Useful when the target model
             searches poorly for some classes (e.g. ones it never trained on). None: regression.
+        temperature: with ``labels`` only: divides the cosine similarities of the
+            neighbourhood objective (smaller: nearer to the hard nearest neighbour that a
+            top-1 search counts). None: the default chosen on validation data in
+            ``experiments/compat_new_class_adapter.py``.
         progress: show a progress bar over ``"mlp"`` epochs.
 
     Returns:
@@ -183,6 +189,11 @@ def fit_adapter(source: Any, target: Any, *, kind: str = "affine", normalize: bo
                              f"kind='mlp' with normalize=True, got kind={kind!r}, "
                              f"normalize={normalize}")
         label_ids = _class_ids(labels, len(source), "pair")
+    if temperature is not None and label_ids is None:
+        raise ValueError(f"temperature applies to the neighbourhood objective (labels=), got "
+                         f"temperature={temperature!r} without labels")
+    temperature = _check_temperature(_LABELLED_TEMPERATURE if temperature is None
+                                      else temperature)
     if rank is not None:
         _check_number(rank, "rank", low=1, integer=True)
     _check_number(batch_size, "batch_size", low=1, integer=True)
@@ -208,9 +219,12 @@ def fit_adapter(source: Any, target: Any, *, kind: str = "affine", normalize: bo
             _check_number(width, "hidden", low=1, integer=True)
             settings.update(hidden=width, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                             objective="regression" if label_ids is None else "neighbours")
+            if label_ids is not None:
+                settings["temperature"] = temperature
             params = _train_residual(source, target, weight, bias, normalize=normalize,
                                      hidden=width, epochs=epochs, lr=lr, batch_size=batch_size,
-                                     seed=seed, progress=progress, labels=label_ids)
+                                     seed=seed, progress=progress, labels=label_ids,
+                                     temperature=temperature)
     params = {name: np.ascontiguousarray(value, dtype=np.float32)
               for name, value in params.items()}
     return EmbeddingAdapter(kind=kind, params=params, normalize=normalize, settings=settings)
