@@ -18,6 +18,8 @@ adapters have no setting, so nothing new is chosen.
 --adapter-temperature T: the labelled adapters at temperature T (files end in _t<T>; only the
 labelled family runs): added after compat_new_class_adapter.py's validation chose the new-class
 adapter's temperature, which the earlier runs (library default 0.1 then) did not set.
+--adapter-anchor A (with --adapter-temperature): their anchor weight (default 0, no pull; files
+end in _t<T>_a<A>): added after the same study chose an anchor weight of 1.
 
 One seed per process, then the table (compat_chain_<dataset>_adapters.md):
   OMP_NUM_THREADS=1 .venv/bin/python experiments/compat_chain_adapters.py --dataset digits --seeds 0
@@ -48,9 +50,10 @@ FAMILIES = {"independent + mlp adapters": False,
 
 
 def adapted_report(run: Seed, models: list[nn.Module], with_labels: bool,
-                   temperature: Optional[float] = None) -> dict:
+                   options: Optional[dict] = None) -> dict:
     """The chain's report with v_k's queries mapped into every earlier version's space
-    (``temperature``: the labelled adapters', None for the library default)."""
+    (``options``: the labelled adapters' temperature and anchor_weight, None for the library
+    defaults)."""
     d = run.data
     queries, galleries = {}, {}
     for k, model in enumerate(models):
@@ -61,8 +64,7 @@ def adapted_report(run: Seed, models: list[nn.Module], with_labels: bool,
         for j, earlier in enumerate(models[:k]):
             adapter = fit_adapter(source, embedder(earlier)(x), kind="mlp",
                                   labels=y if with_labels else None, seed=run.seed,
-                                  temperature=temperature if with_labels else None,
-                                  progress=False)
+                                  progress=False, **(options or {} if with_labels else {}))
             per_gallery[f"v{j + 1}"] = adapter.transform(native)
         queries[f"v{k + 1}"] = per_gallery
         galleries[f"v{k + 1}"] = own(d.x_train)
@@ -71,7 +73,7 @@ def adapted_report(run: Seed, models: list[nn.Module], with_labels: bool,
 
 
 def run_seed(dataset: str, seed: int, argv: list[str], nca_weight: Optional[float] = None,
-             temperature: Optional[float] = None) -> dict:
+             temperature: Optional[float] = None, anchor: float = 0.0) -> dict:
     started = time.perf_counter()
     setting = SETTINGS[dataset]
     run = Seed(setting, load(setting), seed)
@@ -81,8 +83,12 @@ def run_seed(dataset: str, seed: int, argv: list[str], nca_weight: Optional[floa
               "command": command_line("compat_chain_adapters.py", argv), "cpu": cpu_name(),
               "head_weights": "equal", "chain": {"independent": run.report(models)},
               "new classes": {}, **({} if nca_weight is None else {"loss": "nca"}),
-              "adapter temperature": temperature}
-    tag = "" if temperature is None else f", T={temperature:g}"
+              "adapter temperature": temperature,
+              **({} if temperature is None else {"adapter anchor weight": anchor})}
+    options = None if temperature is None else {"temperature": temperature,
+                                                "anchor_weight": anchor}
+    tag = "" if temperature is None else f", T={temperature:g}" + (f" anchor={anchor:g}"
+                                                                   if anchor else "")
     if nca_weight is None:
         families = {family.replace("(neighbours)", f"(neighbours{tag})"): (models, with_labels)
                     for family, with_labels in FAMILIES.items()
@@ -94,19 +100,20 @@ def run_seed(dataset: str, seed: int, argv: list[str], nca_weight: Optional[floa
         result["chain"]["nca"] = run.report(chain)
         families = {f"nca + mlp adapters with labels (neighbours{tag})": (chain, True)}
     for family, (versions, with_labels) in families.items():
-        result["chain"][family] = adapted_report(run, versions, with_labels, temperature)
+        result["chain"][family] = adapted_report(run, versions, with_labels, options)
         print(f"{dataset} seed {seed}: {family} at {time.perf_counter() - started:.0f}s",
               flush=True)
     result["seconds"] = time.perf_counter() - started
-    write_text_atomic(seed_path(file_name(dataset, nca_weight, temperature), seed),
+    write_text_atomic(seed_path(file_name(dataset, nca_weight, temperature, anchor), seed),
                       json.dumps(result, indent=1))
     return result
 
 
-def file_name(dataset: str, nca_weight: Optional[float], temperature: Optional[float] = None
-              ) -> str:
+def file_name(dataset: str, nca_weight: Optional[float], temperature: Optional[float] = None,
+              anchor: float = 0.0) -> str:
     return (f"{dataset}_adapters" + ("" if nca_weight is None else f"_nw{nca_weight:g}")
-            + ("" if temperature is None else f"_t{temperature:g}"))
+            + ("" if temperature is None else f"_t{temperature:g}")
+            + (f"_a{anchor:g}" if anchor else ""))
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -121,16 +128,23 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--adapter-temperature", type=float, metavar="T",
                         help="the labelled adapters' temperature (default: the library's); "
                              "only the labelled family runs, files end in _t<T>")
+    parser.add_argument("--adapter-anchor", type=float, default=0.0, metavar="A",
+                        help="with --adapter-temperature: the labelled adapters' anchor "
+                             "weight (default 0); files end in _t<T>_a<A>")
     args = parser.parse_args(argv)
+    if args.adapter_anchor and args.adapter_temperature is None:
+        parser.error("--adapter-anchor needs --adapter-temperature")
+    names = (args.dataset, args.nca_weight, args.adapter_temperature, args.adapter_anchor)
     if args.combine:
         from compat_chain_report import combine
 
-        print(combine(file_name(args.dataset, args.nca_weight, args.adapter_temperature),
+        print(combine(file_name(*names),
                       command_line("compat_chain_adapters.py", argv)))
         return 0
     torch.set_num_threads(1)
     for seed in args.seeds:
-        run_seed(args.dataset, seed, argv, args.nca_weight, args.adapter_temperature)
+        run_seed(args.dataset, seed, argv, args.nca_weight, args.adapter_temperature,
+                 args.adapter_anchor)
     return 0
 
 

@@ -281,6 +281,10 @@ def choice_lines(seeds: list[dict]) -> list[str]:
     if is_contrastive(first):
         return contrastive_choice(first)
     if any("adapters" in f for f in first["chain"]):
+        if first.get("adapter temperature") is not None:
+            return [f"Labelled adapters at temperature {first['adapter temperature']:g}, anchor "
+                    f"weight {first.get('adapter anchor weight', 0):g}, set by hand (the new-class study's "
+                    "validated values: `compat_new_class_adapter_val*.md`).", ""]
         return ["Adapters: library defaults, nothing chosen on validation.", ""]
     name = f"{first['dataset']}_val"
     validation = [s for s in load_seeds(name, missing_ok=True) if "seconds" in s]

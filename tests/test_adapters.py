@@ -230,6 +230,18 @@ def test_labels_temperature_reaches_the_neighbourhood_objective(monkeypatch):
                                             progress=False).settings
 
 
+def test_labels_anchor_weight_keeps_mapped_rows_near_the_target_rows():
+    source, target, labels = _blurred_world(200, 0)
+    closeness = {}
+    for anchor in (0.0, 10.0):
+        adapter = fit_adapter(source, target, kind="mlp", labels=labels, anchor_weight=anchor,
+                              epochs=30, seed=0, progress=False)
+        assert adapter.settings["anchor_weight"] == anchor
+        closeness[anchor] = float((unit(adapter.transform(source)) * unit(target)).sum(1).mean())
+    # the neighbourhood objective alone is free to move rows away from their own target row
+    assert closeness[10.0] > closeness[0.0] + 0.05, closeness
+
+
 def test_labels_bad_inputs_name_the_argument():
     source, target, labels = _blurred_world(40, 0)
     with pytest.raises(ValueError, match="labels .* kind='mlp'"):
@@ -242,5 +254,9 @@ def test_labels_bad_inputs_name_the_argument():
         fit_adapter(source, target, kind="mlp", labels=labels.astype(float))
     with pytest.raises(ValueError, match="temperature applies to the neighbourhood objective"):
         fit_adapter(source, target, kind="mlp", temperature=0.1)
+    with pytest.raises(ValueError, match="anchor_weight applies to the neighbourhood objective"):
+        fit_adapter(source, target, kind="mlp", anchor_weight=1.0)
+    with pytest.raises(ValueError, match="anchor_weight must be a finite number >= 0"):
+        fit_adapter(source, target, kind="mlp", labels=labels, anchor_weight=-1)
     with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
         fit_adapter(source, target, kind="mlp", labels=labels, temperature=0)

@@ -29,7 +29,9 @@ from regfree.progress import progress_bar
 
 _MAX_EPOCHS = 200
 _STEP_BUDGET = 4000  # optimiser steps the default epochs aim for on large paired samples
-_LABELLED_TEMPERATURE = 0.02  # chosen on validation: experiments/compat_new_class_adapter.py
+# chosen on validation: experiments/compat_new_class_adapter.py
+_LABELLED_TEMPERATURE = 0.02
+_LABELLED_ANCHOR = 1.0
 
 
 def _as_pairs(values: Any, name: str) -> np.ndarray:
@@ -67,8 +69,8 @@ def _ridge(source: np.ndarray, target: np.ndarray, ridge: float,
 def _train_residual(source: np.ndarray, target: np.ndarray, weight: np.ndarray,
                     bias: np.ndarray, *, normalize: bool, hidden: int, epochs: int, lr: float,
                     batch_size: int, seed: int, progress: bool,
-                    labels: Optional[torch.Tensor] = None, temperature: float = 0.1
-                    ) -> dict[str, np.ndarray]:
+                    labels: Optional[torch.Tensor] = None, temperature: float = 0.1,
+                    anchor_weight: float = 0.0) -> dict[str, np.ndarray]:
     generator = torch.Generator().manual_seed(seed)
     x = torch.as_tensor(source, dtype=torch.float32)
     y = torch.as_tensor(target, dtype=torch.float32)
@@ -90,10 +92,11 @@ def _train_residual(source: np.ndarray, target: np.ndarray, weight: np.ndarray,
                           enabled=progress):
         for batch in torch.randperm(len(x), generator=generator).split(batch_size):
             out = linear(x[batch]) + last(torch.relu(first(x[batch])))
+            copy = 1 - torch.nn.functional.cosine_similarity(out, y[batch], dim=1).mean()
             if nca is not None:
-                loss = nca(out, nca.labels[batch], batch)
+                loss = nca(out, nca.labels[batch], batch) + anchor_weight * copy
             elif normalize:
-                loss = 1 - torch.nn.functional.cosine_similarity(out, y[batch], dim=1).mean()
+                loss = copy
             else:
                 loss = (out - y[batch]).pow(2).sum(1).mean()
             optimiser.zero_grad()
@@ -116,7 +119,8 @@ def fit_adapter(source: Any, target: Any, *, kind: str = "affine", normalize: bo
                 ridge: float = 1e-3, rank: Optional[int] = None, hidden: Optional[int] = None,
                 epochs: Optional[int] = None, lr: float = 1e-2, batch_size: int = 256, seed: int = 0,
                 blend: Optional[float] = None, labels: Any = None,
-                temperature: Optional[float] = None, progress: bool = True) -> EmbeddingAdapter:
+                temperature: Optional[float] = None, anchor_weight: Optional[float] = None,
+                progress: bool = True) -> EmbeddingAdapter:
     """Learn a map from ``source`` embeddings to ``target`` embeddings of the same items.
 
     Row ``i`` of both arrays embeds the same item: v1 -> v2 pairs give an adapter for the stored
@@ -149,6 +153,11 @@ def fit_adapter(source: Any, target: Any, *, kind: str = "affine", normalize: bo
             neighbourhood objective (smaller: nearer to the hard nearest neighbour that a
             top-1 search counts). None: the default chosen on validation data in
             ``experiments/compat_new_class_adapter.py``.
+        anchor_weight: with ``labels`` only: weight of the cosine pull of each mapped row onto
+            the target row of the same item, added to the neighbourhood objective; it keeps
+            queries near where the target model puts them, so the map cannot lean on a few
+            target rows that a larger gallery crowds out. None: the default chosen beside
+            ``temperature``.
         progress: show a progress bar over ``"mlp"`` epochs.
 
     Returns:
@@ -189,9 +198,12 @@ def fit_adapter(source: Any, target: Any, *, kind: str = "affine", normalize: bo
                              f"kind='mlp' with normalize=True, got kind={kind!r}, "
                              f"normalize={normalize}")
         label_ids = _class_ids(labels, len(source), "pair")
-    if temperature is not None and label_ids is None:
-        raise ValueError(f"temperature applies to the neighbourhood objective (labels=), got "
-                         f"temperature={temperature!r} without labels")
+    for name, value in (("temperature", temperature), ("anchor_weight", anchor_weight)):
+        if value is not None and label_ids is None:
+            raise ValueError(f"{name} applies to the neighbourhood objective (labels=), got "
+                             f"{name}={value!r} without labels")
+    anchor_weight = _LABELLED_ANCHOR if anchor_weight is None else anchor_weight
+    _check_number(anchor_weight, "anchor_weight", low=0)
     temperature = _check_temperature(_LABELLED_TEMPERATURE if temperature is None
                                       else temperature)
     if rank is not None:
@@ -220,11 +232,12 @@ def fit_adapter(source: Any, target: Any, *, kind: str = "affine", normalize: bo
             settings.update(hidden=width, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                             objective="regression" if label_ids is None else "neighbours")
             if label_ids is not None:
-                settings["temperature"] = temperature
+                settings.update(temperature=temperature, anchor_weight=float(anchor_weight))
             params = _train_residual(source, target, weight, bias, normalize=normalize,
                                      hidden=width, epochs=epochs, lr=lr, batch_size=batch_size,
                                      seed=seed, progress=progress, labels=label_ids,
-                                     temperature=temperature)
+                                     temperature=temperature,
+                                     anchor_weight=float(anchor_weight))
     params = {name: np.ascontiguousarray(value, dtype=np.float32)
               for name, value in params.items()}
     return EmbeddingAdapter(kind=kind, params=params, normalize=normalize, settings=settings)
