@@ -1,11 +1,12 @@
-"""New classes through a labelled query adapter: its temperature, chosen on validation.
+"""New classes through a labelled query adapter: its temperature and anchor, chosen on validation.
 
 Setting of the compat_chain new-class study (experiments/compat_chain_contrastive.py): v1 on
 classes 0-4 (the chain's v1 size and data part), v2 trained alone on all ten (the chain's v2
 size and data part); v2's queries search v1's gallery (the whole training split embedded by v1)
-through ``fit_adapter(kind="mlp", labels=y, temperature=T)`` fitted on v2's training data
-embedded by both models; its own gallery natively (no new/new cost by construction). Rows: v2's
-queries unmapped, the copy adapter (no labels), the labelled adapter at each temperature.
+through ``fit_adapter(kind="mlp", labels=y, temperature=T, anchor_weight=A)`` fitted on v2's
+training data embedded by both models; its own gallery natively (no new/new cost by
+construction). Rows: v2's queries unmapped, the copy adapter (no labels), the labelled adapter
+at each (T, A) tried.
 
 Why: at the earlier default (T 0.1) the labelled adapter met the goal (unseen new/old >= v1's
 own) on digits and MNIST-5k and collapsed on one mnist1d seed (test seed 2: 23.9 vs v1's 56.8).
