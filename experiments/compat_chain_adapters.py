@@ -19,7 +19,8 @@ adapters have no setting, so nothing new is chosen.
 labelled family runs): added after compat_new_class_adapter.py's validation chose the new-class
 adapter's temperature, which the earlier runs (library default 0.1 then) did not set.
 --adapter-anchor A (with --adapter-temperature): their anchor weight (default 0, no pull; files
-end in _t<T>_a<A>): added after the same study chose an anchor weight of 1.
+end in _t<T>_a<A>): added after the same study chose an anchor weight of 1. A per-dataset
+choice of both for the chain, on validation data: compat_chain_adapter_val.py.
 
 One seed per process, then the table (compat_chain_<dataset>_adapters.md):
   OMP_NUM_THREADS=1 .venv/bin/python experiments/compat_chain_adapters.py --dataset digits --seeds 0

@@ -283,8 +283,9 @@ def choice_lines(seeds: list[dict]) -> list[str]:
     if any("adapters" in f for f in first["chain"]):
         if first.get("adapter temperature") is not None:
             return [f"Labelled adapters at temperature {first['adapter temperature']:g}, anchor "
-                    f"weight {first.get('adapter anchor weight', 0):g}, set by hand (the new-class study's "
-                    "validated values: `compat_new_class_adapter_val*.md`).", ""]
+                    f"weight {first.get('adapter anchor weight', 0):g}, given on the command line (validated "
+                    "choices: `compat_new_class_adapter_val*.md` for the library's defaults, "
+                    "`compat_chain_<dataset>_adapters_val.md` per dataset).", ""]
         return ["Adapters: library defaults, nothing chosen on validation.", ""]
     name = f"{first['dataset']}_val"
     validation = [s for s in load_seeds(name, missing_ok=True) if "seconds" in s]
