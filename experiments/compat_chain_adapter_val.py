@@ -30,6 +30,7 @@ from typing import Optional
 import numpy as np
 import torch
 from compat_chain_adapters import adapted_report
+from compat_chain_report import worst_pair
 from compat_chain_setup import RESULTS, SETTINGS, Seed, load, validation_split
 
 from common import command_line, cpu_name, mean_std
@@ -47,12 +48,6 @@ def name(option: tuple[float, float]) -> str:
     return f"T={option[0]:g} anchor={option[1]:g}"
 
 
-def worst_pair(report: dict) -> float:
-    """Points by which the worst later-on-earlier pair beats the earlier version's own search."""
-    matrix = report["matrices"]["top1"]
-    return 100 * min(matrix[i][j] - matrix[j][j] for i in range(len(matrix)) for j in range(i))
-
-
 def run_seed(dataset: str, seed: int, argv: list[str]) -> dict:
     started = time.perf_counter()
     setting = SETTINGS[dataset]
@@ -64,7 +59,8 @@ def run_seed(dataset: str, seed: int, argv: list[str]) -> dict:
         report = adapted_report(run, models, True, {"temperature": option[0],
                                                      "anchor_weight": option[1]})
         result["options"][name(option)] = {"AC": report["AC"]["top1"],
-                                           "worst pair": worst_pair(report)}
+                                           "worst pair": 100 * worst_pair(
+                                               report["matrices"]["top1"])}
         result["seconds"] = time.perf_counter() - started
         write_text_atomic(seed_file(dataset, seed), json.dumps(result, indent=1))
         print(f"{dataset} seed {seed}: {name(option)} at {result['seconds']:.0f}s", flush=True)

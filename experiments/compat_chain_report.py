@@ -33,6 +33,12 @@ def matrices(seeds: list[dict], family: str, metric: str) -> np.ndarray:
     return np.array([s["chain"][family]["matrices"][metric] for s in seeds], dtype=float)
 
 
+def worst_pair(matrix) -> float:
+    """The lowest C[i][j] − C[j][j] over pairs i > j: how far the worst later version's search of
+    an earlier gallery lies above that version's own search (negative: below)."""
+    return min(matrix[i][j] - matrix[j][j] for i in range(len(matrix)) for j in range(i))
+
+
 def chain_summary(seeds: list[dict]) -> list[str]:
     families = list(seeds[0]["chain"])
     own = {f: np.diagonal(matrices(seeds, f, "top1"), axis1=1, axis2=2) for f in families}
@@ -44,8 +50,7 @@ def chain_summary(seeds: list[dict]) -> list[str]:
         ac_map = [s["chain"][family]["AC"]["mAP"] for s in seeds]
         am = [s["chain"][family]["AM"]["top1"] for s in seeds]
         m = matrices(seeds, family, "top1")
-        worst = [min(m[s, i, j] - m[s, j, j] for i in range(4) for j in range(i))
-                 for s in range(len(seeds))]
+        worst = [worst_pair(seed_matrix) for seed_matrix in m]
         cost = 100 * (own["independent"] - own[family])[:, 1:]  # v1 is shared (or simplex)
         costs = ", ".join(f"{c:+.1f}" for c in cost.mean(axis=0))
         met = all(a == 1.0 for a in ac) and bool((cost.mean(axis=0) < 1.0).all())

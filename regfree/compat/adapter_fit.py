@@ -66,6 +66,11 @@ def _ridge(source: np.ndarray, target: np.ndarray, ridge: float,
     return solution[:dim], solution[dim]
 
 
+def _cosine_gap(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 − the mean cosine similarity of each mapped row with its target row."""
+    return 1 - torch.nn.functional.cosine_similarity(out, target, dim=1).mean()
+
+
 def _train_residual(source: np.ndarray, target: np.ndarray, weight: np.ndarray,
                     bias: np.ndarray, *, normalize: bool, hidden: int, epochs: int, lr: float,
                     batch_size: int, seed: int, progress: bool,
@@ -92,11 +97,12 @@ def _train_residual(source: np.ndarray, target: np.ndarray, weight: np.ndarray,
                           enabled=progress):
         for batch in torch.randperm(len(x), generator=generator).split(batch_size):
             out = linear(x[batch]) + last(torch.relu(first(x[batch])))
-            copy = 1 - torch.nn.functional.cosine_similarity(out, y[batch], dim=1).mean()
             if nca is not None:
-                loss = nca(out, nca.labels[batch], batch) + anchor_weight * copy
+                loss = nca(out, nca.labels[batch], batch)
+                if anchor_weight:
+                    loss = loss + anchor_weight * _cosine_gap(out, y[batch])
             elif normalize:
-                loss = copy
+                loss = _cosine_gap(out, y[batch])
             else:
                 loss = (out - y[batch]).pow(2).sum(1).mean()
             optimiser.zero_grad()
