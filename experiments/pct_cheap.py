@@ -12,6 +12,10 @@ the work and a cut-short run leaves its partial table):
     OMP_NUM_THREADS=1 nohup .venv/bin/python experiments/pct_cheap.py --split val --seeds 100 101
     OMP_NUM_THREADS=1 nohup .venv/bin/python experiments/pct_cheap.py --split test --seeds 0 1 2 3 4
     OMP_NUM_THREADS=1 nohup .venv/bin/python experiments/pct_cheap.py --step-cost
+and, where two seeds of the sweep decide little (MNIST-5k), a second validation stage on more
+seeds, whose pick the test table adds as a row:
+    ... pct_cheap.py --dataset mnist5k --split val --stage confirm --seeds 100 101 ... 109
+    ... pct_cheap.py --dataset mnist5k --split test --own-pick sweep confirm --seeds 0 1 ... 9
 (or one process per seed: ``--seeds 0``, ``--seeds 1``, ...; processes claim each run before
 training it, so overlapping seed lists share the work; ``--report`` rewrites the table from what
 is saved; after a crash delete the run folder's ``*.claim`` files; ``--reuse-saved`` with ``--split val``
@@ -38,8 +42,8 @@ import torch
 
 from common import command_line
 from pct_study.cheap import (
-    CHEAP_TABLE,
     CHOSEN,
+    STAGES,
     TABLE_RECIPES,
     complete,
     ema_note,
@@ -134,9 +138,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="seeds to train (runs already saved are skipped)")
     parser.add_argument("--report", action="store_true",
                         help="only rewrite the report from the saved runs")
-    parser.add_argument("--own-pick", action="store_true",
-                        help="test split: add this dataset's own sweep pick (from its "
-                             "pct_cheap_<dataset>_sweep.json) as a row")
+    parser.add_argument("--stage", choices=sorted(STAGES), default="sweep",
+                        help="val split: the first sweep's candidates or the second stage's "
+                             "(CONFIRM_CANDIDATES, run on more seeds); writes "
+                             "pct_cheap_<dataset>_<stage>.{md,json}")
+    parser.add_argument("--own-pick", nargs="*", choices=sorted(STAGES), metavar="STAGE",
+                        help="test split: add this dataset's own pick of each STAGE (sweep, "
+                             "confirm; none named: sweep) from its pct_cheap_<dataset>_<stage>"
+                             ".json as a row"),
     parser.add_argument("--step-cost", action="store_true",
                         help="time every candidate's training step against plain's, side by "
                              "side in this process (the reports' step-cost column)")
@@ -167,7 +176,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     setup = (QUICK_SETUPS if args.quick else SETUPS)[args.dataset]
     stem = f"pct_cheap_{args.dataset}" + ("_quick" if args.quick else "")
     workdir = ROOT / "output" / stem
-    folder = workdir / args.split
+    folder = workdir / (args.split if args.stage == "sweep" else f"{args.split}_{args.stage}")
+    if args.stage != "sweep" and (args.split != "val" or args.reuse_saved):
+        print("--stage confirm needs --split val (and no --reuse-saved)", file=sys.stderr)
+        return 2
     if args.epochs is not None and args.epochs != setup.v2_epochs:
         setup = replace(setup, v2_epochs=args.epochs)
         folder = workdir / f"{args.split}_epochs{args.epochs}"
@@ -177,12 +189,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     data = load_data(setup)
     teachers = teachers_for(setup, workdir)
     recipes = table_recipes()
-    if args.own_pick:
-        sweep_json = out / f"{stem}_sweep.json"
-        if not sweep_json.exists():
-            print(f"--own-pick needs {sweep_json}: run the sweep first", file=sys.stderr)
-            return 2
-        recipes = table_recipes(own_pick(json.loads(sweep_json.read_text())["pick"]))
+    picks: dict[str, tuple] = {}  # stage -> this dataset's own pick there
+    if args.own_pick is not None:
+        for stage in args.own_pick or ["sweep"]:
+            stage_json = out / f"{stem}_{stage}.json"
+            if not stage_json.exists():
+                print(f"--own-pick needs {stage_json}: run that stage first", file=sys.stderr)
+                return 2
+            picks[stage] = own_pick(json.loads(stage_json.read_text())["pick"])
+        recipes = table_recipes(*picks.values())
     saved = None
     if args.reuse_saved:
         sweep_json = out / f"{stem}_sweep.json"
@@ -204,19 +219,20 @@ def main(argv: Optional[list[str]] = None) -> int:
         command = trained_by(argv, results)
         cost = json.loads(cost_path.read_text()) if cost_path.exists() else None
         if args.split == "val":
-            sweep = sweep_pick(results, data, teachers, saved and saved["runs"])
+            sweep = sweep_pick(results, data, teachers, saved and saved["runs"],
+                               candidates=STAGES[args.stage])
             if sweep is None:
                 return
-            write_text_atomic(out / f"{stem}_sweep.md", sweep_markdown(
+            write_text_atomic(out / f"{stem}_{args.stage}.md", sweep_markdown(
                 sweep, setup, command, cost, v2_steps(setup, data),
-                saved_from=saved and saved["reused_from"]))
+                saved_from=saved and saved["reused_from"], stage=args.stage))
             raw = {"command": command, "seeds": sweep["seeds"], "pick": sweep["pick"]["run"].label(),
                    "runs": [{"run": r["run"].label(), "val": asdict(r["val"]),
                              "seconds": r["seconds"], "saved": bool(r.get("saved"))}
                             for r in sweep["runs"]]}
             if saved:
                 raw["reused_from"] = saved["reused_from"]
-            write_text_atomic(out / f"{stem}_sweep.json", json.dumps(raw, indent=1))
+            write_text_atomic(out / f"{stem}_{args.stage}.json", json.dumps(raw, indent=1))
             return
         if not any(r["run"].terms == () for r in results):
             return
@@ -230,9 +246,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                           for r in done if r["run"].terms == ())
         notes.append(f"Plain v2's negative flips, pooled over its {rows[0]['seeds']} seeds: "
                      f"{plain_flips} (the resolution of every NFR / plain below).")
-        if len(recipes) > len(CHEAP_TABLE):
-            notes.append(f"Row {Run(0, recipes[-1]).label()}: this dataset's own sweep pick "
-                         f"(`{stem}_sweep.md`, --own-pick).")
+        notes += [f"Row {Run(0, terms).label()}: this dataset's own pick of the {stage} stage "
+                  f"(`{stem}_{stage}.md`, --own-pick {stage})." for stage, terms in picks.items()]
         notes = setup_notes(setup, data, teachers) + notes + [
             "Step costs: `" + command_line("pct_cheap.py", ["--dataset", args.dataset,
                                                             "--step-cost"]) + "`."]
@@ -242,7 +257,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             {"command": command, "setup": asdict(setup), "rows": rows, "step_cost": cost,
              "chosen": Run(0, CHOSEN).label()}, indent=1, default=float))
 
-    todo = [r for r in (sweep_runs(args.seeds) if args.split == "val"
+    todo = [r for r in (sweep_runs(args.seeds, STAGES[args.stage]) if args.split == "val"
                         else table_runs(args.seeds, recipes))
             if not run_path(folder, r).exists()
             and not (args.baselines_only and r.terms not in TABLE_RECIPES[:2])]

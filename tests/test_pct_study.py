@@ -153,3 +153,40 @@ def test_a_sweep_reusing_saved_rows_picks_among_them_against_plain_trained_here(
     assert sweep["seeds"] == [7]
     # without plain trained here there is no reference: no sweep yet
     assert sweep_pick(results[1:], data, {"v1_val": old}, saved) is None
+
+
+def test_the_second_stage_picks_among_its_own_candidates_and_its_pick_reads_back():
+    from types import SimpleNamespace
+
+    from pct_study.cheap import (
+        CHEAP_TABLE,
+        CONFIRM_CANDIDATES,
+        STAGES,
+        own_pick,
+        sweep_pick,
+        sweep_runs,
+        table_recipes,
+    )
+
+    assert STAGES["confirm"] is CONFIRM_CANDIDATES and CONFIRM_CANDIDATES[0] == ()
+    runs = sweep_runs([100, 101], CONFIRM_CANDIDATES)
+    assert len(runs) == 2 * len(CONFIRM_CANDIDATES)
+    y = np.zeros(100, dtype=int)
+    old = np.zeros(100, dtype=int)  # every error of v2 is a negative flip
+    # plain 4 errors; the first candidates 2, 6 (over plain + 0.3 points), 3, then 5s
+    wrong = [4, 2, 6, 3] + [5] * (len(CONFIRM_CANDIDATES) - 4)
+    results = []
+    for terms, errors in zip(CONFIRM_CANDIDATES, wrong):
+        val = y.copy()
+        val[:errors] = 1
+        results.append({"run": Run(100, terms), "val": val, "seconds": 1.0})
+    data = SimpleNamespace(y_val=y, y_test=y)
+    sweep = sweep_pick(results, data, {"v1_val": old}, candidates=CONFIRM_CANDIDATES)
+    assert sweep["pick"]["run"].terms == CONFIRM_CANDIDATES[1]
+    # one run missing: that seed is incomplete, so there is no pick yet
+    assert sweep_pick(results[:-1], data, {"v1_val": old}, candidates=CONFIRM_CANDIDATES) is None
+    # every stage's pick is found again from its label, and joins the test table once
+    for terms in CONFIRM_CANDIDATES:
+        assert own_pick(Run(0, terms).label()) == terms
+    new = CONFIRM_CANDIDATES[-1]
+    assert table_recipes(new, CHEAP_TABLE[1], new) == CHEAP_TABLE + (new,)
