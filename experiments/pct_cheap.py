@@ -145,7 +145,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--own-pick", nargs="*", choices=sorted(STAGES), metavar="STAGE",
                         help="test split: add this dataset's own pick of each STAGE (sweep, "
                              "confirm; none named: sweep) from its pct_cheap_<dataset>_<stage>"
-                             ".json as a row"),
+                             ".json as a row")
+    parser.add_argument("--pick-from", choices=sorted(SETUPS), metavar="DATASET",
+                        help="with --own-pick: read the picks of DATASET's stages instead of "
+                             "this dataset's (does one dataset's pick carry to another?)")
     parser.add_argument("--step-cost", action="store_true",
                         help="time every candidate's training step against plain's, side by "
                              "side in this process (the reports' step-cost column)")
@@ -183,16 +186,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.epochs is not None and args.epochs != setup.v2_epochs:
         setup = replace(setup, v2_epochs=args.epochs)
         folder = workdir / f"{args.split}_epochs{args.epochs}"
-    folder.mkdir(parents=True, exist_ok=True)
     out = ROOT / "results"
     argv = sys.argv[1:] if argv is None else list(argv)
-    data = load_data(setup)
-    teachers = teachers_for(setup, workdir)
     recipes = table_recipes()
-    picks: dict[str, tuple] = {}  # stage -> this dataset's own pick there
+    picks: dict[str, tuple] = {}  # stage -> its pick (this dataset's or --pick-from's)
     if args.own_pick is not None:
         for stage in args.own_pick or ["sweep"]:
-            stage_json = out / f"{stem}_{stage}.json"
+            stage_json = out / f"pct_cheap_{args.pick_from or args.dataset}_{stage}.json"
             if not stage_json.exists():
                 print(f"--own-pick needs {stage_json}: run that stage first", file=sys.stderr)
                 return 2
@@ -208,6 +208,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         saved.setdefault("reused_from", saved["command"])
         # a sweep rewritten by --reuse-saved marks which of its rows were reused
         saved["runs"] = [r for r in saved["runs"] if r.get("saved", True)]
+    folder.mkdir(parents=True, exist_ok=True)
+    data = load_data(setup)
+    teachers = teachers_for(setup, workdir)
     cost_path = workdir / "step_cost.json"
     if args.step_cost:
         print("timing the recipes' training steps side by side ...", flush=True)
@@ -246,8 +249,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                           for r in done if r["run"].terms == ())
         notes.append(f"Plain v2's negative flips, pooled over its {rows[0]['seeds']} seeds: "
                      f"{plain_flips} (the resolution of every NFR / plain below).")
-        notes += [f"Row {Run(0, terms).label()}: this dataset's own pick of the {stage} stage "
-                  f"(`{stem}_{stage}.md`, --own-pick {stage})." for stage, terms in picks.items()]
+        source = args.pick_from or args.dataset
+        notes += [f"Row {Run(0, terms).label()}: {source}'s pick of the {stage} stage "
+                  f"(`pct_cheap_{source}_{stage}.md`, --own-pick {stage})."
+                  for stage, terms in picks.items()]
         notes = setup_notes(setup, data, teachers) + notes + [
             "Step costs: `" + command_line("pct_cheap.py", ["--dataset", args.dataset,
                                                             "--step-cost"]) + "`."]

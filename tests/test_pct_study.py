@@ -190,3 +190,24 @@ def test_the_second_stage_picks_among_its_own_candidates_and_its_pick_reads_back
         assert own_pick(Run(0, terms).label()) == terms
     new = CONFIRM_CANDIDATES[-1]
     assert table_recipes(new, CHEAP_TABLE[1], new) == CHEAP_TABLE + (new,)
+
+
+@pytest.mark.parametrize("argv", [["--split", "test", "--stage", "confirm", "--seeds", "0"],
+                                  ["--split", "val", "--stage", "confirm", "--reuse-saved",
+                                   "--seeds", "0"]])
+def test_the_second_stage_is_refused_outside_a_fresh_validation_sweep(argv, capsys):
+    from pct_cheap import main
+
+    assert main(["--dataset", "mnist5k", *argv]) == 2
+    assert "--stage confirm needs --split val" in capsys.readouterr().err
+
+
+def test_an_own_pick_of_a_stage_not_run_is_refused_before_anything_trains(tmp_path, capsys,
+                                                                          monkeypatch):
+    import pct_cheap
+
+    monkeypatch.setattr(pct_cheap, "ROOT", tmp_path)
+    argv = ["--dataset", "mnist5k", "--split", "test", "--own-pick", "confirm", "--seeds", "0"]
+    assert pct_cheap.main(argv) == 2
+    assert "pct_cheap_mnist5k_confirm.json: run that stage first" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("*"))  # no run folder, no v1 trained
