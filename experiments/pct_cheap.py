@@ -18,7 +18,7 @@ seeds, whose pick the test table adds as a row:
     ... pct_cheap.py --dataset mnist5k --split test --own-pick sweep confirm --seeds 0 1 ... 9
 (or one process per seed: ``--seeds 0``, ``--seeds 1``, ...; processes claim each run before
 training it, so overlapping seed lists share the work; ``--report`` rewrites the table from what
-is saved; after a crash delete the run folder's ``*.claim`` files; ``--reuse-saved`` with ``--split val``
+is saved; a claim left by a process that died is taken over; ``--reuse-saved`` with ``--split val``
 trains plain and only the candidates missing from the saved sweep JSON, taking the other rows
 from it, for when its runs were not kept). ``--dataset mnist5k`` for the real digits (``--dataset digits``: scikit-learn's 8x8 digits, an
 MLP); ``--quick`` for a smoke run.
@@ -30,7 +30,9 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import os
 import pickle
+import socket
 import sys
 import time
 from dataclasses import asdict, replace
@@ -114,14 +116,38 @@ def trained_by(argv: list[str], results: list[dict]) -> str:
 
 
 def claim(folder: Path, run: Run) -> bool:
-    """Whether this process takes ``run``: not saved yet and not claimed by another process
-    (a claim is a file created exclusively; delete stale ``*.claim`` files after a crash)."""
-    if run_path(folder, run).exists():
-        return False
+    """Whether this process takes ``run``: not saved yet and not claimed by a live process.
+
+    A claim file names its process (host and pid); one whose process has died on this host is
+    taken over, so a crashed or killed run needs no clean-up before the command is run again.
+    Claims are checked and written under one lock per folder, so two processes never both
+    take a run."""
+    saved = run_path(folder, run)
+    mark = saved.with_suffix(".claim")
+    with open(folder / ".claims.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if saved.exists() or (mark.exists() and claim_is_live(mark)):
+            return False
+        mark.write_text(f"{socket.gethostname()} {os.getpid()}")
+    return True
+
+
+def claim_is_live(mark: Path) -> bool:
+    """Whether the process a claim names may still run: another host's, or one alive here (a
+    claim without a process, as earlier versions wrote them, counts as live)."""
     try:
-        run_path(folder, run).with_suffix(".claim").open("x").close()
-    except FileExistsError:
+        host, pid = mark.read_text().split()
+        pid_number = int(pid)
+    except ValueError:
+        return True
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid_number, 0)
+    except ProcessLookupError:
         return False
+    except PermissionError:
+        return True
     return True
 
 

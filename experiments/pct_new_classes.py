@@ -17,8 +17,8 @@ Run (from the repository root; one process per seed, each rewrites the report fr
 saved so far, so a cut-short study leaves its partial table):
     OMP_NUM_THREADS=1 nohup .venv/bin/python experiments/pct_new_classes.py --seeds 0 &
     OMP_NUM_THREADS=1 nohup .venv/bin/python experiments/pct_new_classes.py --seeds 1 &
-    ... (seeds 2, 3, 4); ``--report`` rewrites the table from the saved runs; after a crash
-delete the run folder's ``*.claim`` files. ``--dataset mnist5k`` for the real digits;
+    ... (seeds 2, 3, 4); ``--report`` rewrites the table from the saved runs; a run claimed by
+a process that died is taken over by the next one. ``--dataset mnist5k`` for the real digits;
 ``--quick`` for a smoke run.
 Writes ``experiments/results/pct_new_classes_<dataset>.{md,json}``.
 """

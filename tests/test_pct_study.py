@@ -1,6 +1,9 @@
 """The PCT study's term specs (experiments/pct_study): labels, families, records, and the runs
 of the table, without training anything."""
 
+import os
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -110,6 +113,23 @@ def test_a_cheap_run_is_claimed_by_one_process_only(tmp_path):
     assert not claim(tmp_path, run)  # a second process skips it
     run_path(tmp_path, Run(1)).write_bytes(b"saved")
     assert not claim(tmp_path, Run(1))  # already saved
+
+
+def test_a_claim_whose_process_died_is_taken_over_and_no_other(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    from pct_cheap import claim, run_path
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+    here = socket.gethostname()
+    marks = {2: f"{here} {finished.stdout.strip()}",  # a process that has exited
+             3: f"{here} {os.getpid()}",  # a live one
+             4: f"another-host {finished.stdout.strip()}",  # cannot be checked from here
+             5: ""}  # an earlier version's claim names no process
+    for seed, text in marks.items():
+        run_path(tmp_path, Run(seed)).with_suffix(".claim").write_text(text)
+    assert [claim(tmp_path, Run(seed)) for seed in marks] == [True, False, False, False]
+    assert run_path(tmp_path, Run(2)).with_suffix(".claim").read_text() == f"{here} {os.getpid()}"
 
 
 def test_a_learning_rate_floor_is_a_fit_option_beside_the_average():
