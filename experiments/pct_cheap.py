@@ -15,7 +15,7 @@ the work and a cut-short run leaves its partial table):
 and, where two seeds of the sweep decide little (MNIST-5k), a second validation stage on more
 seeds, whose pick the test table adds as a row:
     ... pct_cheap.py --dataset mnist5k --split val --stage confirm --seeds 100 101 ... 109
-    ... pct_cheap.py --dataset mnist5k --split test --own-pick sweep confirm --seeds 0 1 ... 9
+    ... pct_cheap.py --dataset mnist5k --split test --own-pick sweep confirm --seeds 0 1 ... 19
 (or one process per seed: ``--seeds 0``, ``--seeds 1``, ...; processes claim each run before
 training it, so overlapping seed lists share the work; ``--report`` rewrites the table from what
 is saved; a claim left by a process that died is taken over; ``--reuse-saved`` with ``--split val``
