@@ -35,9 +35,10 @@ import pickle
 import socket
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -72,13 +73,21 @@ QUICK_SETUPS = {"mnist1d": QUICK, "mnist5k": replace(MNIST5K, v1_epochs=2, v2_ep
                 "digits": replace(DIGITS, v1_epochs=2, v2_epochs=2)}
 
 
+@contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Hold ``folder``'s exclusive lock (its ``.lock`` file) for the ``with`` block: processes
+    sharing the folder wait for each other there."""
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def teachers_for(setup: Setup, workdir: Path) -> dict:
     """v1 (trained once per work folder, under a lock so that parallel processes share it):
     its training-logit cache, its validation and test predictions and logits."""
     workdir.mkdir(parents=True, exist_ok=True)
     saved = workdir / "v1_logits.npz"
-    with open(workdir / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with folder_lock(workdir):
         if not saved.exists():
             data = load_data(setup)
             build_teachers(replace(setup, ensemble_size=1), data, workdir)
@@ -124,8 +133,7 @@ def claim(folder: Path, run: Run) -> bool:
     take a run."""
     saved = run_path(folder, run)
     mark = saved.with_suffix(".claim")
-    with open(folder / ".claims.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with folder_lock(folder):
         if saved.exists() or (mark.exists() and claim_is_live(mark)):
             return False
         mark.write_text(f"{socket.gethostname()} {os.getpid()}")
@@ -146,8 +154,8 @@ def claim_is_live(mark: Path) -> bool:
         os.kill(pid_number, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # alive, another user's
+        pass
     return True
 
 
