@@ -48,6 +48,7 @@ from pct_study.cheap import (
     CHOSEN,
     STAGES,
     TABLE_RECIPES,
+    THREE_TERM,
     complete,
     ema_note,
     measure_step_cost,
@@ -60,8 +61,9 @@ from pct_study.cheap import (
     table_rows,
     table_runs,
 )
-from pct_study.recipes import Run
-from pct_study.runner import build_teachers, cosine_model, run_all, v2_steps
+from pct_study.models import cosine_model
+from pct_study.recipes import V2_ENSEMBLE_CACHE, Run
+from pct_study.runner import build_teachers, build_v2_ensemble, run_all, v2_steps
 from pct_study.settings import DIGITS, MNIST5K, QUICK, Data, Setup, load_data
 from regfree.atomic import atomic_write
 from regfree.reporting import write_text_atomic
@@ -101,6 +103,17 @@ def teachers_for(setup: Setup, workdir: Path) -> dict:
     for split in ("val", "test"):
         teachers[f"v1_{split}"] = teachers[f"v1_{split}_logits"].argmax(1)
     return teachers
+
+
+def v2_ensemble_for(setup: Setup, data: Data, workdir: Path, teachers: dict) -> None:
+    """The three-term recipe's ens-KD teacher: the plain v2s of ``setup.v2_ensemble_seeds``
+    and their mean training logits, trained once per work folder under its lock."""
+    cache = workdir / V2_ENSEMBLE_CACHE
+    with folder_lock(workdir):
+        if cache.is_symlink():  # left by the step-cost timing of earlier versions: v1's cache
+            cache.unlink()
+        if not cache.exists():
+            build_v2_ensemble(setup, data, workdir, 1, teachers)
 
 
 def run_path(folder: Path, run: Run) -> Path:
@@ -193,6 +206,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="val split: train plain and only the candidates missing from the "
                              "saved pct_cheap_<dataset>_sweep.json; the others' rows come from "
                              "it (for when the earlier runs were not kept)")
+    parser.add_argument("--three-term", action="store_true",
+                        help="test split: add the three-term recipe as a row, trained here (it "
+                             "first trains the 4 plain v2s its ens-KD learns from, once per "
+                             "work folder); without it mnist1d copies the row from "
+                             "pct_mnist1d.json and the other datasets have none")
     parser.add_argument("--jobs", type=int, default=1, help="parallel training processes")
     parser.add_argument("--epochs", type=int, metavar="N",
                         help="v2's epochs (default: the setup's); another number saves its runs "
@@ -217,6 +235,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.stage != "sweep" and (args.split != "val" or args.reuse_saved):
         print("--stage confirm needs --split val (and no --reuse-saved)", file=sys.stderr)
         return 2
+    if args.three_term and args.split != "test":
+        print("--three-term needs --split test", file=sys.stderr)
+        return 2
     if args.epochs is not None and args.epochs != setup.v2_epochs:
         setup = replace(setup, v2_epochs=args.epochs)
         folder = workdir / f"{args.split}_epochs{args.epochs}"
@@ -232,6 +253,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 return 2
             picks[stage] = own_pick(json.loads(stage_json.read_text())["pick"])
         recipes = table_recipes(*picks.values())
+    if args.three_term:
+        recipes = tuple(dict.fromkeys(recipes + (THREE_TERM,)))
     saved = None
     if args.reuse_saved:
         sweep_json = out / f"{stem}_sweep.json"
@@ -245,6 +268,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     data = load_data(setup)
     teachers = teachers_for(setup, workdir)
+    if args.three_term and args.seeds and not args.report:
+        v2_ensemble_for(setup, data, workdir, teachers)
     cost_path = workdir / "step_cost.json"
     if args.step_cost:
         print("timing the recipes' training steps side by side ...", flush=True)
@@ -276,7 +301,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         rows = table_rows(results, data, teachers, recipes)
         if not rows:
             return
-        extra, notes = three_term_rows(args.dataset, args.quick)
+        extra, notes = (([], [three_term_note(setup)]) if THREE_TERM in recipes
+                        else three_term_rows(args.dataset, args.quick))
         done = complete([r for r in results if r["run"].terms in recipes], len(recipes))
         plain_flips = sum(int(np.sum((teachers["v1_test"] == data.y_test)
                                      & (r["test"] != data.y_test)))
@@ -333,6 +359,13 @@ def setup_notes(setup: Setup, data: Data, teachers: dict) -> list[str]:
             "regfree.pctraining.fit_blend, chosen per seed on validation within the error budget "
             "the row names; they train nothing but serve v1 beside v2 (v1 is a fraction of v2's "
             "size).", ema_note(v2_steps(setup, data))]
+
+
+def three_term_note(setup: Setup) -> str:
+    return (f"Three-term row ({Run(0, THREE_TERM).label()}): trained here with mnist1d's "
+            "settings, not tuned on this dataset; its ens-KD teacher is the mean of plain v2s "
+            f"of seeds {', '.join(map(str, setup.v2_ensemble_seeds))} (the 4 extra trainings, "
+            "shared by every seed's run); noisy FD runs v1 live on noisy copies of each batch.")
 
 
 def three_term_rows(dataset: str, quick: bool) -> tuple[list[dict], list[str]]:

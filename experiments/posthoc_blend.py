@@ -30,7 +30,8 @@ import torch
 
 from common import cpu_name, mean_std
 from pct_study.analysis import ratio_interval
-from pct_study.runner import cosine_model, train_v1
+from pct_study.models import cosine_model
+from pct_study.runner import train_v1
 from pct_study.settings import QUICK, Setup, load_data
 from regfree.metrics import discordant_pairs, flip_totals, mcnemar_exact_p
 from regfree.pctraining import fit_blend, interpolation_sweep

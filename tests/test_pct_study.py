@@ -231,3 +231,55 @@ def test_an_own_pick_of_a_stage_not_run_is_refused_before_anything_trains(tmp_pa
     assert pct_cheap.main(argv) == 2
     assert "pct_cheap_mnist5k_confirm.json: run that stage first" in capsys.readouterr().err
     assert not list(tmp_path.rglob("*"))  # no run folder, no v1 trained
+
+
+@pytest.mark.parametrize("dataset", ["mnist5k", "digits"])
+def test_noisy_focal_distillation_runs_the_setups_own_v1_on_noisy_copies(tmp_path, dataset):
+    from dataclasses import replace
+
+    import torch
+
+    from pct_study.models import cosine_model
+    from pct_study.recipes import V1_WEIGHTS, TermContext
+    from pct_study.settings import DIGITS, MNIST5K, Data
+
+    setup = replace(MNIST5K if dataset == "mnist5k" else DIGITS, v1_classes=5)
+    shape = (1, 28, 28) if dataset == "mnist5k" else (64,)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, *shape)).astype(np.float32)
+    y = np.arange(12) % 10
+    data = Data(x, y, x, y, x, y, np.arange(6))
+    v1 = cosine_model(setup.v1_width, setup, 0, setup.v1_classes)
+    torch.save(v1.state_dict(), tmp_path / V1_WEIGHTS)
+    term = NoisyFocalDistillation(0.3, 0.02).build(TermContext(setup, tmp_path, data))
+    v2 = cosine_model(setup.v2_width, setup, 1)
+    inputs = torch.as_tensor(x[:4])
+    torch.manual_seed(0)
+    loss = term(v2, inputs, torch.as_tensor(y[:4]))
+    assert loss.ndim == 0 and torch.isfinite(loss) and loss > 0
+    assert term.noise_std.shape == shape  # one noise scale per input feature (pixel)
+    torch.manual_seed(0)  # the noise comes from torch's generator: the same draw, the same loss
+    assert torch.isclose(term(v2, inputs, torch.as_tensor(y[:4])), loss)
+
+
+def test_the_three_term_ensemble_replaces_a_v1_cache_link_left_by_step_cost_timing(tmp_path,
+                                                                                   monkeypatch):
+    import pct_cheap
+
+    (tmp_path / "v1_cache").mkdir()
+    (tmp_path / "v2_ensemble_cache").symlink_to(tmp_path / "v1_cache")
+    built = []
+    monkeypatch.setattr(pct_cheap, "build_v2_ensemble",
+                        lambda setup, data, workdir, jobs, teachers: built.append(workdir)
+                        or (workdir / "v2_ensemble_cache").mkdir())
+    pct_cheap.v2_ensemble_for(QUICK, None, tmp_path, {})
+    pct_cheap.v2_ensemble_for(QUICK, None, tmp_path, {})  # the second time: built already
+    assert built == [tmp_path]
+    assert not (tmp_path / "v2_ensemble_cache").is_symlink()
+
+
+def test_three_term_rows_are_refused_outside_the_test_split(capsys):
+    from pct_cheap import main
+
+    assert main(["--dataset", "mnist5k", "--split", "val", "--three-term", "--seeds", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "--three-term needs --split test"

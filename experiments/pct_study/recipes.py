@@ -13,8 +13,8 @@ from typing import Any, Optional, Union
 
 import torch
 
+from pct_study.models import cosine_model
 from pct_study.settings import Data, Setup
-from regfree.models import cosine_convnet1d
 from regfree.pctraining import (
     DistillationLoss,
     DistillationTerm,
@@ -186,7 +186,7 @@ class NoisyFocalDistillation:
 
     def build(self, context: TermContext) -> Any:
         setup = context.setup
-        v1 = cosine_convnet1d(setup.v1_width, setup.embedding_dim, seed=0)
+        v1 = cosine_model(setup.v1_width, setup, 0, setup.v1_classes)
         v1.load_state_dict(torch.load(context.workdir / V1_WEIGHTS))
         feature_std = torch.as_tensor(context.data.x_train.std(axis=0), dtype=torch.float32)
         return NoisyDistillationTerm(FocalDistillationLoss(weight=self.weight), v1,

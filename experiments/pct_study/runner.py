@@ -10,6 +10,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from pct_study.models import cosine_model
 from pct_study.recipes import (
     ENSEMBLE_CACHE,
     V1_CACHE,
@@ -19,24 +20,8 @@ from pct_study.recipes import (
     TermContext,
 )
 from pct_study.settings import Data, Setup, load_data
-from regfree.models import MLP, ConvNet2D, cosine_convnet1d
 from regfree.pctraining import OldLogitCache
 from regfree.training import fit_adam_cosine, predict_logits
-
-
-def cosine_model(width: int, setup: Setup, seed: int, num_classes: int = 10) -> torch.nn.Module:
-    """ConvNet1D with a cosine head, as in the demo (bct_mnist1d chose cosine heads); on
-    MNIST-5k a ConvNet2D, on scikit-learn digits an MLP (``width`` hidden units), same head."""
-    if setup.dataset in ("mnist5k", "digits"):
-        from regfree.compat.heads import CosineClassifier
-
-        torch.manual_seed(seed)
-        model = (ConvNet2D(width=width, embedding_dim=setup.embedding_dim)
-                 if setup.dataset == "mnist5k" else
-                 MLP(64, hidden=width, embedding_dim=setup.embedding_dim))
-        model.head = CosineClassifier(setup.embedding_dim, num_classes, scale=16.0)
-        return model
-    return cosine_convnet1d(width, setup.embedding_dim, num_classes=num_classes, seed=seed)
 
 
 def train_v1(setup: Setup, data: Data, seed: int) -> torch.nn.Module:
