@@ -15,12 +15,14 @@ the work and a cut-short run leaves its partial table):
 and, where two seeds of the sweep decide little (MNIST-5k), a second validation stage on more
 seeds, whose pick the test table adds as a row:
     ... pct_cheap.py --dataset mnist5k --split val --stage confirm --seeds 100 101 ... 109
-    ... pct_cheap.py --dataset mnist5k --split test --own-pick sweep confirm --seeds 0 1 ... 19
+    ... pct_cheap.py --dataset mnist5k --split test --own-pick sweep confirm --three-term --seeds 0 1 ... 19
 (or one process per seed: ``--seeds 0``, ``--seeds 1``, ...; processes claim each run before
 training it, so overlapping seed lists share the work; ``--report`` rewrites the table from what
 is saved; a claim left by a process that died is taken over; ``--reuse-saved`` with ``--split val``
 trains plain and only the candidates missing from the saved sweep JSON, taking the other rows
-from it, for when its runs were not kept). ``--dataset mnist5k`` for the real digits (``--dataset digits``: scikit-learn's 8x8 digits, an
+from it, for when its runs were not kept; ``--three-term`` with ``--split test`` trains the
+three-term recipe as a row, after the 4 plain v2s its ens-KD learns from). ``--dataset mnist5k``
+for the real digits (``--dataset digits``: scikit-learn's 8x8 digits, an
 MLP); ``--quick`` for a smoke run.
 Writes ``experiments/results/pct_cheap_<dataset>_{sweep,test}.{md,json}``.
 """
