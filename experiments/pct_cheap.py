@@ -12,10 +12,12 @@ the work and a cut-short run leaves its partial table):
     OMP_NUM_THREADS=1 nohup .venv/bin/python experiments/pct_cheap.py --split val --seeds 100 101
     OMP_NUM_THREADS=1 nohup .venv/bin/python experiments/pct_cheap.py --split test --seeds 0 1 2 3 4
     OMP_NUM_THREADS=1 nohup .venv/bin/python experiments/pct_cheap.py --step-cost
-and, where two seeds of the sweep decide little (MNIST-5k), a second validation stage on more
-seeds, whose pick the test table adds as a row:
+and, where two seeds of the sweep decide little (MNIST-5k), further validation stages on more
+seeds, whose picks the test table adds as rows:
     ... pct_cheap.py --dataset mnist5k --split val --stage confirm --seeds 100 101 ... 109
-    ... pct_cheap.py --dataset mnist5k --split test --own-pick sweep confirm --three-term --seeds 0 1 ... 19
+    ... pct_cheap.py --dataset mnist5k --split val --stage heldout --seeds 110 111 ... 119
+    ... pct_cheap.py --dataset mnist5k --split test --own-pick sweep confirm heldout --three-term \
+        --seeds 0 1 ... 19
 (or one process per seed: ``--seeds 0``, ``--seeds 1``, ...; processes claim each run before
 training it, so overlapping seed lists share the work; ``--report`` rewrites the table from what
 is saved; a claim left by a process that died is taken over; ``--reuse-saved`` with ``--split val``
@@ -188,12 +190,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--report", action="store_true",
                         help="only rewrite the report from the saved runs")
     parser.add_argument("--stage", choices=sorted(STAGES), default="sweep",
-                        help="val split: the first sweep's candidates or the second stage's "
-                             "(CONFIRM_CANDIDATES, run on more seeds); writes "
+                        help="val split: the first sweep's candidates or a later stage's "
+                             "(CONFIRM_ / HELDOUT_CANDIDATES, run on more seeds); writes "
                              "pct_cheap_<dataset>_<stage>.{md,json}")
     parser.add_argument("--own-pick", nargs="*", choices=sorted(STAGES), metavar="STAGE",
                         help="test split: add this dataset's own pick of each STAGE (sweep, "
-                             "confirm; none named: sweep) from its pct_cheap_<dataset>_<stage>"
+                             "confirm, heldout; none named: sweep) from its pct_cheap_<dataset>_<stage>"
                              ".json as a row")
     parser.add_argument("--pick-from", choices=sorted(SETUPS), metavar="DATASET",
                         help="with --own-pick: read the picks of DATASET's stages instead of "
@@ -235,7 +237,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     workdir = ROOT / "output" / stem
     folder = workdir / (args.split if args.stage == "sweep" else f"{args.split}_{args.stage}")
     if args.stage != "sweep" and (args.split != "val" or args.reuse_saved):
-        print("--stage confirm needs --split val (and no --reuse-saved)", file=sys.stderr)
+        print(f"--stage {args.stage} needs --split val (and no --reuse-saved)", file=sys.stderr)
         return 2
     if args.three_term and args.split != "test":
         print("--three-term needs --split test", file=sys.stderr)

@@ -283,3 +283,44 @@ def test_three_term_rows_are_refused_outside_the_test_split(capsys):
 
     assert main(["--dataset", "mnist5k", "--split", "val", "--three-term", "--seeds", "0"]) == 2
     assert capsys.readouterr().err.strip() == "--three-term needs --split test"
+
+
+def test_skipping_v1s_training_samples_marks_v1_wrong_there_and_only_there(tmp_path):
+    from dataclasses import replace
+
+    import torch
+
+    from pct_study.recipes import V1_CACHE, TermContext, marked_wrong
+    from pct_study.settings import MNIST5K, Data
+    from regfree.pctraining import OldLogitCache
+
+    rng = np.random.default_rng(0)
+    y = np.arange(8) % 4
+    logits = rng.normal(size=(8, 4)).astype(np.float32)
+    logits[np.arange(8), y] += 5.0  # v1 right everywhere
+    x = np.zeros((8, 1, 28, 28), np.float32)
+    cache = OldLogitCache(tmp_path, logits, {})
+    skipped = np.array([1, 4, 6])
+    marked = marked_wrong(cache, skipped, y)
+    right = marked.logits.argmax(1) == y
+    assert not right[skipped].any() and right[np.setdiff1d(np.arange(8), skipped)].all()
+    np.testing.assert_array_equal(cache.logits[0], marked.logits[0])  # the cache is not changed
+    assert (cache.logits.argmax(1) == y).all()
+
+    x[np.arange(8), 0, 0, y] = 1.0  # a v1 that reads the label off the first pixels: right
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 4, bias=False))
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].weight[:, :4] = 10 * torch.eye(4)
+    OldLogitCache.build(model, (x, y), tmp_path / V1_CACHE, progress=False)
+    context = TermContext(replace(MNIST5K, v1_classes=4), tmp_path,
+                          Data(x, y, x, y, x, y, skipped))
+    with pytest.raises(ValueError, match="alpha=0"):
+        FocalDistillation("kl", 1.0, 5.0, 100.0, 0.04, skip_v1_training=True).build(context)
+    spec = FocalDistillation("kl", 0.0, 5.0, 100.0, 0.04, skip_v1_training=True)
+    term = spec.build(context)
+    teacher = term.cache.lookup(np.arange(8)).numpy()
+    right = teacher.argmax(1) == y
+    assert right.sum() == 5 and not right[skipped].any()  # the focal weight there is alpha = 0
+    assert Run(0, (spec,)).label() == "FD-KL a=0 b=5 T=100 w=0.04, not on v1's training samples"
+    assert run_from_record(Run(0, (spec,)).record()).terms == (spec,)

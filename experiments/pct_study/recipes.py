@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import numpy as np
 import torch
 
 from pct_study.models import cosine_model
@@ -65,6 +66,9 @@ class FocalDistillation:
     weight: Optional[float] = None
     ramp: bool = False
     new_classes: str = "ignore"  # "zero": v1 gives classes it never saw probability 0 (KL)
+    # with alpha 0: no distillation on v1's own training samples, where v1 is right because it
+    # memorised them (v1's cache there is marked wrong, so the focal weight is alpha = 0)
+    skip_v1_training: bool = False
 
     @property
     def family(self) -> str:
@@ -77,6 +81,9 @@ class FocalDistillation:
     def label(self, alone: bool = True) -> str:
         if self.ramp:
             return _unramped(self).label(alone) + ", ramped 0->w"
+        if self.skip_v1_training:
+            return (replace(self, skip_v1_training=False).label(alone)
+                    + ", not on v1's training samples")
         if self.new_classes != "ignore":
             return (replace(self, new_classes="ignore").label(alone)
                     + f", new classes: {self.new_classes}")
@@ -102,8 +109,23 @@ class FocalDistillation:
         loss = FocalDistillationLoss(alpha=self.alpha, beta=self.beta, kind=self.kind,
                                      temperature=self.temperature, weight=self.weight,
                                      new_classes=self.new_classes)
-        term = DistillationTerm(loss, context.cache(V1_CACHE))
+        cache = context.cache(V1_CACHE)
+        if self.skip_v1_training:
+            if self.alpha != 0:
+                raise ValueError("skip_v1_training needs alpha=0 (it marks v1 wrong there)")
+            cache = marked_wrong(cache, context.data.v1_subset, context.data.y_train)
+        term = DistillationTerm(loss, cache)
         return ScheduledTerm(term, linear_ramp(context.setup.v2_epochs)) if self.ramp else term
+
+
+def marked_wrong(cache: OldLogitCache, samples: np.ndarray, labels: np.ndarray) -> OldLogitCache:
+    """An in-memory copy of ``cache`` whose rows at ``samples`` predict a wrong class (their
+    label's logit set below the row's lowest), so focal weighting counts v1 wrong there."""
+    logits = np.array(cache.logits, dtype=np.float32)
+    rows = logits[samples]
+    rows[np.arange(len(samples)), labels[samples]] = rows.min(axis=1) - 1.0
+    logits[samples] = rows
+    return OldLogitCache(cache.directory, logits, cache.meta)
 
 
 def _unramped(spec: FocalDistillation) -> FocalDistillation:
