@@ -116,7 +116,6 @@ def test_a_cheap_run_is_claimed_by_one_process_only(tmp_path):
 
 
 def test_a_claim_whose_process_died_is_taken_over_and_no_other(tmp_path):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
     from pct_cheap import claim, run_path
 
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],

@@ -122,9 +122,7 @@ def marked_wrong(cache: OldLogitCache, samples: np.ndarray, labels: np.ndarray) 
     """An in-memory copy of ``cache`` whose rows at ``samples`` predict a wrong class (their
     label's logit set below the row's lowest), so focal weighting counts v1 wrong there."""
     logits = np.array(cache.logits, dtype=np.float32)
-    rows = logits[samples]
-    rows[np.arange(len(samples)), labels[samples]] = rows.min(axis=1) - 1.0
-    logits[samples] = rows
+    logits[samples, labels[samples]] = logits[samples].min(axis=1) - 1.0
     return OldLogitCache(cache.directory, logits, cache.meta)
 
 
